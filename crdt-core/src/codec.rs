@@ -1,0 +1,145 @@
+//! The versioned binary encoding of every type: one format-version byte, then postcard.
+//!
+//! The layout of each type is specified, with golden vectors, in `docs/wire-format.md`.
+//! Encodings are canonical: maps and sets are written in ascending key order and decoders reject
+//! anything else (unsorted or repeated keys, zero counts, uncompacted contexts, dots outside their
+//! context), so a value has exactly one encoding and equal states have identical bytes.
+//!
+//! Decoding never panics on any input, and the structures it builds grow with the input
+//! (collections are filled element by element, never pre-sized from a length the input claims).
+//!
+//! ```
+//! use crdt_core::{codec, GCounter, ReplicaId};
+//!
+//! let mut c = GCounter::new();
+//! c.inc(ReplicaId::new(1), 3);
+//! let bytes = codec::encode(&c);
+//! assert_eq!(bytes, [0x01, 0x01, 0x01, 0x03]);
+//! assert_eq!(codec::decode::<GCounter>(&bytes), Ok(c));
+//! assert_eq!(
+//!     codec::decode::<GCounter>(&[0x02]),
+//!     Err(codec::DecodeError::UnsupportedVersion(2))
+//! );
+//! ```
+
+use alloc::vec::Vec;
+use core::fmt;
+use core::marker::PhantomData;
+use serde::de::{DeserializeOwned, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The format version this build writes and reads, the first byte of every encoding.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// Encodes `value` as the format-version byte followed by its postcard encoding.
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.push(FORMAT_VERSION);
+    // Serializing our types into a growable vector cannot fail: they contain no maps of unknown
+    // length and no types postcard refuses. Should a user type fail, the bytes would be cut short
+    // and decoding would report it, so the error is not lost.
+    if let Ok(out) = postcard::to_extend(value, out) {
+        return out;
+    }
+    alloc::vec![FORMAT_VERSION]
+}
+
+/// Decodes a value written by [`encode`], checking the version byte and that no bytes are left.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    if version != FORMAT_VERSION {
+        return Err(DecodeError::UnsupportedVersion(version));
+    }
+    let (value, rest) = postcard::take_from_bytes(body).map_err(DecodeError::from)?;
+    if !rest.is_empty() {
+        return Err(DecodeError::TrailingBytes(rest.len()));
+    }
+    Ok(value)
+}
+
+/// Why bytes could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// There were no bytes at all.
+    Empty,
+    /// The format-version byte names a version this build does not read.
+    UnsupportedVersion(u8),
+    /// The input ended in the middle of a value.
+    Truncated,
+    /// A value was complete, but this many bytes followed it.
+    TrailingBytes(usize),
+    /// The bytes are not a valid encoding: a bad varint, tag or UTF-8 string, or a structure
+    /// that breaks an invariant (unsorted or repeated keys, zero counts, dots outside their
+    /// causal context).
+    Malformed,
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::Empty => f.write_str("no bytes to decode"),
+            DecodeError::UnsupportedVersion(v) => write!(
+                f,
+                "unsupported format version {v} (this build reads {FORMAT_VERSION})"
+            ),
+            DecodeError::Truncated => f.write_str("input ends in the middle of a value"),
+            DecodeError::TrailingBytes(n) => write!(f, "{n} bytes after the end of the value"),
+            DecodeError::Malformed => f.write_str("malformed or non-canonical encoding"),
+        }
+    }
+}
+
+impl core::error::Error for DecodeError {}
+
+impl From<postcard::Error> for DecodeError {
+    fn from(e: postcard::Error) -> Self {
+        match e {
+            postcard::Error::DeserializeUnexpectedEnd => DecodeError::Truncated,
+            _ => DecodeError::Malformed,
+        }
+    }
+}
+
+/// Reads a sequence whose elements must be in strictly ascending `key` order.
+///
+/// The vector grows element by element rather than from the length the input claims, so a
+/// hostile length prefix cannot make us allocate more than the input can fill.
+pub(crate) fn deserialize_ascending<'de, D, E, K, F>(de: D, key: F) -> Result<Vec<E>, D::Error>
+where
+    D: Deserializer<'de>,
+    E: Deserialize<'de>,
+    K: Ord + ?Sized,
+    F: Fn(&E) -> &K,
+{
+    type Marker<E, K> = PhantomData<(fn() -> E, fn(&K))>;
+    struct Ascending<E, F, K: ?Sized>(F, Marker<E, K>);
+
+    impl<'de, E, K, F> Visitor<'de> for Ascending<E, F, K>
+    where
+        E: Deserialize<'de>,
+        K: Ord + ?Sized,
+        F: Fn(&E) -> &K,
+    {
+        type Value = Vec<E>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a sequence in strictly ascending key order")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<E>, A::Error> {
+            let mut out: Vec<E> = Vec::new();
+            while let Some(item) = seq.next_element::<E>()? {
+                if let Some(last) = out.last() {
+                    if (self.0)(last) >= (self.0)(&item) {
+                        return Err(serde::de::Error::custom("keys not strictly ascending"));
+                    }
+                }
+                out.push(item);
+            }
+            Ok(out)
+        }
+    }
+
+    de.deserialize_seq(Ascending(key, PhantomData))
+}

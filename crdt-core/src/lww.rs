@@ -1,0 +1,93 @@
+//! The last-writer-wins register.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Crdt, HlcTimestamp, ReplicaId};
+
+/// When and where a write happened: the total order of last-writer-wins.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct Stamp {
+    /// The writer's hybrid logical clock reading; compared first.
+    pub time: HlcTimestamp,
+    /// The writer; breaks ties between equal readings.
+    pub replica: ReplicaId,
+}
+
+/// A register that keeps the write with the greatest [`Stamp`]: hybrid logical clock timestamp
+/// first, then replica id.
+///
+/// Concurrent writes are resolved silently; use [`MvRegister`](crate::MvRegister) to see them.
+/// Two writes with the same stamp can only come from a replica reusing its clock readings; the
+/// greater value wins then, so even that merges deterministically.
+///
+/// ```
+/// use crdt_core::{Crdt, Hlc, LwwRegister, ReplicaId};
+///
+/// let (a, b) = (ReplicaId::new(1), ReplicaId::new(2));
+/// let (mut clock_a, mut clock_b) = (Hlc::new(60_000), Hlc::new(60_000));
+/// let mut x = LwwRegister::new();
+/// let mut y = LwwRegister::new();
+/// x.set(clock_a.now(1_000), a, "draft");
+/// y.set(clock_b.now(1_005), b, "final");
+/// x.merge(&y);
+/// assert_eq!(x.get(), Some(&"final"));
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LwwRegister<T> {
+    current: Option<(Stamp, T)>,
+}
+
+impl<T> Default for LwwRegister<T> {
+    fn default() -> Self {
+        LwwRegister { current: None }
+    }
+}
+
+impl<T: Ord + Clone> LwwRegister<T> {
+    /// An empty register.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Writes `value` at `time` on behalf of `replica`; returns the delta (the write itself).
+    ///
+    /// A write older than the current one is kept out, exactly as if it had arrived by merge.
+    pub fn set(&mut self, time: HlcTimestamp, replica: ReplicaId, value: T) -> LwwRegister<T> {
+        let delta = LwwRegister {
+            current: Some((Stamp { time, replica }, value)),
+        };
+        self.merge_ref(&delta);
+        delta
+    }
+
+    fn merge_ref(&mut self, other: &Self) {
+        if let Some(theirs) = &other.current {
+            let newer = match &self.current {
+                Some(ours) => (theirs.0, &theirs.1) > (ours.0, &ours.1),
+                None => true,
+            };
+            if newer {
+                self.current = Some(theirs.clone());
+            }
+        }
+    }
+}
+
+impl<T> LwwRegister<T> {
+    /// The current value, if any write has been seen.
+    pub fn get(&self) -> Option<&T> {
+        self.current.as_ref().map(|c| &c.1)
+    }
+
+    /// The stamp of the current value.
+    pub fn stamp(&self) -> Option<Stamp> {
+        self.current.as_ref().map(|c| c.0)
+    }
+}
+
+impl<T: Ord + Clone + core::fmt::Debug> Crdt for LwwRegister<T> {
+    fn merge(&mut self, other: &Self) {
+        self.merge_ref(other);
+    }
+}

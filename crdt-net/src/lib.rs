@@ -1,0 +1,1 @@
+//! Anti-entropy replication of crdt-core objects.
