@@ -1,1 +1,112 @@
-fn main() {}
+//! Criterion benchmarks of the four things every replica does: mutate, merge, encode, decode.
+//!
+//! ```text
+//! cargo bench -p crdt-core --bench ops
+//! ```
+
+use std::hint::black_box;
+
+use crdt_core::{codec, Crdt, GCounter, Hlc, LwwRegister, OrMap, OrSet, ReplicaId};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+
+fn replica(i: u64) -> ReplicaId {
+    ReplicaId::new(i)
+}
+
+/// A set of `n` elements added round-robin by 8 replicas.
+fn set_of(n: u64) -> OrSet<u64> {
+    (0..n).map(|i| (replica(i % 8), i * 31)).collect()
+}
+
+fn mutate(c: &mut Criterion) {
+    let mut g = c.benchmark_group("mutate");
+    g.bench_function("gcounter_inc", |b| {
+        let mut counter = GCounter::new();
+        b.iter(|| black_box(counter.inc(replica(1), 1)));
+    });
+    g.bench_function("orset_add_to_10k", |b| {
+        let mut set = set_of(10_000);
+        let mut next = 1_000_000u64;
+        b.iter(|| {
+            next += 1;
+            black_box(set.add(replica(1), next))
+        });
+    });
+    g.bench_function("lww_set", |b| {
+        let mut reg = LwwRegister::new();
+        let mut clock = Hlc::new(60_000);
+        b.iter(|| black_box(reg.set(clock.now(1_000), replica(1), 7u64)));
+    });
+    g.bench_function("ormap_update_counter", |b| {
+        let mut map: OrMap<u32, GCounter> = OrMap::new();
+        let mut key = 0u32;
+        b.iter(|| {
+            key = (key + 1) % 1_000;
+            black_box(map.update(replica(1), key, |c| c.inc(replica(1), 1)))
+        });
+    });
+    g.finish();
+}
+
+fn merge(c: &mut Criterion) {
+    let mut g = c.benchmark_group("merge");
+    let big = set_of(10_000);
+    let mut other = set_of(10_000);
+    for i in 0..1_000 {
+        other.add(replica(9), 5_000_000 + i);
+    }
+    g.bench_function("orset_10k_with_10k", |b| {
+        b.iter_batched(
+            || big.clone(),
+            |mut s| {
+                s.merge(&other);
+                s
+            },
+            BatchSize::LargeInput,
+        );
+    });
+    let mut source = big.clone();
+    let delta = source.add(replica(9), 42);
+    g.bench_function("orset_10k_with_add_delta", |b| {
+        b.iter_batched(
+            || big.clone(),
+            |mut s| {
+                s.merge(&delta);
+                s
+            },
+            BatchSize::LargeInput,
+        );
+    });
+    let counters: Vec<GCounter> = (0..64)
+        .map(|r| {
+            let mut c = GCounter::new();
+            c.inc(replica(r), r + 1);
+            c
+        })
+        .collect();
+    let full = counters.iter().fold(GCounter::new(), |a, c| a.joined(c));
+    g.bench_function("gcounter_64_with_64", |b| {
+        b.iter(|| {
+            let mut x = full.clone();
+            x.merge(black_box(&full));
+            x
+        });
+    });
+    g.finish();
+}
+
+fn codec_benches(c: &mut Criterion) {
+    let mut g = c.benchmark_group("codec");
+    let set = set_of(10_000);
+    let bytes = codec::encode(&set);
+    g.bench_function("encode_orset_10k", |b| {
+        b.iter(|| codec::encode(black_box(&set)))
+    });
+    g.bench_function("decode_orset_10k", |b| {
+        b.iter(|| codec::decode::<OrSet<u64>>(black_box(&bytes)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, mutate, merge, codec_benches);
+criterion_main!(benches);

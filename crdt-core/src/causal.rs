@@ -60,6 +60,22 @@ impl CausalContext {
         }
     }
 
+    /// Records the dots `(replica, from..=to)`; returns how many went to the cloud.
+    pub(crate) fn insert_range(&mut self, replica: ReplicaId, from: u64, to: u64) -> u64 {
+        if from > to {
+            return 0;
+        }
+        if from <= self.vv.get(replica).saturating_add(1) {
+            self.vv.raise(replica, to);
+            self.compact();
+            return 0;
+        }
+        (from..=to).for_each(|c| {
+            self.cloud.insert(Dot::new(replica, c));
+        });
+        to - from + 1
+    }
+
     /// Makes a fresh dot for `replica`, records it and returns it.
     ///
     /// The counter is above every dot of `replica` seen so far, in the vector or the cloud, so a

@@ -12,7 +12,9 @@
 //!   replica fed every delta (shuffled, duplicated) reaches the same state;
 //! * **value semantics**: after every step, each replica's value equals the type's oracle
 //!   ([`Subject::expected`]) over the exact causal history it has seen;
-//! * **codec round trip** of every state and delta.
+//! * **codec round trip** of every state and delta;
+//! * **decomposition**: the pieces of [`Decompose::split`] are valid states (they round-trip
+//!   through the codec) whose join, in any order, is the whole.
 //!
 //! The same [`check`] backs the property tests ([`law_tests!`](crate::law_tests)) and the `merge`
 //! fuzz target.
@@ -32,8 +34,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::{
-    codec, Crdt, GCounter, HlcTimestamp, LwwRegister, MvRegister, OrMap, OrSet, PNCounter,
-    ReplicaId,
+    codec, Crdt, Decompose, GCounter, HlcTimestamp, LwwRegister, MvRegister, OrMap, OrSet,
+    PNCounter, ReplicaId,
 };
 
 /// Declares one property test per `name: Type` pair, each running [`check`] on arbitrary
@@ -67,7 +69,7 @@ pub fn schedule_bytes() -> proptest::collection::VecStrategy<proptest::num::u8::
 
 /// A CRDT the harness can drive: how to make arbitrary operations, apply them, read the value,
 /// and what the value must be given the operations seen.
-pub trait Subject: Crdt + Serialize + DeserializeOwned {
+pub trait Subject: Crdt + Decompose + Serialize + DeserializeOwned {
     /// One operation, as the harness generates it.
     type Op: Clone + Debug;
     /// What the application reads.
@@ -95,14 +97,21 @@ pub struct Event<Op> {
     pub replica: ReplicaId,
     /// What it was.
     pub op: Op,
-    /// The ids of the events its replica had seen when it happened (its causal past).
-    pub past: BTreeSet<usize>,
+    /// The events its replica had seen when it happened (its causal past): bit `i` stands for
+    /// the event with id `i`.
+    pub past: History,
 }
+
+/// A set of event ids as a bit set: a schedule has at most [`MAX_STEPS`] events.
+pub type History = u64;
+
+/// The longest schedule [`check`] runs.
+pub const MAX_STEPS: usize = 64;
 
 impl<Op> Event<Op> {
     /// Whether `other` is in this event's causal past.
     pub fn saw(&self, other: &Event<Op>) -> bool {
-        self.past.contains(&other.id)
+        self.past & (1 << other.id) != 0
     }
 }
 
@@ -145,7 +154,7 @@ pub fn check<T: Subject>(bytes: &[u8]) -> Result<(), Violation> {
     let mut u = Unstructured::new(bytes);
     let replicas = u.int_in_range(3..=5usize).unwrap_or(3);
     let mut steps = Vec::new();
-    while !u.is_empty() && steps.len() < 64 {
+    while !u.is_empty() && steps.len() < MAX_STEPS {
         let Ok(step) = arbitrary_step::<T>(&mut u, replicas) else {
             break;
         };
@@ -180,7 +189,7 @@ fn arbitrary_step<T: Subject>(
 /// `gossip`, they also receive individual deltas in any order, duplicated or not at all.
 struct Run<T: Subject> {
     events: Vec<Event<T::Op>>,
-    exact: Vec<(T, BTreeSet<usize>)>,
+    exact: Vec<(T, History)>,
     gossip: Vec<T>,
     deltas: Vec<T>,
 }
@@ -189,9 +198,7 @@ impl<T: Subject> Run<T> {
     fn new(replicas: usize) -> Self {
         Run {
             events: Vec::new(),
-            exact: (0..replicas)
-                .map(|_| (T::default(), BTreeSet::new()))
-                .collect(),
+            exact: (0..replicas).map(|_| (T::default(), 0)).collect(),
             gossip: (0..replicas).map(|_| T::default()).collect(),
             deltas: Vec::new(),
         }
@@ -205,7 +212,7 @@ impl<T: Subject> Run<T> {
                     let (state, history) = self.exact_at(*from).clone();
                     let target = self.exact_at_mut(*to);
                     target.0.merge(&state);
-                    target.1.extend(history);
+                    target.1 |= history;
                     self.check_value(*to)?;
                     let state = self.gossip_at(*from).clone();
                     self.gossip_at_mut(*to).merge(&state);
@@ -235,7 +242,7 @@ impl<T: Subject> Run<T> {
         let event_id = self.events.len() - 1;
         let target = self.exact_at_mut(replica);
         target.0 = after;
-        target.1.insert(event_id);
+        target.1 |= 1 << event_id;
         self.check_value(replica)?;
 
         let before = self.gossip_at(replica).clone();
@@ -253,7 +260,7 @@ impl<T: Subject> Run<T> {
         let seen: Vec<&Event<T::Op>> = self
             .events
             .iter()
-            .filter(|e| history.contains(&e.id))
+            .filter(|e| history & (1 << e.id) != 0)
             .collect();
         let (got, want) = (state.value(), T::expected(&seen));
         ensure(got == want, "value semantics", || {
@@ -268,6 +275,10 @@ impl<T: Subject> Run<T> {
         lattice_laws(&self.deltas)?;
         for value in exact.iter().chain(&self.gossip).chain(&self.deltas) {
             round_trip(value)?;
+        }
+        for (i, whole) in exact.iter().enumerate() {
+            let other = &exact[(i + 1) % exact.len()];
+            decomposition(whole, other)?;
         }
 
         // Anti-entropy repair: every replica merges every other, each in its own order.
@@ -315,10 +326,10 @@ impl<T: Subject> Run<T> {
         })
     }
 
-    fn exact_at(&self, i: usize) -> &(T, BTreeSet<usize>) {
+    fn exact_at(&self, i: usize) -> &(T, History) {
         &self.exact[i % self.exact.len()]
     }
-    fn exact_at_mut(&mut self, i: usize) -> &mut (T, BTreeSet<usize>) {
+    fn exact_at_mut(&mut self, i: usize) -> &mut (T, History) {
         let n = self.exact.len();
         &mut self.exact[i % n]
     }
@@ -370,6 +381,25 @@ fn lattice_laws<T: Crdt>(states: &[T]) -> Result<(), Violation> {
             "inflation",
             || format!("a⊔b={ab:?} is not above a={a:?} and b={b:?}"),
         )?;
+    }
+    Ok(())
+}
+
+fn decomposition<T: Crdt + Decompose + Serialize + DeserializeOwned>(
+    whole: &T,
+    other: &T,
+) -> Result<(), Violation> {
+    for max in [1, 2] {
+        let pieces = whole.split(max);
+        let mut into_other = other.clone();
+        for piece in pieces.iter().rev() {
+            round_trip(piece)?;
+            into_other.merge(piece);
+        }
+        let want = other.joined(whole);
+        ensure(into_other == want, "decomposition", || {
+            format!("pieces {pieces:?} of {whole:?} merged into {other:?} gave {into_other:?}, not {want:?}")
+        })?;
     }
     Ok(())
 }
@@ -610,15 +640,15 @@ impl<V: Subject> Subject for OrMap<u8, V> {
                         id: e.id,
                         replica: e.replica,
                         op: op.clone(),
-                        past: e.past.clone(),
+                        past: e.past,
                     }),
                     _ => None,
                 })
                 .collect();
             let removed = |u: &Event<V::Op>| {
-                events
-                    .iter()
-                    .any(|r| matches!(r.op, MapOp::Remove(k) if k == key) && r.past.contains(&u.id))
+                events.iter().any(|r| {
+                    matches!(r.op, MapOp::Remove(k) if k == key) && r.past & (1 << u.id) != 0
+                })
             };
             if updates.iter().any(|u| !removed(u)) {
                 let refs: Vec<&Event<V::Op>> = updates.iter().collect();

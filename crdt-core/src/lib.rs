@@ -91,3 +91,54 @@ pub trait Crdt: Clone + Default + PartialEq + core::fmt::Debug {
         out
     }
 }
+
+/// A state that can be cut into smaller states whose join is the whole, so that a large state
+/// can travel in messages of bounded size.
+///
+/// Each piece is a valid state on its own: merging the pieces into any replica, in any order and
+/// at any time, has exactly the effect of merging the whole. (Cutting an observed-remove type is
+/// subtle: every piece carries only the dots it holds, and the removed dots travel in a piece of
+/// their own, so no piece removes what another adds.)
+///
+/// ```
+/// use crdt_core::{Crdt, Decompose, OrSet, ReplicaId};
+///
+/// let mut set: OrSet<u32> = (0..100).map(|i| (ReplicaId::new(i as u64 % 3), i)).collect();
+/// set.remove(&7);
+/// let pieces = set.split(10);
+/// assert!(pieces.len() > 10); // ten of ten elements, one for the removal
+/// let mut rebuilt = OrSet::new();
+/// for piece in pieces.iter().rev() {
+///     rebuilt.merge(piece);
+/// }
+/// assert_eq!(rebuilt, set);
+/// ```
+pub trait Decompose: Crdt {
+    /// Pieces holding at most `max_entries` entries each (at least one), whose join is `self`.
+    ///
+    /// Types without entries to cut (counters, registers) return one piece, a clone. So does a
+    /// set whose removed dots are too scattered to list within a budget proportional to its
+    /// size (which only a hostile peer's context produces).
+    fn split(&self, max_entries: usize) -> alloc::vec::Vec<Self>;
+}
+
+macro_rules! indivisible {
+    ($($ty:ty),*) => {$(
+        impl Decompose for $ty {
+            fn split(&self, _max_entries: usize) -> alloc::vec::Vec<Self> {
+                alloc::vec![self.clone()]
+            }
+        }
+    )*};
+}
+indivisible!(GCounter, PNCounter);
+impl<T: Ord + Clone + core::fmt::Debug> Decompose for LwwRegister<T> {
+    fn split(&self, _max_entries: usize) -> alloc::vec::Vec<Self> {
+        alloc::vec![self.clone()]
+    }
+}
+impl<T: Clone + PartialEq + core::fmt::Debug> Decompose for MvRegister<T> {
+    fn split(&self, _max_entries: usize) -> alloc::vec::Vec<Self> {
+        alloc::vec![self.clone()]
+    }
+}

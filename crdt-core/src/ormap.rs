@@ -5,13 +5,17 @@ use serde::ser::SerializeStruct;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::orset::{ascending_entries, Entries};
-use crate::{Crdt, OrSet, ReplicaId};
+use alloc::vec::Vec;
+
+use crate::{Crdt, Decompose, OrSet, ReplicaId};
 
 /// A map from keys to nested CRDTs (counters, sets, registers, other maps) whose keys behave
 /// like an add-wins [`OrSet`].
 ///
 /// Updating a key makes it present; removing it hides it. The nested value of a key is merged
-/// from every update ever made to it, on any replica.
+/// from every update ever made to it, on any replica. (Every updated key keeps a value entry,
+/// bottom included, so the entries are a function of the updates seen and equal maps are
+/// identical.)
 ///
 /// **Concurrent update and remove of the same key: the update wins.** The key stays, and its
 /// value is the join of all updates to it, including those the remove had observed: a remove
@@ -35,18 +39,15 @@ use crate::{Crdt, OrSet, ReplicaId};
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct OrMap<K, V> {
     keys: OrSet<K>,
-    /// Never holds a bottom value, so equal maps are identical.
+    /// An entry for every key ever updated (present or hidden).
     values: BTreeMap<K, V>,
-    /// Returned by `get` for a present key whose value is still bottom.
-    bottom: V,
 }
 
-impl<K, V: Default> Default for OrMap<K, V> {
+impl<K, V> Default for OrMap<K, V> {
     fn default() -> Self {
         OrMap {
             keys: OrSet::default(),
             values: BTreeMap::new(),
-            bottom: V::default(),
         }
     }
 }
@@ -65,20 +66,10 @@ impl<K: Ord + Clone + core::fmt::Debug, V: Crdt> OrMap<K, V> {
         F: FnOnce(&mut V) -> V,
     {
         let keys = self.keys.add(replica, key.clone());
-        let mut value = self.values.remove(&key).unwrap_or_default();
-        let value_delta = f(&mut value);
+        let value_delta = f(self.values.entry(key.clone()).or_default());
         let mut values = BTreeMap::new();
-        if value != V::default() {
-            self.values.insert(key.clone(), value);
-        }
-        if value_delta != V::default() {
-            values.insert(key, value_delta);
-        }
-        OrMap {
-            keys,
-            values,
-            bottom: V::default(),
-        }
+        values.insert(key, value_delta);
+        OrMap { keys, values }
     }
 
     /// Hides `key`; returns the delta. A concurrent update of the key wins over this remove.
@@ -86,7 +77,6 @@ impl<K: Ord + Clone + core::fmt::Debug, V: Crdt> OrMap<K, V> {
         OrMap {
             keys: self.keys.remove(key),
             values: BTreeMap::new(),
-            bottom: V::default(),
         }
     }
 }
@@ -94,9 +84,11 @@ impl<K: Ord + Clone + core::fmt::Debug, V: Crdt> OrMap<K, V> {
 impl<K: Ord, V> OrMap<K, V> {
     /// The value of `key` if the key is present.
     pub fn get(&self, key: &K) -> Option<&V> {
-        self.keys
-            .contains(key)
-            .then(|| self.values.get(key).unwrap_or(&self.bottom))
+        if self.keys.contains(key) {
+            self.values.get(key)
+        } else {
+            None
+        }
     }
 
     /// Whether `key` is present.
@@ -108,7 +100,7 @@ impl<K: Ord, V> OrMap<K, V> {
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> + '_ {
         self.keys
             .iter()
-            .map(|k| (k, self.values.get(k).unwrap_or(&self.bottom)))
+            .filter_map(|k| Some((k, self.values.get(k)?)))
     }
 
     /// The present keys, in order.
@@ -141,6 +133,46 @@ impl<K: Ord + Clone + core::fmt::Debug, V: Crdt> Crdt for OrMap<K, V> {
     }
 }
 
+impl<K: Ord + Clone + core::fmt::Debug, V: Crdt> Decompose for OrMap<K, V> {
+    /// Cuts the keys as an [`OrSet`] does, each piece carrying its keys' values; values of
+    /// hidden keys travel in pieces of their own. A nested value is never cut.
+    fn split(&self, max_entries: usize) -> Vec<Self> {
+        let max = max_entries.max(1);
+        if self.values.len() <= max {
+            return alloc::vec![self.clone()];
+        }
+        let mut pieces: Vec<Self> = self
+            .keys
+            .split(max)
+            .into_iter()
+            .map(|keys| {
+                let values = keys
+                    .iter()
+                    .filter_map(|k| Some((k.clone(), self.values.get(k)?.clone())))
+                    .collect();
+                OrMap { keys, values }
+            })
+            .collect();
+        let mut hidden = self
+            .values
+            .iter()
+            .filter(|(k, _)| !self.keys.contains(k))
+            .peekable();
+        while hidden.peek().is_some() {
+            let values = hidden
+                .by_ref()
+                .take(max)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            pieces.push(OrMap {
+                keys: OrSet::new(),
+                values,
+            });
+        }
+        pieces
+    }
+}
+
 impl<K: Serialize, V: Serialize> Serialize for OrMap<K, V> {
     fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
         let mut s = ser.serialize_struct("OrMap", 2)?;
@@ -153,7 +185,7 @@ impl<K: Serialize, V: Serialize> Serialize for OrMap<K, V> {
 impl<'de, K, V> Deserialize<'de> for OrMap<K, V>
 where
     K: Deserialize<'de> + Ord,
-    V: Deserialize<'de> + Default + PartialEq,
+    V: Deserialize<'de>,
 {
     fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
@@ -167,14 +199,12 @@ where
             values: BTreeMap<K, V>,
         }
         let raw = Raw::<K, V>::deserialize(de)?;
-        let bottom = V::default();
-        if raw.values.values().any(|v| *v == bottom) {
-            return Err(serde::de::Error::custom("a map value at bottom"));
+        if !raw.keys.iter().all(|k| raw.values.contains_key(k)) {
+            return Err(serde::de::Error::custom("a present key without a value"));
         }
         Ok(OrMap {
             keys: raw.keys,
             values: raw.values,
-            bottom,
         })
     }
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::codec::deserialize_ascending;
 use crate::dots::Dots;
-use crate::{CausalContext, Crdt, ReplicaId};
+use crate::{CausalContext, Crdt, Decompose, Dot, ReplicaId};
 
 /// An add-wins observed-remove set without tombstones.
 ///
@@ -150,6 +150,72 @@ impl<T: Ord + Clone + core::fmt::Debug> Crdt for OrSet<T> {
             self.entries.extend(new_to_us);
         }
         self.ctx.merge(&other.ctx);
+    }
+}
+
+impl<T: Ord + Clone + core::fmt::Debug> Decompose for OrSet<T> {
+    fn split(&self, max_entries: usize) -> Vec<Self> {
+        let max = max_entries.max(1);
+        if self.entries.len() <= max {
+            return alloc::vec![self.clone()];
+        }
+        let Some(dead) = self.removed_dots() else {
+            return alloc::vec![self.clone()];
+        };
+        let mut pieces = Vec::with_capacity(self.entries.len() / max + 2);
+        let mut entries = self.entries.iter().peekable();
+        while entries.peek().is_some() {
+            let chunk: BTreeMap<T, Dots> = entries
+                .by_ref()
+                .take(max)
+                .map(|(k, d)| (k.clone(), d.clone()))
+                .collect();
+            let ctx = chunk
+                .values()
+                .flat_map(|d| d.as_slice().iter().copied())
+                .collect();
+            pieces.push(OrSet {
+                entries: chunk,
+                ctx,
+            });
+        }
+        if !dead.is_empty() {
+            pieces.push(OrSet {
+                entries: BTreeMap::new(),
+                ctx: dead,
+            });
+        }
+        pieces
+    }
+}
+
+impl<T: Ord> OrSet<T> {
+    /// The context minus the live dots: the adds that were removed or replaced. `None` if listing
+    /// them would take more than a budget proportional to the set (a context with huge gaps).
+    fn removed_dots(&self) -> Option<CausalContext> {
+        let live: alloc::collections::BTreeSet<Dot> = self
+            .entries
+            .values()
+            .flat_map(|d| d.as_slice().iter().copied())
+            .collect();
+        let mut budget = (live.len() as u64)
+            .saturating_mul(4)
+            .saturating_add(1 << 16);
+        let mut dead = CausalContext::new();
+        for (replica, seen) in self.ctx.vv().iter() {
+            let mut next = 1;
+            let range = Dot::new(replica, 1)..=Dot::new(replica, seen);
+            for dot in live.range(range) {
+                budget = budget.checked_sub(dead.insert_range(replica, next, dot.counter - 1))?;
+                next = dot.counter + 1;
+            }
+            budget = budget.checked_sub(dead.insert_range(replica, next, seen))?;
+        }
+        for dot in self.ctx.cloud().filter(|d| !live.contains(d)) {
+            budget = budget.checked_sub(1)?;
+            dead.insert(dot);
+        }
+        Some(dead)
     }
 }
 
