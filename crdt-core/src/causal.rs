@@ -5,7 +5,7 @@ use alloc::vec::Vec;
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::codec::deserialize_ascending;
+use crate::codec::{deserialize_ascending, deserialize_seq_where};
 use crate::{Crdt, Dot, ReplicaId, VersionVector};
 
 /// A set of dots, stored as a version vector (the gap-free prefix of each replica's events) plus
@@ -93,6 +93,53 @@ impl CausalContext {
         dot
     }
 
+    /// Whether every dot of `other` is in `self`.
+    pub fn includes(&self, other: &CausalContext) -> bool {
+        self.missing_from_self(other, 0)
+            .is_some_and(|m| m.is_empty())
+    }
+
+    /// The dots of `self` that `other` lacks, in order, or `None` if there are more than
+    /// `limit` of them (so asking never costs more than `limit` allows).
+    pub fn missing_from(
+        &self,
+        other: &CausalContext,
+        limit: usize,
+    ) -> Option<alloc::vec::Vec<Dot>> {
+        other.missing_from_self(self, limit)
+    }
+
+    /// The dots of `theirs` that `self` lacks, up to `limit`.
+    fn missing_from_self(&self, theirs: &CausalContext, limit: usize) -> Option<Vec<Dot>> {
+        let mut missing = Vec::new();
+        let push = |dot: Dot, missing: &mut Vec<Dot>| {
+            if missing.len() >= limit {
+                return None;
+            }
+            missing.push(dot);
+            Some(())
+        };
+        for (replica, theirs_seen) in theirs.vv.iter() {
+            let ours_seen = self.vv.get(replica);
+            if theirs_seen <= ours_seen {
+                continue;
+            }
+            // Beyond our prefix, only our cloud can hold their dots: a gap longer than the cloud
+            // certainly misses some, and `limit` caps the walk.
+            for counter in ours_seen + 1..=theirs_seen {
+                let dot = Dot::new(replica, counter);
+                if !self.cloud.contains(&dot) {
+                    push(dot, &mut missing)?;
+                }
+            }
+        }
+        for dot in theirs.cloud.iter().filter(|d| !self.contains(**d)) {
+            push(*dot, &mut missing)?;
+        }
+        missing.sort_unstable();
+        Some(missing)
+    }
+
     /// The gap-free part: every replica's events `1..=n`.
     pub fn vv(&self) -> &VersionVector {
         &self.vv
@@ -162,17 +209,28 @@ impl Serialize for CausalContext {
     fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
         let mut s = ser.serialize_struct("CausalContext", 2)?;
         s.serialize_field("vv", &self.vv)?;
-        s.serialize_field("cloud", &Cloud(&self.cloud))?;
+        s.serialize_field("cloud", &cloud_runs(&self.cloud))?;
         s.end()
     }
 }
 
-struct Cloud<'a>(&'a BTreeSet<Dot>);
-
-impl Serialize for Cloud<'_> {
-    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
-        ser.collect_seq(self.0)
+/// The cloud as runs, one per replica: its first counter, then the gap to each next one.
+///
+/// Cloud dots of one replica are often close together (a piece of a large set, a burst of
+/// deltas received out of order), so gaps take a byte where counters would take three.
+fn cloud_runs(cloud: &BTreeSet<Dot>) -> Vec<(ReplicaId, Vec<u64>)> {
+    let mut runs: Vec<(ReplicaId, Vec<u64>)> = Vec::new();
+    let mut previous: Option<Dot> = None;
+    for &dot in cloud {
+        match (previous, runs.last_mut()) {
+            (Some(p), Some(run)) if p.replica == dot.replica => {
+                run.1.push(dot.counter - p.counter);
+            }
+            _ => runs.push((dot.replica, alloc::vec![dot.counter])),
+        }
+        previous = Some(dot);
     }
+    runs
 }
 
 impl<'de> Deserialize<'de> for CausalContext {
@@ -181,24 +239,80 @@ impl<'de> Deserialize<'de> for CausalContext {
         #[serde(rename = "CausalContext")]
         struct Raw {
             vv: VersionVector,
-            #[serde(deserialize_with = "ascending_dots")]
-            cloud: Vec<Dot>,
+            #[serde(deserialize_with = "ascending_runs")]
+            cloud: Vec<(ReplicaId, Run)>,
         }
         let raw = Raw::deserialize(de)?;
-        if raw
-            .cloud
-            .iter()
-            .any(|d| d.counter <= raw.vv.get(d.replica).saturating_add(1))
-        {
-            return Err(serde::de::Error::custom("causal context is not compacted"));
+        let mut cloud = BTreeSet::new();
+        for (replica, run) in raw.cloud {
+            // Every cloud dot must lie beyond the gap after its replica's vector entry, or
+            // it would have been compacted.
+            let mut counter = raw.vv.get(replica).saturating_add(1);
+            for (i, step) in run.0.into_iter().enumerate() {
+                let next = if i == 0 {
+                    (step > counter).then_some(step)
+                } else {
+                    (step > 0).then(|| counter.checked_add(step)).flatten()
+                };
+                counter = next
+                    .ok_or_else(|| serde::de::Error::custom("causal context is not compacted"))?;
+                cloud.insert(Dot::new(replica, counter));
+            }
         }
-        Ok(CausalContext {
-            vv: raw.vv,
-            cloud: raw.cloud.into_iter().collect(),
-        })
+        Ok(CausalContext { vv: raw.vv, cloud })
     }
+}
+
+/// A run of cloud counters: the first, then gaps; never empty.
+struct Run(Vec<u64>);
+
+impl<'de> Deserialize<'de> for Run {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        let steps: Vec<u64> = deserialize_seq_where(de, |_, _| true)?;
+        if steps.is_empty() {
+            return Err(serde::de::Error::custom("an empty run of cloud dots"));
+        }
+        Ok(Run(steps))
+    }
+}
+
+fn ascending_runs<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<(ReplicaId, Run)>, D::Error> {
+    deserialize_ascending(de, |run: &(ReplicaId, Run)| &run.0)
 }
 
 pub(crate) fn ascending_dots<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<Dot>, D::Error> {
     deserialize_ascending(de, |d: &Dot| d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(dots: &[(u64, u64)]) -> CausalContext {
+        dots.iter()
+            .map(|&(r, c)| Dot::new(ReplicaId::new(r), c))
+            .collect()
+    }
+
+    #[test]
+    fn missing_dots_are_listed_within_the_limit() {
+        let ours = ctx(&[(1, 1), (1, 2), (1, 3), (2, 5)]);
+        let theirs = ctx(&[(1, 1), (2, 5), (3, 1)]);
+        let d = |r, c| Dot::new(ReplicaId::new(r), c);
+        assert_eq!(ours.missing_from(&theirs, 10), Some(vec![d(1, 2), d(1, 3)]));
+        assert_eq!(theirs.missing_from(&ours, 10), Some(vec![d(3, 1)]));
+        assert_eq!(ours.missing_from(&theirs, 1), None);
+        assert!(!ours.includes(&theirs));
+        assert!(ours.joined(&theirs).includes(&ours));
+        assert!(ours.includes(&CausalContext::new()));
+    }
+
+    #[test]
+    fn a_huge_gap_costs_only_the_limit() {
+        let mut ours = CausalContext::new();
+        ours.insert_range(ReplicaId::new(1), 1, u64::MAX);
+        assert_eq!(ours.vv().get(ReplicaId::new(1)), u64::MAX);
+        assert_eq!(ours.missing_from(&CausalContext::new(), 1000), None);
+        assert!(!CausalContext::new().includes(&ours));
+    }
 }

@@ -102,9 +102,6 @@ impl From<postcard::Error> for DecodeError {
 }
 
 /// Reads a sequence whose elements must be in strictly ascending `key` order.
-///
-/// The vector grows element by element rather than from the length the input claims, so a
-/// hostile length prefix cannot make us allocate more than the input can fill.
 pub(crate) fn deserialize_ascending<'de, D, E, K, F>(de: D, key: F) -> Result<Vec<E>, D::Error>
 where
     D: Deserializer<'de>,
@@ -112,27 +109,38 @@ where
     K: Ord + ?Sized,
     F: Fn(&E) -> &K,
 {
-    type Marker<E, K> = PhantomData<(fn() -> E, fn(&K))>;
-    struct Ascending<E, F, K: ?Sized>(F, Marker<E, K>);
+    deserialize_seq_where(de, |a, b| key(a) < key(b))
+}
 
-    impl<'de, E, K, F> Visitor<'de> for Ascending<E, F, K>
+/// Reads a sequence in which every element is `in_order` after the one before it.
+///
+/// The vector grows element by element rather than from the length the input claims, so a
+/// hostile length prefix cannot make us allocate more than the input can fill.
+pub(crate) fn deserialize_seq_where<'de, D, E, F>(de: D, in_order: F) -> Result<Vec<E>, D::Error>
+where
+    D: Deserializer<'de>,
+    E: Deserialize<'de>,
+    F: Fn(&E, &E) -> bool,
+{
+    struct Checked<E, F>(F, PhantomData<fn() -> E>);
+
+    impl<'de, E, F> Visitor<'de> for Checked<E, F>
     where
         E: Deserialize<'de>,
-        K: Ord + ?Sized,
-        F: Fn(&E) -> &K,
+        F: Fn(&E, &E) -> bool,
     {
         type Value = Vec<E>;
 
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a sequence in strictly ascending key order")
+            f.write_str("a sequence in canonical order")
         }
 
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<E>, A::Error> {
             let mut out: Vec<E> = Vec::new();
             while let Some(item) = seq.next_element::<E>()? {
                 if let Some(last) = out.last() {
-                    if (self.0)(last) >= (self.0)(&item) {
-                        return Err(serde::de::Error::custom("keys not strictly ascending"));
+                    if !(self.0)(last, &item) {
+                        return Err(serde::de::Error::custom("sequence out of canonical order"));
                     }
                 }
                 out.push(item);
@@ -141,5 +149,5 @@ where
         }
     }
 
-    de.deserialize_seq(Ascending(key, PhantomData))
+    de.deserialize_seq(Checked(in_order, PhantomData))
 }

@@ -91,6 +91,12 @@ impl<K: Ord, V> OrMap<K, V> {
         }
     }
 
+    /// The value kept for `key`, present or removed (a remove hides a key but keeps its value,
+    /// which a later update continues from).
+    pub fn value_kept(&self, key: &K) -> Option<&V> {
+        self.values.get(key)
+    }
+
     /// Whether `key` is present.
     pub fn contains_key(&self, key: &K) -> bool {
         self.keys.contains(key)

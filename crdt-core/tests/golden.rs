@@ -80,6 +80,13 @@ fn cases() -> Vec<Case> {
         case("pncounter", pn),
         case("version-vector", vv),
         case("causal-context", ctx),
+        case(
+            "causal-context-runs",
+            [5, 6, 9]
+                .into_iter()
+                .map(|c| Dot::new(r(3), c))
+                .collect::<CausalContext>(),
+        ),
         case("orset", set),
         case("lww-register", lww),
         case("mv-register", mv),

@@ -1,0 +1,224 @@
+//! The values a replica stores: one enum over every crdt-core type, so one keyspace can hold
+//! counters, sets, registers and nested maps side by side.
+
+use core::fmt;
+
+use crdt_core::{
+    Crdt, Decompose, GCounter, HlcTimestamp, LwwRegister, MvRegister, OrMap, OrSet, PNCounter,
+    ReplicaId,
+};
+use serde::{Deserialize, Serialize};
+
+/// A replicated object: any crdt-core type, nested maps included.
+///
+/// `Object` is itself a lattice: the same variants merge by their own merge, and when two
+/// replicas write *different* types under one key concurrently, the variant declared later in
+/// this enum wins and the other's writes are dropped. That keeps merging total; applications
+/// avoid the case by giving each key one type.
+#[derive(Clone, Default, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Object {
+    /// Nothing written yet (the bottom).
+    #[default]
+    Empty,
+    /// A grow-only counter.
+    GCounter(GCounter),
+    /// An up-down counter.
+    PNCounter(PNCounter),
+    /// An add-wins set of strings.
+    Set(OrSet<String>),
+    /// A last-writer-wins string register.
+    Lww(LwwRegister<String>),
+    /// A multi-value string register.
+    Mv(MvRegister<String>),
+    /// A map of nested objects.
+    Map(OrMap<String, Object>),
+}
+
+/// An operation on an [`Object`]; [`Object::apply`] turns it into a delta.
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum Op {
+    /// Add to a grow-only counter.
+    Inc(u64),
+    /// Add to an up-down counter.
+    PnInc(u64),
+    /// Subtract from an up-down counter.
+    PnDec(u64),
+    /// Add an element to a set.
+    Add(String),
+    /// Remove an element from a set.
+    Remove(String),
+    /// Write a last-writer-wins register at a hybrid logical clock reading.
+    Set(HlcTimestamp, String),
+    /// Write a multi-value register.
+    Write(String),
+    /// Apply an operation to a key of a map.
+    Update(String, Box<Op>),
+    /// Remove a key of a map.
+    Delete(String),
+}
+
+/// An operation that does not fit the object's type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypeMismatch {
+    /// The object's type.
+    pub found: &'static str,
+    /// The type the operation needs.
+    pub wanted: &'static str,
+}
+
+impl fmt::Display for TypeMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the object is a {}, the operation needs a {}",
+            self.found, self.wanted
+        )
+    }
+}
+
+impl std::error::Error for TypeMismatch {}
+
+impl Object {
+    /// The type's name, for messages.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Object::Empty => "empty object",
+            Object::GCounter(_) => "g-counter",
+            Object::PNCounter(_) => "pn-counter",
+            Object::Set(_) => "set",
+            Object::Lww(_) => "lww-register",
+            Object::Mv(_) => "mv-register",
+            Object::Map(_) => "map",
+        }
+    }
+
+    /// Applies `op` on behalf of `replica` and returns the delta. An empty object takes the type
+    /// the operation needs; an operation for another type changes nothing and is refused.
+    pub fn apply(&mut self, replica: ReplicaId, op: &Op) -> Result<Object, TypeMismatch> {
+        self.check(op)?;
+        Ok(self.apply_checked(replica, op))
+    }
+
+    /// Whether `op` fits this object, nested map values included.
+    fn check(&self, op: &Op) -> Result<(), TypeMismatch> {
+        let wanted = Object::empty_for(op);
+        match (self, op) {
+            (Object::Empty, _) => Ok(()),
+            (Object::Map(m), Op::Update(key, inner)) => {
+                m.value_kept(key).map_or(Ok(()), |v| v.check(inner))
+            }
+            (found, _) if found.rank() == wanted.rank() => Ok(()),
+            (found, _) => Err(TypeMismatch {
+                found: found.type_name(),
+                wanted: wanted.type_name(),
+            }),
+        }
+    }
+
+    fn apply_checked(&mut self, replica: ReplicaId, op: &Op) -> Object {
+        if *self == Object::Empty {
+            *self = Object::empty_for(op);
+        }
+        match (self, op) {
+            (Object::GCounter(c), Op::Inc(n)) => Object::GCounter(c.inc(replica, *n)),
+            (Object::PNCounter(c), Op::PnInc(n)) => Object::PNCounter(c.inc(replica, *n)),
+            (Object::PNCounter(c), Op::PnDec(n)) => Object::PNCounter(c.dec(replica, *n)),
+            (Object::Set(s), Op::Add(x)) => Object::Set(s.add(replica, x.clone())),
+            (Object::Set(s), Op::Remove(x)) => Object::Set(s.remove(x)),
+            (Object::Lww(r), Op::Set(t, v)) => Object::Lww(r.set(*t, replica, v.clone())),
+            (Object::Mv(r), Op::Write(v)) => Object::Mv(r.write(replica, v.clone())),
+            (Object::Map(m), Op::Update(key, inner)) => Object::Map(
+                m.update(replica, key.clone(), |value| value.apply_checked(replica, inner)),
+            ),
+            (Object::Map(m), Op::Delete(key)) => Object::Map(m.remove(key)),
+            // `check` rules this out.
+            _ => Object::Empty,
+        }
+    }
+
+    fn empty_for(op: &Op) -> Object {
+        match op {
+            Op::Inc(_) => Object::GCounter(GCounter::new()),
+            Op::PnInc(_) | Op::PnDec(_) => Object::PNCounter(PNCounter::new()),
+            Op::Add(_) | Op::Remove(_) => Object::Set(OrSet::new()),
+            Op::Set(..) => Object::Lww(LwwRegister::new()),
+            Op::Write(_) => Object::Mv(MvRegister::new()),
+            Op::Update(..) | Op::Delete(_) => Object::Map(OrMap::new()),
+        }
+    }
+
+    fn rank(&self) -> u8 {
+        match self {
+            Object::Empty => 0,
+            Object::GCounter(_) => 1,
+            Object::PNCounter(_) => 2,
+            Object::Set(_) => 3,
+            Object::Lww(_) => 4,
+            Object::Mv(_) => 5,
+            Object::Map(_) => 6,
+        }
+    }
+
+    /// How many entries [`Decompose::split`] would cut (elements or keys); 1 for the rest.
+    pub fn entries(&self) -> usize {
+        match self {
+            Object::Set(s) => s.len().max(1),
+            Object::Map(m) => m.len().max(1),
+            _ => 1,
+        }
+    }
+}
+
+impl Crdt for Object {
+    fn merge(&mut self, other: &Self) {
+        match (&mut *self, other) {
+            (Object::GCounter(a), Object::GCounter(b)) => a.merge(b),
+            (Object::PNCounter(a), Object::PNCounter(b)) => a.merge(b),
+            (Object::Set(a), Object::Set(b)) => a.merge(b),
+            (Object::Lww(a), Object::Lww(b)) => a.merge(b),
+            (Object::Mv(a), Object::Mv(b)) => a.merge(b),
+            (Object::Map(a), Object::Map(b)) => a.merge(b),
+            // Different types: a linear sum of lattices, the later variant wins.
+            (ours, theirs) => {
+                if theirs.rank() > ours.rank() {
+                    *ours = theirs.clone();
+                }
+            }
+        }
+    }
+}
+
+impl Decompose for Object {
+    fn split(&self, max_entries: usize) -> Vec<Self> {
+        match self {
+            Object::Set(s) => s.split(max_entries).into_iter().map(Object::Set).collect(),
+            Object::Map(m) => m.split(max_entries).into_iter().map(Object::Map).collect(),
+            other => vec![other.clone()],
+        }
+    }
+}
+
+impl fmt::Display for Object {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Object::Empty => f.write_str("(empty)"),
+            Object::GCounter(c) => write!(f, "{}", c.value()),
+            Object::PNCounter(c) => write!(f, "{}", c.value()),
+            Object::Set(s) => f.debug_set().entries(s.iter()).finish(),
+            Object::Lww(r) => match r.get() {
+                Some(v) => write!(f, "{v:?}"),
+                None => f.write_str("(unset)"),
+            },
+            Object::Mv(r) => f.debug_list().entries(r.values()).finish(),
+            Object::Map(m) => {
+                let mut map = f.debug_map();
+                for (k, v) in m.iter() {
+                    map.entry(k, &format_args!("{v}"));
+                }
+                map.finish()
+            }
+        }
+    }
+}
