@@ -1,1 +1,39 @@
-//! Anti-entropy replication of crdt-core objects.
+//! Anti-entropy replication of [`crdt_core`] objects between replicas.
+//!
+//! * [`Replica`] is the protocol as a sans-IO state machine: feed it messages and time, send
+//!   what it returns. It holds a keyspace of [`Object`]s (any crdt-core type, nested maps
+//!   included), tags every local update with a dot, pushes fresh deltas to peers, and runs
+//!   push-pull rounds in which peers exchange digests and then send each other only what the
+//!   other lacks: buffered deltas, or the state of just the objects changed since the peer's
+//!   digest, in messages of bounded size that resume after an interruption.
+//! * [`sim`] runs many replicas on virtual time with seeded loss, duplication, reordering,
+//!   partitions and crashes.
+//!
+//! The messages are specified in `docs/wire-format.md`.
+//!
+//! # Code map
+//!
+//! | module | what |
+//! | --- | --- |
+//! | `replica` | [`Replica`], [`Config`], [`Durable`] (the storage seam), events and stats |
+//! | `message` | [`Message`] and its versioned encoding |
+//! | `object` | [`Object`] (one enum over the crdt-core types) and [`Op`] |
+//! | `log` | the bounded delta buffer |
+//! | `sim` | the deterministic simulator |
+//! | `error` | [`ProtocolError`] |
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
+mod error;
+mod log;
+pub mod message;
+mod object;
+mod replica;
+pub mod sim;
+
+pub use error::ProtocolError;
+pub use message::{Message, PeerInfo, PROTOCOL_VERSION};
+pub use object::{Object, Op, TypeMismatch};
+pub use replica::{Config, Durable, Event, Millis, PeerStatus, Replica, Stats, Transmit};

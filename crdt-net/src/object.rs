@@ -129,9 +129,11 @@ impl Object {
             (Object::Set(s), Op::Remove(x)) => Object::Set(s.remove(x)),
             (Object::Lww(r), Op::Set(t, v)) => Object::Lww(r.set(*t, replica, v.clone())),
             (Object::Mv(r), Op::Write(v)) => Object::Mv(r.write(replica, v.clone())),
-            (Object::Map(m), Op::Update(key, inner)) => Object::Map(
-                m.update(replica, key.clone(), |value| value.apply_checked(replica, inner)),
-            ),
+            (Object::Map(m), Op::Update(key, inner)) => {
+                Object::Map(m.update(replica, key.clone(), |value| {
+                    value.apply_checked(replica, inner)
+                }))
+            }
             (Object::Map(m), Op::Delete(key)) => Object::Map(m.remove(key)),
             // `check` rules this out.
             _ => Object::Empty,

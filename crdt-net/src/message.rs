@@ -1,0 +1,139 @@
+//! Protocol messages and their versioned encoding (documented in `docs/wire-format.md`).
+
+use crdt_core::{CausalContext, Dot, ReplicaId, VersionVector};
+use serde::{Deserialize, Serialize};
+
+use crate::{Object, ProtocolError};
+
+/// The protocol version this build speaks: the first byte of every message.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// One protocol message between two replicas.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Message {
+    /// What the sender has seen. `reply` asks the receiver to answer with its own digest (the
+    /// pull half of a push-pull round) unless the two are equal.
+    Digest(Digest),
+    /// The answer to a digest equal to the receiver's: nothing to exchange.
+    InSync,
+    /// Deltas the receiver lacks, each named by the dot of the update that made it.
+    Deltas(Vec<DeltaEntry>),
+    /// The dots of deltas received, so the sender knows what the receiver holds.
+    Ack(CausalContext),
+    /// Part of a state transfer: whole objects, or pieces of large ones.
+    State(StateChunk),
+    /// The end of a state transfer: once every chunk has arrived, the receiver has seen `covers`.
+    StateDone(StateDone),
+    /// Peers the sender knows, for peer exchange.
+    Peers(Vec<PeerInfo>),
+}
+
+/// What a replica has seen, and where an interrupted transfer from the receiver stopped.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Digest {
+    /// Every update the sender has incorporated.
+    pub seen: CausalContext,
+    /// Whether the receiver should answer with its own digest.
+    pub reply: bool,
+    /// Progress of an unfinished state transfer from the receiver.
+    pub resume: Option<Resume>,
+}
+
+/// "I hold your objects up to `after`, as of your context `base`": lets a transfer resume.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Resume {
+    /// The greatest key received in full.
+    pub after: String,
+    /// The sender's context when the transfer began.
+    pub base: VersionVector,
+}
+
+/// A buffered delta.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct DeltaEntry {
+    /// The update that made it.
+    pub dot: Dot,
+    /// The object it changes.
+    pub key: String,
+    /// The change.
+    pub delta: Object,
+}
+
+/// Objects of a state transfer, in key order.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct StateChunk {
+    /// Names the transfer; chunks of an older transfer still merge but do not count.
+    pub transfer: u64,
+    /// The chunk's place in the transfer, from 0.
+    pub index: u32,
+    /// The sender's context when the transfer began.
+    pub base: VersionVector,
+    /// The greatest key all of whose pieces are in chunks up to this one.
+    pub complete_through: Option<String>,
+    /// The objects or pieces.
+    pub objects: Vec<StateEntry>,
+}
+
+/// One object, or one piece of it, in a state transfer.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct StateEntry {
+    /// The object's key.
+    pub key: String,
+    /// The latest update of each writer to this object, as far as the sender knows.
+    pub touched: VersionVector,
+    /// The object, or a piece of it (see `crdt_core::Decompose`).
+    pub object: Object,
+}
+
+/// Closes a state transfer.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct StateDone {
+    /// The transfer.
+    pub transfer: u64,
+    /// How many chunks it had.
+    pub chunks: u32,
+    /// Everything the sender had seen when the transfer began.
+    pub covers: CausalContext,
+}
+
+/// A peer: its id, and where to reach it if the sender knows.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// The peer's replica id.
+    pub id: ReplicaId,
+    /// An address the driver understands (for example `192.0.2.7:4433`).
+    pub addr: Option<String>,
+}
+
+impl Message {
+    /// The protocol version byte followed by the postcard encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let out = vec![PROTOCOL_VERSION];
+        // Messages hold only types postcard can always write into a vector.
+        match postcard::to_extend(self, out) {
+            Ok(bytes) => bytes,
+            Err(_) => vec![PROTOCOL_VERSION],
+        }
+    }
+
+    /// Decodes a message of at most `max_len` bytes.
+    pub fn decode(bytes: &[u8], max_len: usize) -> Result<Message, ProtocolError> {
+        if bytes.len() > max_len {
+            return Err(ProtocolError::TooLarge {
+                len: bytes.len(),
+                max: max_len,
+            });
+        }
+        let (&version, body) = bytes.split_first().ok_or(ProtocolError::Empty)?;
+        if version != PROTOCOL_VERSION {
+            return Err(ProtocolError::UnsupportedVersion(version));
+        }
+        let (message, rest) =
+            postcard::take_from_bytes(body).map_err(|_| ProtocolError::Malformed)?;
+        if !rest.is_empty() {
+            return Err(ProtocolError::Malformed);
+        }
+        Ok(message)
+    }
+}

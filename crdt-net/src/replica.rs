@@ -1,0 +1,912 @@
+//! The sans-IO replica: a keyspace of objects and the anti-entropy protocol around it.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crdt_core::{CausalContext, Crdt, Decompose, Dot, ReplicaId, VersionVector};
+use serde::{Deserialize, Serialize};
+
+use crate::log::DeltaLog;
+use crate::message::{
+    DeltaEntry, Digest, Message, PeerInfo, Resume, StateChunk, StateDone, StateEntry,
+};
+use crate::{Object, Op, ProtocolError, TypeMismatch};
+
+/// Milliseconds on the caller's clock (any epoch; the simulator starts at 0).
+pub type Millis = u64;
+
+/// How a replica gossips. [`Config::new`] gives the defaults.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Config {
+    /// This replica's id; unique among all replicas.
+    pub id: ReplicaId,
+    /// Peers known at start.
+    pub peers: Vec<PeerInfo>,
+    /// Time between anti-entropy rounds. Default 1000 ms.
+    pub round_interval: Millis,
+    /// Peers contacted per round. Default 2.
+    pub fanout: usize,
+    /// Push fresh local deltas to every peer that is up as soon as the driver polls, rather than
+    /// waiting for the next round. Default on.
+    pub eager_push: bool,
+    /// The largest message sent or accepted, in bytes. Default 1 MiB.
+    pub max_message: usize,
+    /// Bytes of deltas kept for peers that lack them. Default 8 MiB.
+    pub max_log_bytes: usize,
+    /// Unanswered rounds after which a peer is marked down. Default 3.
+    pub down_after: u32,
+    /// Longest wait, in rounds, between retries of a down peer. Default 32.
+    pub max_backoff_rounds: u64,
+    /// Share the peer list every this many rounds. Default 10.
+    pub peer_exchange_every: u64,
+    /// Seeds the choice of gossip partners (the replica draws no other randomness).
+    pub seed: u64,
+}
+
+impl Config {
+    /// The defaults for replica `id`.
+    pub fn new(id: ReplicaId) -> Self {
+        Config {
+            id,
+            peers: Vec::new(),
+            round_interval: 1000,
+            fanout: 2,
+            eager_push: true,
+            max_message: 1 << 20,
+            max_log_bytes: 8 << 20,
+            down_after: 3,
+            max_backoff_rounds: 32,
+            peer_exchange_every: 10,
+            seed: id.get(),
+        }
+    }
+}
+
+/// A message for the driver to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// The peer.
+    pub to: ReplicaId,
+    /// The encoded message.
+    pub payload: Vec<u8>,
+}
+
+/// Something the application may want to know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// An object changed, by a local update (`local`) or a merge from a peer.
+    Changed {
+        /// Its key.
+        key: String,
+        /// Whether the change was made here.
+        local: bool,
+    },
+    /// A peer answered again after being marked down, or was heard from for the first time.
+    PeerUp(ReplicaId),
+    /// A peer missed `down_after` rounds in a row.
+    PeerDown(ReplicaId),
+}
+
+/// What a replica must keep across restarts: the storage seam.
+///
+/// Persist it (for example after every update and every handled message) and hand it to
+/// [`Replica::restore`]. Everything else (the delta buffer, peer liveness, transfers in flight)
+/// is rebuilt by the protocol.
+#[derive(Clone, Default, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Durable {
+    /// The objects, by key.
+    pub objects: BTreeMap<String, Object>,
+    /// Every update incorporated, local or remote.
+    pub seen: CausalContext,
+    /// Per object, the latest update of each writer to it: what a peer behind a given digest
+    /// needs.
+    pub touched: BTreeMap<String, VersionVector>,
+}
+
+/// Counters of a replica's traffic.
+#[derive(Clone, Default, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Anti-entropy rounds started.
+    pub rounds: u64,
+    /// Messages handed to the driver.
+    pub messages_sent: u64,
+    /// Their bytes.
+    pub bytes_sent: u64,
+    /// Messages received (valid or not).
+    pub messages_received: u64,
+    /// Their bytes.
+    pub bytes_received: u64,
+    /// Deltas sent, pushed or on request.
+    pub deltas_sent: u64,
+    /// Objects or pieces sent in state transfers.
+    pub state_entries_sent: u64,
+    /// Messages refused with a [`ProtocolError`].
+    pub errors: u64,
+}
+
+/// What this replica knows of a peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerStatus {
+    /// Who.
+    pub info: PeerInfo,
+    /// Whether it answers.
+    pub up: bool,
+    /// How many of our updates it is known to lack (from its last digest or acks).
+    pub lag: u64,
+}
+
+/// One replica: a keyspace of [`Object`]s and the anti-entropy protocol, as a state machine.
+///
+/// It does no I/O and reads no clock: the driver (or the simulator) feeds it messages with
+/// [`handle_message`](Replica::handle_message) and time with
+/// [`handle_timeout`](Replica::handle_timeout), and sends whatever
+/// [`poll_transmit`](Replica::poll_transmit) returns.
+///
+/// ```
+/// use crdt_net::{Config, Op, Replica};
+/// use crdt_core::ReplicaId;
+///
+/// let (a, b) = (ReplicaId::new(1), ReplicaId::new(2));
+/// let mut x = Replica::new(Config::new(a).with_peer(b));
+/// let mut y = Replica::new(Config::new(b).with_peer(a));
+/// x.update("likes", &Op::Inc(3)).unwrap();
+/// // Drive both by hand until quiet: push, then a round each way.
+/// for now in [0, 1_000, 2_000] {
+///     x.handle_timeout(now);
+///     y.handle_timeout(now);
+///     loop {
+///         let mut quiet = true;
+///         while let Some(t) = x.poll_transmit() {
+///             y.handle_message(now, a, &t.payload).unwrap();
+///             quiet = false;
+///         }
+///         while let Some(t) = y.poll_transmit() {
+///             x.handle_message(now, b, &t.payload).unwrap();
+///             quiet = false;
+///         }
+///         if quiet { break; }
+///     }
+/// }
+/// assert_eq!(y.get("likes").map(|o| o.to_string()), Some("3".into()));
+/// ```
+#[derive(Debug)]
+pub struct Replica {
+    config: Config,
+    durable: Durable,
+    log: DeltaLog,
+    peers: BTreeMap<ReplicaId, Peer>,
+    /// Local deltas not yet pushed.
+    fresh: Vec<(DeltaEntry, usize)>,
+    /// Dots received per peer, to acknowledge.
+    acks_due: BTreeMap<ReplicaId, CausalContext>,
+    incoming: BTreeMap<ReplicaId, Incoming>,
+    outbox: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    next_round: Millis,
+    rng: fastrand::Rng,
+    stats: Stats,
+}
+
+#[derive(Debug)]
+struct Peer {
+    info: PeerInfo,
+    /// What it has seen, as far as we know.
+    known: CausalContext,
+    awaiting_reply: bool,
+    missed: u32,
+    down: bool,
+    retry_round: u64,
+    backoff: u64,
+}
+
+/// Progress of state transfers from one peer: the few most recent, latest last.
+#[derive(Debug, Default)]
+struct Incoming {
+    transfers: Vec<(u64, Transfer)>,
+}
+
+#[derive(Debug, Default)]
+struct Transfer {
+    base: VersionVector,
+    /// Received chunk indices and each one's `complete_through`.
+    chunks: BTreeMap<u32, Option<String>>,
+    done: Option<StateDone>,
+}
+
+/// How many transfers per peer we track at once.
+const TRACKED_TRANSFERS: usize = 4;
+/// Room left in a message for everything but its entries.
+const MESSAGE_OVERHEAD: usize = 64;
+
+impl Config {
+    /// Adds a peer known at start (no address).
+    pub fn with_peer(mut self, id: ReplicaId) -> Self {
+        self.peers.push(PeerInfo { id, addr: None });
+        self
+    }
+}
+
+impl Replica {
+    /// A replica with no objects.
+    pub fn new(config: Config) -> Self {
+        Replica::restore(config, Durable::default())
+    }
+
+    /// A replica resumed from what it persisted.
+    pub fn restore(config: Config, durable: Durable) -> Self {
+        let mut rng = fastrand::Rng::with_seed(config.seed);
+        let next_round = rng.u64(0..config.round_interval.max(1));
+        let mut replica = Replica {
+            log: DeltaLog::new(config.max_log_bytes),
+            durable,
+            peers: BTreeMap::new(),
+            fresh: Vec::new(),
+            acks_due: BTreeMap::new(),
+            incoming: BTreeMap::new(),
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+            next_round,
+            rng,
+            stats: Stats::default(),
+            config,
+        };
+        for info in replica.config.peers.clone() {
+            replica.add_peer(info);
+        }
+        replica
+    }
+
+    /// This replica's id.
+    pub fn id(&self) -> ReplicaId {
+        self.config.id
+    }
+
+    /// Applies `op` to the object at `key` (created on first use), queues the delta for peers
+    /// and returns it. An operation for another type than the object's is refused and changes
+    /// nothing.
+    pub fn update(&mut self, key: &str, op: &Op) -> Result<Object, TypeMismatch> {
+        let object = self.durable.objects.entry(key.to_owned()).or_default();
+        let delta = match object.apply(self.config.id, op) {
+            Ok(delta) => delta,
+            Err(e) => {
+                if *object == Object::Empty {
+                    self.durable.objects.remove(key);
+                }
+                return Err(e);
+            }
+        };
+        let dot = self.durable.seen.next_dot(self.config.id);
+        self.touch(key, dot);
+        let entry = DeltaEntry {
+            dot,
+            key: key.to_owned(),
+            delta,
+        };
+        let size = encoded_len(&entry);
+        if self.config.eager_push {
+            self.fresh.push((entry.clone(), size));
+        }
+        let delta = entry.delta.clone();
+        self.log.insert(entry, size);
+        self.events.push_back(Event::Changed {
+            key: key.to_owned(),
+            local: true,
+        });
+        Ok(delta)
+    }
+
+    /// The object at `key`.
+    pub fn get(&self, key: &str) -> Option<&Object> {
+        self.durable.objects.get(key)
+    }
+
+    /// Every object, by key.
+    pub fn objects(&self) -> &BTreeMap<String, Object> {
+        &self.durable.objects
+    }
+
+    /// What to persist (see [`Durable`]).
+    pub fn durable(&self) -> &Durable {
+        &self.durable
+    }
+
+    /// Every update incorporated so far.
+    pub fn seen(&self) -> &CausalContext {
+        &self.durable.seen
+    }
+
+    /// Traffic counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The peers this replica knows, with liveness and lag.
+    pub fn peers(&self) -> impl Iterator<Item = PeerStatus> + '_ {
+        self.peers.values().map(|p| PeerStatus {
+            info: p.info.clone(),
+            up: !p.down,
+            lag: self
+                .durable
+                .seen
+                .vv()
+                .iter()
+                .map(|(r, n)| n.saturating_sub(p.known.vv().get(r)))
+                .sum(),
+        })
+    }
+
+    /// Learns of a peer (from configuration, discovery or peer exchange).
+    pub fn add_peer(&mut self, info: PeerInfo) {
+        if info.id == self.config.id {
+            return;
+        }
+        match self.peers.get_mut(&info.id) {
+            Some(peer) => {
+                if info.addr.is_some() {
+                    peer.info.addr = info.addr;
+                }
+            }
+            None => {
+                self.peers.insert(
+                    info.id,
+                    Peer {
+                        info,
+                        known: CausalContext::new(),
+                        awaiting_reply: false,
+                        missed: 0,
+                        down: false,
+                        retry_round: 0,
+                        backoff: 1,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Forgets a peer (for example one removed from the trust list).
+    pub fn remove_peer(&mut self, id: ReplicaId) {
+        self.peers.remove(&id);
+        self.incoming.remove(&id);
+        self.acks_due.remove(&id);
+    }
+
+    /// When [`handle_timeout`](Replica::handle_timeout) next needs calling.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        Some(self.next_round)
+    }
+
+    /// Advances time: starts an anti-entropy round when one is due.
+    pub fn handle_timeout(&mut self, now: Millis) {
+        if now < self.next_round {
+            return;
+        }
+        self.next_round = now + self.config.round_interval.max(1);
+        self.start_round();
+    }
+
+    /// The next message to send, if any.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.flush_fresh();
+        self.flush_acks();
+        let t = self.outbox.pop_front()?;
+        self.stats.messages_sent += 1;
+        self.stats.bytes_sent += t.payload.len() as u64;
+        Some(t)
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Handles a message from `from`. On error the message is dropped whole, nothing stored
+    /// changes, and the driver should disconnect the peer.
+    pub fn handle_message(
+        &mut self,
+        _now: Millis,
+        from: ReplicaId,
+        bytes: &[u8],
+    ) -> Result<(), ProtocolError> {
+        self.stats.messages_received += 1;
+        self.stats.bytes_received += bytes.len() as u64;
+        let result = self.dispatch(from, bytes);
+        if result.is_err() {
+            self.stats.errors += 1;
+        }
+        result
+    }
+
+    fn dispatch(&mut self, from: ReplicaId, bytes: &[u8]) -> Result<(), ProtocolError> {
+        if from == self.config.id {
+            return Err(ProtocolError::FromSelf(from));
+        }
+        let message = Message::decode(bytes, self.config.max_message)?;
+        if let Message::Deltas(entries) = &message {
+            if let Some(e) = entries.iter().find(|e| self.is_forged(e.dot)) {
+                return Err(ProtocolError::ForgedDot(e.dot));
+            }
+        }
+        self.heard_from(from);
+        match message {
+            Message::Digest(digest) => self.on_digest(from, digest),
+            Message::InSync => {}
+            Message::Deltas(entries) => self.on_deltas(from, entries),
+            Message::Ack(dots) => {
+                if let Some(peer) = self.peers.get_mut(&from) {
+                    peer.known.merge(&dots);
+                }
+            }
+            Message::State(chunk) => self.on_state(from, chunk),
+            Message::StateDone(done) => self.on_state_done(from, done),
+            Message::Peers(list) => list.into_iter().for_each(|info| self.add_peer(info)),
+        }
+        Ok(())
+    }
+
+    /// A delta claiming to be an update of ours that we never made.
+    fn is_forged(&self, dot: Dot) -> bool {
+        dot.replica == self.config.id && !self.durable.seen.contains(dot)
+    }
+
+    fn heard_from(&mut self, from: ReplicaId) {
+        if !self.peers.contains_key(&from) {
+            self.add_peer(PeerInfo {
+                id: from,
+                addr: None,
+            });
+            self.events.push_back(Event::PeerUp(from));
+        }
+        if let Some(peer) = self.peers.get_mut(&from) {
+            peer.awaiting_reply = false;
+            peer.missed = 0;
+            peer.backoff = 1;
+            if peer.down {
+                peer.down = false;
+                self.events.push_back(Event::PeerUp(from));
+            }
+        }
+    }
+
+    fn start_round(&mut self) {
+        self.stats.rounds += 1;
+        let round = self.stats.rounds;
+        let mut went_down = Vec::new();
+        for (id, peer) in &mut self.peers {
+            if !std::mem::take(&mut peer.awaiting_reply) {
+                continue;
+            }
+            peer.missed += 1;
+            if peer.down {
+                peer.backoff = (peer.backoff * 2).min(self.config.max_backoff_rounds.max(1));
+                peer.retry_round = round + peer.backoff;
+            } else if peer.missed >= self.config.down_after {
+                peer.down = true;
+                peer.backoff = 1;
+                peer.retry_round = round + 1;
+                went_down.push(*id);
+            }
+        }
+        self.events
+            .extend(went_down.into_iter().map(Event::PeerDown));
+
+        let mut candidates: Vec<ReplicaId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.down || p.retry_round <= round)
+            .map(|(id, _)| *id)
+            .collect();
+        self.rng.shuffle(&mut candidates);
+        candidates.truncate(self.config.fanout);
+        for &to in &candidates {
+            let digest = self.digest(to, true);
+            self.send(to, &digest);
+            if let Some(peer) = self.peers.get_mut(&to) {
+                peer.awaiting_reply = true;
+            }
+        }
+        if let Some(&to) = candidates.first() {
+            if round % self.config.peer_exchange_every.max(1) == 0 {
+                let mut list: Vec<PeerInfo> = self.peers.values().map(|p| p.info.clone()).collect();
+                list.push(PeerInfo {
+                    id: self.config.id,
+                    addr: None,
+                });
+                self.send(to, &Message::Peers(list));
+            }
+        }
+        let peers = &self.peers;
+        self.log
+            .trim(|dot| peers.values().all(|p| p.down || p.known.contains(dot)));
+    }
+
+    fn digest(&self, to: ReplicaId, reply: bool) -> Message {
+        Message::Digest(Digest {
+            seen: self.durable.seen.clone(),
+            reply,
+            resume: self.resume_point(to),
+        })
+    }
+
+    /// Where the latest unfinished transfer from `peer` stopped: the `complete_through` of the
+    /// last chunk of the unbroken prefix received.
+    fn resume_point(&self, peer: ReplicaId) -> Option<Resume> {
+        let (_, transfer) = self.incoming.get(&peer)?.transfers.last()?;
+        let mut through = None;
+        for (expected, (index, complete)) in (0u32..).zip(&transfer.chunks) {
+            if *index != expected {
+                break;
+            }
+            if complete.is_some() {
+                through.clone_from(complete);
+            }
+        }
+        Some(Resume {
+            after: through?,
+            base: transfer.base.clone(),
+        })
+    }
+
+    fn on_digest(&mut self, from: ReplicaId, digest: Digest) {
+        if let Some(peer) = self.peers.get_mut(&from) {
+            peer.known.merge(&digest.seen);
+        }
+        let sent = self.send_missing(from, &digest.seen, digest.resume.as_ref());
+        if digest.reply {
+            if !self.durable.seen.includes(&digest.seen) {
+                let ours = self.digest(from, false);
+                self.send(from, &ours);
+            } else if !sent {
+                self.send(from, &Message::InSync);
+            }
+        }
+    }
+
+    /// Sends `to` what its context `theirs` lacks: buffered deltas when the buffer has them all
+    /// and they are smaller than the objects they touch, else those objects' states. Returns
+    /// whether anything was sent.
+    fn send_missing(
+        &mut self,
+        to: ReplicaId,
+        theirs: &CausalContext,
+        resume: Option<&Resume>,
+    ) -> bool {
+        match self.durable.seen.missing_from(theirs, self.log.len()) {
+            Some(missing) if missing.is_empty() => return false,
+            Some(missing) => {
+                if let Some(entries) = self.buffered(&missing) {
+                    let delta_bytes: usize = entries.iter().map(|e| e.1).sum();
+                    let keys: BTreeSet<&str> = entries.iter().map(|e| e.0.key.as_str()).collect();
+                    let state_bytes: usize = keys
+                        .iter()
+                        .filter_map(|k| self.durable.objects.get(*k))
+                        .map(estimated_len)
+                        .sum();
+                    if delta_bytes * 2 <= state_bytes {
+                        let entries: Vec<(DeltaEntry, usize)> =
+                            entries.into_iter().map(|(e, s)| (e.clone(), s)).collect();
+                        self.send_deltas(&[to], entries);
+                        return true;
+                    }
+                }
+            }
+            None => {}
+        }
+        self.send_state(to, theirs, resume);
+        true
+    }
+
+    /// The buffered deltas for `dots`, if the buffer still holds every one.
+    fn buffered(&self, dots: &[Dot]) -> Option<Vec<(&DeltaEntry, usize)>> {
+        dots.iter()
+            .map(|d| self.log.get(d).map(|(e, s)| (e, *s)))
+            .collect()
+    }
+
+    /// Sends the objects `theirs` may lack, in key order, in chunks of bounded size.
+    fn send_state(&mut self, to: ReplicaId, theirs: &CausalContext, resume: Option<&Resume>) {
+        // Random, not sequential: ids must not repeat across restarts of this replica, or a
+        // peer could count chunks of an old transfer towards a new one.
+        let transfer = self.rng.u64(..);
+        let base = self.durable.seen.vv().clone();
+        let budget = self
+            .config
+            .max_message
+            .saturating_sub(MESSAGE_OVERHEAD + encoded_len(&base))
+            .max(1);
+        let mut chunks = ChunkBuilder::new(transfer, base, budget);
+        for (key, touched) in &self.durable.touched {
+            let mut covered = theirs.vv().clone();
+            if let Some(r) = resume.filter(|r| key.as_str() <= r.after.as_str()) {
+                covered.merge(&r.base);
+            }
+            if covered.dominates(touched) {
+                continue;
+            }
+            let Some(object) = self.durable.objects.get(key) else {
+                continue;
+            };
+            let pieces = fit(
+                object,
+                budget.saturating_sub(key.len() + encoded_len(touched)),
+            );
+            let count = pieces.len();
+            for (i, (piece, size)) in pieces.into_iter().enumerate() {
+                let entry = StateEntry {
+                    key: key.clone(),
+                    touched: touched.clone(),
+                    object: piece,
+                };
+                let size = size + key.len() + encoded_len(touched);
+                chunks.push(entry, size, i + 1 == count);
+            }
+        }
+        let (messages, sent) = chunks.finish();
+        self.stats.state_entries_sent += sent;
+        let count = messages.len() as u32;
+        for m in messages {
+            self.send(to, &Message::State(m));
+        }
+        let done = StateDone {
+            transfer,
+            chunks: count,
+            covers: self.durable.seen.clone(),
+        };
+        self.send(to, &Message::StateDone(done));
+    }
+
+    fn on_deltas(&mut self, from: ReplicaId, entries: Vec<DeltaEntry>) {
+        let ack = self.acks_due.entry(from).or_default();
+        for e in &entries {
+            ack.insert(e.dot);
+        }
+        for entry in entries {
+            if self.durable.seen.contains(entry.dot) {
+                continue;
+            }
+            self.durable
+                .objects
+                .entry(entry.key.clone())
+                .or_default()
+                .merge(&entry.delta);
+            self.durable.seen.insert(entry.dot);
+            self.touch(&entry.key, entry.dot);
+            self.events.push_back(Event::Changed {
+                key: entry.key.clone(),
+                local: false,
+            });
+            let size = encoded_len(&entry);
+            self.log.insert(entry, size);
+        }
+    }
+
+    fn on_state(&mut self, from: ReplicaId, chunk: StateChunk) {
+        for entry in &chunk.objects {
+            self.durable
+                .objects
+                .entry(entry.key.clone())
+                .or_default()
+                .merge(&entry.object);
+            self.durable
+                .touched
+                .entry(entry.key.clone())
+                .or_default()
+                .merge(&entry.touched);
+            self.events.push_back(Event::Changed {
+                key: entry.key.clone(),
+                local: false,
+            });
+        }
+        self.transfer_from(from, chunk.transfer, |transfer| {
+            if transfer.chunks.is_empty() {
+                transfer.base = chunk.base;
+            }
+            transfer.chunks.insert(chunk.index, chunk.complete_through);
+        });
+        self.try_complete(from, chunk.transfer);
+    }
+
+    fn on_state_done(&mut self, from: ReplicaId, done: StateDone) {
+        let id = done.transfer;
+        self.transfer_from(from, id, |transfer| transfer.done = Some(done));
+        self.try_complete(from, id);
+    }
+
+    /// The progress record of transfer `id` from `peer`, made the latest; only the latest few
+    /// are tracked.
+    fn transfer_from(&mut self, peer: ReplicaId, id: u64, update: impl FnOnce(&mut Transfer)) {
+        let transfers = &mut self.incoming.entry(peer).or_default().transfers;
+        let mut record = match transfers.iter().position(|(t, _)| *t == id) {
+            Some(i) => transfers.remove(i).1,
+            None => Transfer::default(),
+        };
+        if transfers.len() >= TRACKED_TRANSFERS {
+            transfers.remove(0);
+        }
+        update(&mut record);
+        transfers.push((id, record));
+    }
+
+    /// Once every chunk of a transfer has arrived, its sender's context is ours too.
+    fn try_complete(&mut self, peer: ReplicaId, id: u64) {
+        let Some(incoming) = self.incoming.get_mut(&peer) else {
+            return;
+        };
+        let Some(i) = incoming.transfers.iter().position(|(t, _)| *t == id) else {
+            return;
+        };
+        let complete = incoming.transfers.get(i).is_some_and(|(_, t)| {
+            t.done.as_ref().is_some_and(|d| {
+                t.chunks.len() == d.chunks as usize && t.chunks.keys().all(|c| *c < d.chunks)
+            })
+        });
+        if !complete {
+            return;
+        }
+        // This transfer supersedes the ones before it.
+        let (_, transfer) = incoming.transfers.remove(i);
+        incoming.transfers.drain(..i);
+        if let Some(done) = transfer.done {
+            self.durable.seen.merge(&done.covers);
+        }
+    }
+
+    fn touch(&mut self, key: &str, dot: Dot) {
+        self.durable
+            .touched
+            .entry(key.to_owned())
+            .or_default()
+            .raise(dot.replica, dot.counter);
+    }
+
+    /// Pushes fresh local deltas to every peer that is up.
+    fn flush_fresh(&mut self) {
+        if self.fresh.is_empty() {
+            return;
+        }
+        let fresh = std::mem::take(&mut self.fresh);
+        let up: Vec<ReplicaId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.down)
+            .map(|(id, _)| *id)
+            .collect();
+        self.send_deltas(&up, fresh);
+    }
+
+    fn flush_acks(&mut self) {
+        for (to, dots) in std::mem::take(&mut self.acks_due) {
+            self.send(to, &Message::Ack(dots));
+        }
+    }
+
+    /// Sends `entries` to each of `peers`, in messages of bounded size, each encoded once.
+    fn send_deltas(&mut self, peers: &[ReplicaId], entries: Vec<(DeltaEntry, usize)>) {
+        if peers.is_empty() || entries.is_empty() {
+            return;
+        }
+        let budget = self.config.max_message.saturating_sub(MESSAGE_OVERHEAD);
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0;
+        let mut payloads = Vec::new();
+        let count = entries.len() as u64;
+        for (entry, size) in entries {
+            if !batch.is_empty() && batch_bytes + size > budget {
+                payloads.push(Message::Deltas(std::mem::take(&mut batch)).encode());
+                batch_bytes = 0;
+            }
+            batch.push(entry);
+            batch_bytes += size;
+        }
+        payloads.push(Message::Deltas(batch).encode());
+        for &to in peers {
+            for payload in &payloads {
+                self.outbox.push_back(Transmit {
+                    to,
+                    payload: payload.clone(),
+                });
+            }
+        }
+        self.stats.deltas_sent += count * peers.len() as u64;
+    }
+
+    fn send(&mut self, to: ReplicaId, message: &Message) {
+        self.outbox.push_back(Transmit {
+            to,
+            payload: message.encode(),
+        });
+    }
+}
+
+/// Packs state entries into chunks of at most `budget` bytes, in order.
+struct ChunkBuilder {
+    transfer: u64,
+    base: VersionVector,
+    budget: usize,
+    done: Vec<StateChunk>,
+    current: Vec<StateEntry>,
+    current_bytes: usize,
+    /// The last key whose final piece has been pushed.
+    complete: Option<String>,
+    entries: u64,
+}
+
+impl ChunkBuilder {
+    fn new(transfer: u64, base: VersionVector, budget: usize) -> Self {
+        ChunkBuilder {
+            transfer,
+            base,
+            budget,
+            done: Vec::new(),
+            current: Vec::new(),
+            current_bytes: 0,
+            complete: None,
+            entries: 0,
+        }
+    }
+
+    fn push(&mut self, entry: StateEntry, size: usize, last_piece: bool) {
+        // `complete_through` may name this entry's key too, so leave room for it.
+        let reserve = entry.key.len() + 4;
+        if !self.current.is_empty() && self.current_bytes + size + reserve > self.budget {
+            self.seal();
+        }
+        if last_piece {
+            self.complete = Some(entry.key.clone());
+        }
+        self.current.push(entry);
+        self.current_bytes += size;
+        self.entries += 1;
+    }
+
+    fn seal(&mut self) {
+        self.done.push(StateChunk {
+            transfer: self.transfer,
+            index: self.done.len() as u32,
+            base: self.base.clone(),
+            complete_through: self.complete.clone(),
+            objects: std::mem::take(&mut self.current),
+        });
+        self.current_bytes = 0;
+    }
+
+    fn finish(mut self) -> (Vec<StateChunk>, u64) {
+        if !self.current.is_empty() {
+            self.seal();
+        }
+        (self.done, self.entries)
+    }
+}
+
+/// `object` whole if it encodes within `budget`, else cut into pieces that do (as far as its
+/// type can be cut), each with its encoded size.
+fn fit(object: &Object, budget: usize) -> Vec<(Object, usize)> {
+    let size = encoded_len(object);
+    let entries = object.entries();
+    if size <= budget || entries <= 1 {
+        return vec![(object.clone(), size)];
+    }
+    let parts = size.div_ceil(budget.max(1)) + 1;
+    let per_piece = entries.div_ceil(parts).max(1);
+    let mut out = Vec::new();
+    for piece in object.split(per_piece) {
+        let piece_size = encoded_len(&piece);
+        if piece_size > budget && piece.entries() > 1 && piece.entries() < entries {
+            out.extend(fit(&piece, budget));
+        } else {
+            out.push((piece, piece_size));
+        }
+    }
+    out
+}
+
+/// A cheap upper estimate of an object's encoded size, to weigh deltas against state.
+fn estimated_len(object: &Object) -> usize {
+    16 + 16 * object.entries()
+}
+
+fn encoded_len<T: Serialize>(value: &T) -> usize {
+    postcard::to_allocvec(value).map_or(0, |v| v.len())
+}

@@ -1,0 +1,574 @@
+//! A deterministic simulator: many [`Replica`]s on virtual time, with seeded message loss,
+//! duplication, delay (and so reordering), partitions, crashes and restarts.
+//!
+//! Everything random comes from one seed, so a run replays exactly. A crashed replica loses
+//! everything but its [`Durable`](crate::Durable) state, which the simulator persists
+//! synchronously (as a node that persists before acknowledging would).
+//!
+//! ```
+//! use crdt_net::sim::{Sim, SimConfig};
+//! use crdt_net::Op;
+//!
+//! let mut sim = Sim::new(SimConfig { replicas: 4, loss: 0.2, ..SimConfig::new(7) });
+//! sim.update(0, "visits", &Op::Inc(1));
+//! sim.partition(&[0, 0, 1, 1]);
+//! sim.update(3, "visits", &Op::Inc(2));
+//! sim.run_for(2_000);
+//! sim.heal();
+//! assert!(sim.run_until_converged(60_000).is_some());
+//! assert_eq!(sim.replica(2).and_then(|r| r.get("visits")).map(|o| o.to_string()), Some("3".into()));
+//! ```
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+
+use crdt_core::{Crdt, ReplicaId};
+
+use crate::replica::{Config, Durable, Millis, Replica};
+use crate::{Object, Op};
+
+/// The shape of a simulated network. [`SimConfig::new`] gives a perfect one.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// How many replicas (ids 1..=n).
+    pub replicas: usize,
+    /// Seeds every random choice of the run.
+    pub seed: u64,
+    /// Probability that a message is lost.
+    pub loss: f64,
+    /// Probability that a message is delivered twice.
+    pub duplicate: f64,
+    /// Each delivery takes a uniformly random delay in this range (ms), which reorders messages.
+    pub delay: (Millis, Millis),
+    /// The replicas' round interval (ms).
+    pub round_interval: Millis,
+    /// The replicas' fanout.
+    pub fanout: usize,
+    /// Whether replicas push fresh deltas eagerly.
+    pub eager_push: bool,
+    /// The replicas' message size limit.
+    pub max_message: usize,
+    /// The replicas' delta buffer size.
+    pub max_log_bytes: usize,
+}
+
+impl SimConfig {
+    /// Three replicas on a perfect 1 to 5 ms network, 100 ms rounds, fanout 2.
+    pub fn new(seed: u64) -> Self {
+        SimConfig {
+            replicas: 3,
+            seed,
+            loss: 0.0,
+            duplicate: 0.0,
+            delay: (1, 5),
+            round_interval: 100,
+            fanout: 2,
+            eager_push: true,
+            max_message: 1 << 20,
+            max_log_bytes: 8 << 20,
+        }
+    }
+
+    fn replica_config(&self, index: usize) -> Config {
+        let mut config = Config::new(id_of(index));
+        config.peers = (0..self.replicas)
+            .filter(|&j| j != index)
+            .map(|j| crate::PeerInfo {
+                id: id_of(j),
+                addr: None,
+            })
+            .collect();
+        config.round_interval = self.round_interval;
+        config.fanout = self.fanout;
+        config.eager_push = self.eager_push;
+        config.max_message = self.max_message;
+        config.max_log_bytes = self.max_log_bytes;
+        config.seed = self.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        config
+    }
+}
+
+/// What crossed the simulated network.
+#[derive(Clone, Default, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SimStats {
+    /// Messages sent.
+    pub messages: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Messages lost to loss, partitions or crashed receivers.
+    pub dropped: u64,
+    /// Extra copies delivered.
+    pub duplicated: u64,
+    /// Messages a replica refused (there should be none between honest replicas).
+    pub protocol_errors: u64,
+}
+
+/// A simulated cluster.
+#[derive(Debug)]
+pub struct Sim {
+    config: SimConfig,
+    now: Millis,
+    nodes: Vec<Node>,
+    queue: BinaryHeap<Reverse<InFlight>>,
+    sequence: u64,
+    rng: fastrand::Rng,
+    /// Partition group of each node; messages cross only within a group.
+    groups: Vec<u32>,
+    /// Every delta made, folded per key: the state every replica must reach.
+    truth: BTreeMap<String, Object>,
+    stats: SimStats,
+}
+
+#[derive(Debug)]
+struct Node {
+    replica: Option<Replica>,
+    /// What the node had persisted when it crashed.
+    persisted: Durable,
+    restarts: u64,
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct InFlight {
+    at: Millis,
+    sequence: u64,
+    from: usize,
+    to: usize,
+    payload: Vec<u8>,
+}
+
+/// Replica `index`'s id.
+pub fn id_of(index: usize) -> ReplicaId {
+    ReplicaId::new(index as u64 + 1)
+}
+
+impl Sim {
+    /// A cluster of `config.replicas` fresh replicas at time 0, all in one partition.
+    pub fn new(config: SimConfig) -> Self {
+        let nodes = (0..config.replicas)
+            .map(|i| Node {
+                replica: Some(Replica::new(config.replica_config(i))),
+                persisted: Durable::default(),
+                restarts: 0,
+            })
+            .collect();
+        Sim {
+            rng: fastrand::Rng::with_seed(config.seed),
+            groups: vec![0; config.replicas],
+            nodes,
+            queue: BinaryHeap::new(),
+            sequence: 0,
+            now: 0,
+            truth: BTreeMap::new(),
+            stats: SimStats::default(),
+            config,
+        }
+    }
+
+    /// Virtual time now (ms).
+    pub fn now(&self) -> Millis {
+        self.now
+    }
+
+    /// The network traffic so far.
+    pub fn stats(&self) -> &SimStats {
+        &self.stats
+    }
+
+    /// Replica `index`, unless it is crashed.
+    pub fn replica(&self, index: usize) -> Option<&Replica> {
+        self.nodes.get(index).and_then(|n| n.replica.as_ref())
+    }
+
+    /// How many replicas the cluster has.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether the cluster has no replicas.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Applies `op` at replica `index`; false if it is crashed or the op does not fit.
+    pub fn update(&mut self, index: usize, key: &str, op: &Op) -> bool {
+        let Some(replica) = self.nodes.get_mut(index).and_then(|n| n.replica.as_mut()) else {
+            return false;
+        };
+        let Ok(delta) = replica.update(key, op) else {
+            return false;
+        };
+        self.truth.entry(key.to_owned()).or_default().merge(&delta);
+        self.collect();
+        true
+    }
+
+    /// Splits the network: replica `i` can reach replica `j` only if `groups[i] == groups[j]`.
+    pub fn partition(&mut self, groups: &[u32]) {
+        for (slot, &g) in self.groups.iter_mut().zip(groups) {
+            *slot = g;
+        }
+    }
+
+    /// Joins all partitions.
+    pub fn heal(&mut self) {
+        self.groups.iter_mut().for_each(|g| *g = 0);
+    }
+
+    /// Crashes replica `index`: it keeps only its persisted state.
+    pub fn crash(&mut self, index: usize) {
+        if let Some(node) = self.nodes.get_mut(index) {
+            if let Some(replica) = node.replica.take() {
+                node.persisted = replica.durable().clone();
+            }
+        }
+    }
+
+    /// Restarts a crashed replica from its persisted state.
+    pub fn restart(&mut self, index: usize) {
+        let Some(node) = self.nodes.get_mut(index) else {
+            return;
+        };
+        if node.replica.is_some() {
+            return;
+        }
+        node.restarts += 1;
+        let mut config = self.config.replica_config(index);
+        config.seed ^= node.restarts;
+        let mut replica = Replica::restore(config, std::mem::take(&mut node.persisted));
+        // Time moved on while it was down: its first round is due now.
+        replica.handle_timeout(self.now);
+        node.replica = Some(replica);
+        self.collect();
+    }
+
+    /// Whether replica `index` is crashed.
+    pub fn is_crashed(&self, index: usize) -> bool {
+        self.nodes.get(index).is_some_and(|n| n.replica.is_none())
+    }
+
+    /// The join of every update made so far: what every replica must converge to.
+    pub fn truth(&self) -> &BTreeMap<String, Object> {
+        &self.truth
+    }
+
+    /// Whether every replica is up and holds exactly [`truth`](Sim::truth).
+    pub fn converged(&self) -> bool {
+        self.nodes.iter().all(|n| {
+            n.replica
+                .as_ref()
+                .is_some_and(|r| same_objects(r.objects(), &self.truth))
+        })
+    }
+
+    /// Runs the network for `duration` ms of virtual time.
+    pub fn run_for(&mut self, duration: Millis) {
+        let until = self.now + duration;
+        while self.step(until) {}
+    }
+
+    /// Runs until [`converged`](Sim::converged) or `limit` ms have passed; returns the time it
+    /// took.
+    pub fn run_until_converged(&mut self, limit: Millis) -> Option<Millis> {
+        self.run_until(limit, Sim::converged)
+    }
+
+    /// Runs until `done(self)` or `limit` ms have passed; returns the time it took. `done` is
+    /// checked after every event.
+    pub fn run_until(&mut self, limit: Millis, done: impl Fn(&Sim) -> bool) -> Option<Millis> {
+        let start = self.now;
+        let until = start + limit;
+        loop {
+            if done(self) {
+                return Some(self.now - start);
+            }
+            if !self.step(until) {
+                return None;
+            }
+        }
+    }
+
+    /// Handles the next event no later than `until`; false once there is none.
+    fn step(&mut self, until: Millis) -> bool {
+        let next_message = self.queue.peek().map(|m| m.0.at);
+        let next_timer = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.replica.as_ref()?.poll_timeout())
+            .min();
+        let next = match (next_message, next_timer) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => match a.or(b) {
+                Some(t) => t,
+                None => {
+                    self.now = until;
+                    return false;
+                }
+            },
+        };
+        if next > until {
+            self.now = until;
+            return false;
+        }
+        self.now = self.now.max(next);
+        while self.queue.peek().is_some_and(|m| m.0.at <= self.now) {
+            let Some(Reverse(m)) = self.queue.pop() else {
+                break;
+            };
+            self.deliver(m);
+        }
+        let now = self.now;
+        for node in &mut self.nodes {
+            if let Some(r) = node.replica.as_mut() {
+                if r.poll_timeout().is_some_and(|t| t <= now) {
+                    r.handle_timeout(now);
+                }
+            }
+        }
+        self.collect();
+        true
+    }
+
+    fn deliver(&mut self, m: InFlight) {
+        let reachable = self.groups.get(m.from) == self.groups.get(m.to);
+        let now = self.now;
+        let Some(replica) = self.nodes.get_mut(m.to).and_then(|n| n.replica.as_mut()) else {
+            self.stats.dropped += 1;
+            return;
+        };
+        if !reachable {
+            self.stats.dropped += 1;
+            return;
+        }
+        if replica
+            .handle_message(now, id_of(m.from), &m.payload)
+            .is_err()
+        {
+            self.stats.protocol_errors += 1;
+        }
+        // Replicas drain their events; the simulator checks state, not notifications.
+        while replica.poll_event().is_some() {}
+    }
+
+    /// Takes every replica's outgoing messages onto the network.
+    fn collect(&mut self) {
+        for from in 0..self.nodes.len() {
+            while let Some(t) = self
+                .nodes
+                .get_mut(from)
+                .and_then(|n| n.replica.as_mut())
+                .and_then(Replica::poll_transmit)
+            {
+                self.schedule(from, t.to, t.payload);
+            }
+        }
+    }
+
+    fn schedule(&mut self, from: usize, to: ReplicaId, payload: Vec<u8>) {
+        self.stats.messages += 1;
+        self.stats.bytes += payload.len() as u64;
+        let Some(to) = (to.get() as usize).checked_sub(1) else {
+            return;
+        };
+        if self.rng.f64() < self.config.loss {
+            self.stats.dropped += 1;
+            return;
+        }
+        let copies = if self.rng.f64() < self.config.duplicate {
+            self.stats.duplicated += 1;
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let (lo, hi) = self.config.delay;
+            let at = self.now + self.rng.u64(lo..=hi.max(lo));
+            self.sequence += 1;
+            self.queue.push(Reverse(InFlight {
+                at,
+                sequence: self.sequence,
+                from,
+                to,
+                payload: payload.clone(),
+            }));
+        }
+    }
+}
+
+/// Equal objects, treating a missing key and an empty object alike.
+fn same_objects(a: &BTreeMap<String, Object>, b: &BTreeMap<String, Object>) -> bool {
+    let non_empty = |m: &BTreeMap<String, Object>| {
+        m.iter()
+            .filter(|(_, o)| **o != Object::Empty)
+            .map(|(k, o)| (k.clone(), o.clone()))
+            .collect::<Vec<_>>()
+    };
+    non_empty(a) == non_empty(b)
+}
+
+/// What a [`chaos`] run did.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ChaosReport {
+    /// The seed.
+    pub seed: u64,
+    /// The cluster size.
+    pub replicas: usize,
+    /// Updates applied.
+    pub updates: u64,
+    /// Virtual ms from the last heal to convergence.
+    pub converged_after: Millis,
+    /// Network totals.
+    pub stats: SimStats,
+}
+
+/// One seeded fault schedule: 5 to 16 replicas, loss up to 30%, duplicates, reordering delays,
+/// small message and buffer limits, partitions, heals, crashes and restarts, with random updates
+/// on every object type (nested maps included). After the last heal every replica must hold the
+/// join of all updates, and no honest replica may refuse another's message.
+///
+/// The error names the seed; `chaos(seed)` replays the run exactly.
+pub fn chaos(seed: u64) -> Result<ChaosReport, String> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let replicas = rng.usize(5..=16);
+    let config = SimConfig {
+        replicas,
+        seed,
+        loss: rng.f64() * 0.3,
+        duplicate: rng.f64() * 0.1,
+        delay: (1, rng.u64(2..=80)),
+        round_interval: 100,
+        fanout: rng.usize(1..=3),
+        eager_push: rng.bool(),
+        max_message: rng.choice([4096, 16 << 10, 1 << 20]).unwrap_or(4096),
+        max_log_bytes: rng.choice([2048, 64 << 10, 8 << 20]).unwrap_or(2048),
+    };
+    let mut sim = Sim::new(config.clone());
+    let mut clocks: Vec<crdt_core::Hlc> =
+        (0..replicas).map(|_| crdt_core::Hlc::new(60_000)).collect();
+    let skews: Vec<Millis> = (0..replicas).map(|_| rng.u64(0..500)).collect();
+    let mut updates = 0;
+    for _ in 0..rng.usize(20..200) {
+        sim.run_for(rng.u64(0..60));
+        match rng.u8(0..100) {
+            0..=74 => {
+                let node = rng.usize(0..replicas);
+                let physical = sim.now() + skews.get(node).copied().unwrap_or(0);
+                let Some(clock) = clocks.get_mut(node) else {
+                    continue;
+                };
+                let (key, op) = random_op(&mut rng, clock, physical);
+                updates += u64::from(sim.update(node, &key, &op));
+            }
+            75..=82 => {
+                let groups: Vec<u32> = (0..replicas).map(|_| rng.u32(0..3)).collect();
+                sim.partition(&groups);
+            }
+            83..=88 => sim.heal(),
+            89..=94 => {
+                let node = rng.usize(0..replicas);
+                let up = (0..replicas).filter(|&i| !sim.is_crashed(i)).count();
+                if up > 1 {
+                    sim.crash(node);
+                }
+            }
+            _ => sim.restart(rng.usize(0..replicas)),
+        }
+    }
+    sim.heal();
+    (0..replicas).for_each(|i| sim.restart(i));
+    let fail = |why: &str, sim: &Sim| {
+        format!(
+            "seed {seed}: {why} (config {config:?}, stats {:?}); replay with crdt_net::sim::chaos({seed})",
+            sim.stats()
+        )
+    };
+    let Some(converged_after) = sim.run_until_converged(120_000) else {
+        let detail = sim.divergence().join("\n");
+        return Err(fail(
+            &format!("not converged 120 s after the last heal:\n{detail}\n"),
+            &sim,
+        ));
+    };
+    if sim.stats().protocol_errors > 0 {
+        return Err(fail("a replica refused an honest peer's message", &sim));
+    }
+    Ok(ChaosReport {
+        seed,
+        replicas,
+        updates,
+        converged_after,
+        stats: sim.stats().clone(),
+    })
+}
+
+/// A random update on a key whose name fixes its type, so concurrent writers never disagree.
+fn random_op(
+    rng: &mut fastrand::Rng,
+    clock: &mut crdt_core::Hlc,
+    physical: Millis,
+) -> (String, Op) {
+    let n = rng.u8(0..4);
+    match rng.u8(0..6) {
+        0 => (format!("g{n}"), Op::Inc(rng.u64(1..5))),
+        1 => {
+            let op = if rng.bool() {
+                Op::PnInc(rng.u64(1..5))
+            } else {
+                Op::PnDec(rng.u64(1..5))
+            };
+            (format!("p{n}"), op)
+        }
+        2 => {
+            let e = format!("e{}", rng.u8(0..16));
+            let op = if rng.u8(0..3) == 0 {
+                Op::Remove(e)
+            } else {
+                Op::Add(e)
+            };
+            (format!("s{n}"), op)
+        }
+        3 => (
+            format!("l{n}"),
+            Op::Set(clock.now(physical), format!("v{}", rng.u16(..))),
+        ),
+        4 => (format!("m{n}"), Op::Write(format!("w{}", rng.u16(..)))),
+        _ => {
+            let field = rng.u8(0..4);
+            let op = match rng.u8(0..5) {
+                0 => Op::Delete(format!("c{field}")),
+                1 => Op::Delete(format!("s{field}")),
+                2 => Op::Update(format!("c{field}"), Box::new(Op::Inc(1))),
+                3 => Op::Update(
+                    format!("s{field}"),
+                    Box::new(Op::Remove(format!("e{}", rng.u8(0..8)))),
+                ),
+                _ => Op::Update(
+                    format!("s{field}"),
+                    Box::new(Op::Add(format!("e{}", rng.u8(0..8)))),
+                ),
+            };
+            (format!("n{}", n % 2), op)
+        }
+    }
+}
+
+impl Sim {
+    /// For debugging a failed run: each replica's keys that differ from the truth.
+    pub fn divergence(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let Some(r) = &node.replica else {
+                out.push(format!("replica {i} crashed"));
+                continue;
+            };
+            for (key, want) in &self.truth {
+                let got = r.get(key);
+                if got != Some(want) {
+                    out.push(format!("replica {i} key {key}: has {got:?}, want {want:?}; seen {:?}; touched {:?}", r.seen(), r.durable().touched.get(key)));
+                }
+            }
+        }
+        out
+    }
+}
