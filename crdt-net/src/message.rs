@@ -12,8 +12,8 @@ pub const PROTOCOL_VERSION: u8 = 1;
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Message {
-    /// What the sender has seen. `reply` asks the receiver to answer with its own digest (the
-    /// pull half of a push-pull round) unless the two are equal.
+    /// What the sender has seen. `want` asks the receiver to send what the sender lacks;
+    /// `reply` asks it to answer with its own digest unless it lacks nothing.
     Digest(Digest),
     /// The answer to a digest equal to the receiver's: nothing to exchange.
     InSync,
@@ -36,6 +36,9 @@ pub struct Digest {
     pub seen: CausalContext,
     /// Whether the receiver should answer with its own digest.
     pub reply: bool,
+    /// Whether the receiver should send what the sender lacks. A replica asks one peer at a
+    /// time, so a large catch-up is not sent twice by two peers.
+    pub want: bool,
     /// Progress of an unfinished state transfer from the receiver.
     pub resume: Option<Resume>,
 }

@@ -186,6 +186,9 @@ pub struct Replica {
     outbox: VecDeque<Transmit>,
     events: VecDeque<Event>,
     next_round: Millis,
+    /// The peer we last asked for what we lack, and when it last made progress: we ask no other
+    /// until a round passes without progress.
+    pull: Option<(ReplicaId, Millis)>,
     rng: fastrand::Rng,
     stats: Stats,
 }
@@ -249,6 +252,7 @@ impl Replica {
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             next_round,
+            pull: None,
             rng,
             stats: Stats::default(),
             config,
@@ -384,7 +388,7 @@ impl Replica {
             return;
         }
         self.next_round = now + self.config.round_interval.max(1);
-        self.start_round();
+        self.start_round(now);
     }
 
     /// The next message to send, if any.
@@ -406,20 +410,25 @@ impl Replica {
     /// changes, and the driver should disconnect the peer.
     pub fn handle_message(
         &mut self,
-        _now: Millis,
+        now: Millis,
         from: ReplicaId,
         bytes: &[u8],
     ) -> Result<(), ProtocolError> {
         self.stats.messages_received += 1;
         self.stats.bytes_received += bytes.len() as u64;
-        let result = self.dispatch(from, bytes);
+        let result = self.dispatch(now, from, bytes);
         if result.is_err() {
             self.stats.errors += 1;
         }
         result
     }
 
-    fn dispatch(&mut self, from: ReplicaId, bytes: &[u8]) -> Result<(), ProtocolError> {
+    fn dispatch(
+        &mut self,
+        now: Millis,
+        from: ReplicaId,
+        bytes: &[u8],
+    ) -> Result<(), ProtocolError> {
         if from == self.config.id {
             return Err(ProtocolError::FromSelf(from));
         }
@@ -431,15 +440,15 @@ impl Replica {
         }
         self.heard_from(from);
         match message {
-            Message::Digest(digest) => self.on_digest(from, digest),
-            Message::InSync => {}
+            Message::Digest(digest) => self.on_digest(now, from, digest),
+            Message::InSync => self.pull_finished(from),
             Message::Deltas(entries) => self.on_deltas(from, entries),
             Message::Ack(dots) => {
                 if let Some(peer) = self.peers.get_mut(&from) {
                     peer.known.merge(&dots);
                 }
             }
-            Message::State(chunk) => self.on_state(from, chunk),
+            Message::State(chunk) => self.on_state(now, from, chunk),
             Message::StateDone(done) => self.on_state_done(from, done),
             Message::Peers(list) => list.into_iter().for_each(|info| self.add_peer(info)),
         }
@@ -470,7 +479,7 @@ impl Replica {
         }
     }
 
-    fn start_round(&mut self) {
+    fn start_round(&mut self, now: Millis) {
         self.stats.rounds += 1;
         let round = self.stats.rounds;
         let mut went_down = Vec::new();
@@ -501,7 +510,8 @@ impl Replica {
         self.rng.shuffle(&mut candidates);
         candidates.truncate(self.config.fanout);
         for &to in &candidates {
-            let digest = self.digest(to, true);
+            let want = self.start_pull(to, now);
+            let digest = self.digest(to, true, want);
             self.send(to, &digest);
             if let Some(peer) = self.peers.get_mut(&to) {
                 peer.awaiting_reply = true;
@@ -522,10 +532,39 @@ impl Replica {
             .trim(|dot| peers.values().all(|p| p.down || p.known.contains(dot)));
     }
 
-    fn digest(&self, to: ReplicaId, reply: bool) -> Message {
+    /// Whether to ask `peer` for what we lack now; if so, it becomes the one peer we ask.
+    fn start_pull(&mut self, peer: ReplicaId, now: Millis) -> bool {
+        let free = match self.pull {
+            None => true,
+            Some((p, progress)) => {
+                p == peer || now >= progress.saturating_add(self.config.round_interval)
+            }
+        };
+        if free {
+            self.pull = Some((peer, now));
+        }
+        free
+    }
+
+    fn pull_progressed(&mut self, peer: ReplicaId, now: Millis) {
+        if let Some((p, progress)) = &mut self.pull {
+            if *p == peer {
+                *progress = now;
+            }
+        }
+    }
+
+    fn pull_finished(&mut self, peer: ReplicaId) {
+        if self.pull.is_some_and(|(p, _)| p == peer) {
+            self.pull = None;
+        }
+    }
+
+    fn digest(&self, to: ReplicaId, reply: bool, want: bool) -> Message {
         Message::Digest(Digest {
             seen: self.durable.seen.clone(),
             reply,
+            want,
             resume: self.resume_point(to),
         })
     }
@@ -549,14 +588,15 @@ impl Replica {
         })
     }
 
-    fn on_digest(&mut self, from: ReplicaId, digest: Digest) {
+    fn on_digest(&mut self, now: Millis, from: ReplicaId, digest: Digest) {
         if let Some(peer) = self.peers.get_mut(&from) {
             peer.known.merge(&digest.seen);
         }
-        let sent = self.send_missing(from, &digest.seen, digest.resume.as_ref());
+        let sent = digest.want && self.send_missing(from, &digest.seen, digest.resume.as_ref());
         if digest.reply {
             if !self.durable.seen.includes(&digest.seen) {
-                let ours = self.digest(from, false);
+                let want = self.start_pull(from, now);
+                let ours = self.digest(from, false, want);
                 self.send(from, &ours);
             } else if !sent {
                 self.send(from, &Message::InSync);
@@ -682,7 +722,8 @@ impl Replica {
         }
     }
 
-    fn on_state(&mut self, from: ReplicaId, chunk: StateChunk) {
+    fn on_state(&mut self, now: Millis, from: ReplicaId, chunk: StateChunk) {
+        self.pull_progressed(from, now);
         for entry in &chunk.objects {
             self.durable
                 .objects
@@ -751,6 +792,7 @@ impl Replica {
         if let Some(done) = transfer.done {
             self.durable.seen.merge(&done.covers);
         }
+        self.pull_finished(peer);
     }
 
     fn touch(&mut self, key: &str, dot: Dot) {

@@ -50,6 +50,9 @@ pub struct SimConfig {
     pub max_message: usize,
     /// The replicas' delta buffer size.
     pub max_log_bytes: usize,
+    /// Give replicas full 64-bit ids, as real nodes have (derived from keys), instead of 1..=n;
+    /// version vectors then cost what they cost in deployment.
+    pub wide_ids: bool,
 }
 
 impl SimConfig {
@@ -66,15 +69,27 @@ impl SimConfig {
             eager_push: true,
             max_message: 1 << 20,
             max_log_bytes: 8 << 20,
+            wide_ids: false,
+        }
+    }
+
+    /// Replica `index`'s id.
+    pub fn id(&self, index: usize) -> ReplicaId {
+        let n = index as u64 + 1;
+        if self.wide_ids {
+            // A fixed odd multiplier spreads the ids over the whole range, like key hashes.
+            ReplicaId::new(n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1 << 63)
+        } else {
+            ReplicaId::new(n)
         }
     }
 
     fn replica_config(&self, index: usize) -> Config {
-        let mut config = Config::new(id_of(index));
+        let mut config = Config::new(self.id(index));
         config.peers = (0..self.replicas)
             .filter(|&j| j != index)
             .map(|j| crate::PeerInfo {
-                id: id_of(j),
+                id: self.id(j),
                 addr: None,
             })
             .collect();
@@ -102,6 +117,8 @@ pub struct SimStats {
     pub duplicated: u64,
     /// Messages a replica refused (there should be none between honest replicas).
     pub protocol_errors: u64,
+    /// The largest message sent.
+    pub largest_message: u64,
 }
 
 /// A simulated cluster.
@@ -110,6 +127,8 @@ pub struct Sim {
     config: SimConfig,
     now: Millis,
     nodes: Vec<Node>,
+    /// Replica id to node index.
+    index: BTreeMap<ReplicaId, usize>,
     queue: BinaryHeap<Reverse<InFlight>>,
     sequence: u64,
     rng: fastrand::Rng,
@@ -137,29 +156,38 @@ struct InFlight {
     payload: Vec<u8>,
 }
 
-/// Replica `index`'s id.
-pub fn id_of(index: usize) -> ReplicaId {
-    ReplicaId::new(index as u64 + 1)
-}
-
 impl Sim {
     /// A cluster of `config.replicas` fresh replicas at time 0, all in one partition.
     pub fn new(config: SimConfig) -> Self {
+        Sim::with_states(config, |_| Durable::default())
+    }
+
+    /// A cluster whose replica `i` starts from `state(i)`, as if restarted from it.
+    pub fn with_states(config: SimConfig, state: impl Fn(usize) -> Durable) -> Self {
+        let mut truth: BTreeMap<String, Object> = BTreeMap::new();
         let nodes = (0..config.replicas)
-            .map(|i| Node {
-                replica: Some(Replica::new(config.replica_config(i))),
-                persisted: Durable::default(),
-                restarts: 0,
+            .map(|i| {
+                let durable = state(i);
+                for (key, object) in &durable.objects {
+                    truth.entry(key.clone()).or_default().merge(object);
+                }
+                Node {
+                    replica: Some(Replica::restore(config.replica_config(i), durable)),
+                    persisted: Durable::default(),
+                    restarts: 0,
+                }
             })
             .collect();
+        let index = (0..config.replicas).map(|i| (config.id(i), i)).collect();
         Sim {
+            index,
             rng: fastrand::Rng::with_seed(config.seed),
             groups: vec![0; config.replicas],
             nodes,
             queue: BinaryHeap::new(),
             sequence: 0,
             now: 0,
-            truth: BTreeMap::new(),
+            truth,
             stats: SimStats::default(),
             config,
         }
@@ -247,6 +275,11 @@ impl Sim {
         self.nodes.get(index).is_some_and(|n| n.replica.is_none())
     }
 
+    /// Replica `index`'s id.
+    pub fn id(&self, index: usize) -> ReplicaId {
+        self.config.id(index)
+    }
+
     /// The join of every update made so far: what every replica must converge to.
     pub fn truth(&self) -> &BTreeMap<String, Object> {
         &self.truth
@@ -332,6 +365,7 @@ impl Sim {
     fn deliver(&mut self, m: InFlight) {
         let reachable = self.groups.get(m.from) == self.groups.get(m.to);
         let now = self.now;
+        let from_id = self.config.id(m.from);
         let Some(replica) = self.nodes.get_mut(m.to).and_then(|n| n.replica.as_mut()) else {
             self.stats.dropped += 1;
             return;
@@ -340,10 +374,7 @@ impl Sim {
             self.stats.dropped += 1;
             return;
         }
-        if replica
-            .handle_message(now, id_of(m.from), &m.payload)
-            .is_err()
-        {
+        if replica.handle_message(now, from_id, &m.payload).is_err() {
             self.stats.protocol_errors += 1;
         }
         // Replicas drain their events; the simulator checks state, not notifications.
@@ -367,7 +398,8 @@ impl Sim {
     fn schedule(&mut self, from: usize, to: ReplicaId, payload: Vec<u8>) {
         self.stats.messages += 1;
         self.stats.bytes += payload.len() as u64;
-        let Some(to) = (to.get() as usize).checked_sub(1) else {
+        self.stats.largest_message = self.stats.largest_message.max(payload.len() as u64);
+        let Some(&to) = self.index.get(&to) else {
             return;
         };
         if self.rng.f64() < self.config.loss {
@@ -442,6 +474,7 @@ pub fn chaos(seed: u64) -> Result<ChaosReport, String> {
         eager_push: rng.bool(),
         max_message: rng.choice([4096, 16 << 10, 1 << 20]).unwrap_or(4096),
         max_log_bytes: rng.choice([2048, 64 << 10, 8 << 20]).unwrap_or(2048),
+        wide_ids: rng.bool(),
     };
     let mut sim = Sim::new(config.clone());
     let mut clocks: Vec<crdt_core::Hlc> =

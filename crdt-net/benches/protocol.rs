@@ -1,0 +1,192 @@
+//! The protocol's bandwidth and latency figures, measured in the deterministic simulator.
+//!
+//! ```text
+//! cargo bench -p crdt-net --bench protocol
+//! ```
+//!
+//! Prints one table per figure; `docs/benchmarks.md` records a run. Replicas use full 64-bit
+//! ids (as real nodes do), so version vectors cost what they cost in deployment.
+
+use crdt_core::{Crdt, ReplicaId};
+use crdt_net::sim::{Sim, SimConfig};
+use crdt_net::{Config, Durable, Object, Op, Replica};
+
+const INTERVAL: u64 = 100;
+
+fn main() {
+    idle_rounds();
+    one_add_bandwidth();
+    rounds_to_spread();
+    fresh_join();
+}
+
+fn config(replicas: usize, seed: u64) -> SimConfig {
+    SimConfig {
+        replicas,
+        wide_ids: true,
+        round_interval: INTERVAL,
+        ..SimConfig::new(seed)
+    }
+}
+
+/// Bytes per idle exchange (one digest and its in-sync answer) between converged replicas, as
+/// the number of writers grows.
+fn idle_rounds() {
+    println!("\n## Idle rounds (converged replicas, fanout 2, 50 rounds)\n");
+    println!("| writers | bytes per exchange | bytes per writer above 1 writer |");
+    println!("| ---: | ---: | ---: |");
+    let mut one_writer = 0.0;
+    for writers in [1, 8, 64] {
+        let mut sim = Sim::new(config(writers.max(2), 1));
+        for i in 0..writers {
+            sim.update(i, "hits", &Op::Inc(1));
+        }
+        assert!(sim.run_until_converged(60_000).is_some());
+        sim.run_for(10 * INTERVAL);
+        let before = sim.stats().clone();
+        let rounds = 50;
+        sim.run_for(rounds * INTERVAL);
+        let bytes = (sim.stats().bytes - before.bytes) as f64;
+        let exchanges = (rounds * 2 * sim.len() as u64) as f64;
+        let per_exchange = bytes / exchanges;
+        if writers == 1 {
+            one_writer = per_exchange;
+        }
+        let per_writer = if writers > 1 {
+            format!("{:.1}", (per_exchange - one_writer) / (writers - 1) as f64)
+        } else {
+            "-".into()
+        };
+        println!("| {writers} | {per_exchange:.1} | {per_writer} |");
+    }
+}
+
+/// A converged set of `n` elements written by replica `writer`, as every replica would persist it.
+fn converged_set(n: usize, writer: ReplicaId) -> Durable {
+    let mut config = Config::new(writer);
+    config.eager_push = false;
+    let mut replica = Replica::new(config);
+    for i in 0..n {
+        let _ = replica.update("set", &Op::Add(format!("element-{i:07}")));
+    }
+    replica.durable().clone()
+}
+
+/// Idle traffic per ms, measured over `rounds` rounds.
+fn idle_rate(sim: &mut Sim, rounds: u64) -> f64 {
+    let before = sim.stats().bytes;
+    sim.run_for(rounds * INTERVAL);
+    (sim.stats().bytes - before) as f64 / (rounds * INTERVAL) as f64
+}
+
+/// 8 converged replicas of an OR-Set; one adds an element. Bytes until all 8 have it, minus what
+/// the same time costs idle.
+fn one_add_bandwidth() {
+    println!("\n## One add to a converged OR-Set, 8 replicas\n");
+    println!("| elements | push | ms until all have it | bytes sent | idle bytes in that time | extra bytes per replica |");
+    println!("| ---: | :---: | ---: | ---: | ---: | ---: |");
+    for n in [1_000, 10_000, 100_000] {
+        for eager_push in [true, false] {
+            let base = config(8, 2);
+            let state = converged_set(n, base.id(0));
+            let mut sim = Sim::with_states(SimConfig { eager_push, ..base }, |_| state.clone());
+            let rate = idle_rate(&mut sim, 20);
+            let before = sim.stats().bytes;
+            sim.update(3, "set", &Op::Add("one more".into()));
+            let has_it = |s: &Sim| {
+                (0..s.len()).all(|i| {
+                    matches!(s.replica(i).and_then(|r| r.get("set")),
+                        Some(Object::Set(set)) if set.contains(&"one more".to_string()))
+                })
+            };
+            let took = sim.run_until(60_000, has_it).expect("the add spreads");
+            let sent = (sim.stats().bytes - before) as f64;
+            let idle = rate * took as f64;
+            println!(
+                "| {n} | {} | {took} | {sent:.0} | {idle:.0} | {:.0} |",
+                if eager_push { "eager" } else { "rounds only" },
+                (sent - idle) / 8.0
+            );
+        }
+    }
+}
+
+/// With N = 64 and fanout 1, rounds until one update reaches every replica, over 1,000 seeds.
+fn rounds_to_spread() {
+    let seeds = std::env::var("ROUND_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000u64);
+    println!("\n## Rounds for one update to reach all of N = 64 (fanout 1, no eager push, {seeds} seeds)\n");
+    println!("| loss | p50 | p90 | p99 | max | goal | distribution (rounds: runs) |");
+    println!("| ---: | ---: | ---: | ---: | ---: | --- | --- |");
+    for (loss, goal) in [(0.0, "p99 ≤ ⌈log2 64⌉ + 4 = 10"), (0.1, "p99 ≤ 12")] {
+        let mut rounds: Vec<u64> = (0..seeds)
+            .map(|seed| {
+                let mut sim = Sim::new(SimConfig {
+                    fanout: 1,
+                    eager_push: false,
+                    loss,
+                    ..config(64, seed)
+                });
+                sim.run_for(3 * INTERVAL);
+                sim.update(0, "x", &Op::Inc(1));
+                let everyone =
+                    |s: &Sim| (0..s.len()).all(|i| s.replica(i).and_then(|r| r.get("x")).is_some());
+                let took = sim.run_until(600 * INTERVAL, everyone).expect("spreads");
+                took.div_ceil(INTERVAL)
+            })
+            .collect();
+        rounds.sort_unstable();
+        let pct = |p: f64| rounds[((rounds.len() as f64 * p).ceil() as usize).saturating_sub(1)];
+        let mut histogram = std::collections::BTreeMap::new();
+        for r in &rounds {
+            *histogram.entry(*r).or_insert(0) += 1;
+        }
+        let dist: Vec<String> = histogram.iter().map(|(r, n)| format!("{r}: {n}")).collect();
+        println!(
+            "| {:.0}% | {} | {} | {} | {} | {goal} | {} |",
+            loss * 100.0,
+            pct(0.5),
+            pct(0.9),
+            pct(0.99),
+            rounds.last().copied().unwrap_or(0),
+            dist.join(", ")
+        );
+    }
+}
+
+/// A fresh replica joins 8 converged replicas holding 100k elements.
+fn fresh_join() {
+    println!("\n## A fresh replica joins 8 converged replicas of a 100k-element OR-Set\n");
+    let base = config(9, 3);
+    let state = converged_set(100_000, base.id(0));
+    let Some(Object::Set(set)) = state.objects.get("set") else {
+        unreachable!("converged_set makes a set")
+    };
+    let encoded = crdt_core::codec::encode(set).len() as f64;
+    let mut idle = Sim::with_states(config(8, 3), |_| state.clone());
+    let rate = idle_rate(&mut idle, 20);
+    let mut sim = Sim::with_states(base, |i| {
+        if i < 8 {
+            state.clone()
+        } else {
+            Durable::default()
+        }
+    });
+    let took = sim
+        .run_until_converged(600_000)
+        .expect("the newcomer catches up");
+    let sent = sim.stats().bytes as f64;
+    let net = sent - rate * took as f64;
+    println!("| encoded state | bytes sent | of which idle | ratio (net) | largest message | ms to catch up |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| {encoded:.0} | {sent:.0} | {:.0} | {:.3} | {} | {took} |",
+        rate * took as f64,
+        net / encoded,
+        sim.stats().largest_message
+    );
+    let joined = sim.replica(8).and_then(|r| r.get("set")).cloned();
+    assert_eq!(joined, Some(Object::Set(set.joined(set))));
+}
