@@ -121,8 +121,15 @@ impl<T: Ord> OrSet<T> {
     }
 }
 
+/// A delta's context is enumerated for the fast merge path only up to this many dots.
+const SMALL_CONTEXT: usize = 64;
+
 impl<T: Ord + Clone + core::fmt::Debug> Crdt for OrSet<T> {
     fn merge(&mut self, other: &Self) {
+        if other.entries.len() < SMALL_CONTEXT && !self.removes_elsewhere(other) {
+            self.merge_by_lookup(other);
+            return;
+        }
         // One ordered pass over both element maps: elements only we hold survive unless the other
         // side saw their dots (and so removed them); elements only they hold are new to us unless
         // we saw their dots; shared elements join their dots.
@@ -148,6 +155,42 @@ impl<T: Ord + Clone + core::fmt::Debug> Crdt for OrSet<T> {
             self.entries = new_to_us.into_iter().collect();
         } else {
             self.entries.extend(new_to_us);
+        }
+        self.ctx.merge(&other.ctx);
+    }
+}
+
+impl<T: Ord + Clone> OrSet<T> {
+    /// Whether `other` may remove elements it does not itself hold: whether its context has a
+    /// dot we have seen that is not live in its elements. Answers `true` when the context is too
+    /// large to check cheaply.
+    fn removes_elsewhere(&self, other: &Self) -> bool {
+        let Some(dots) = other.ctx.missing_from(&CausalContext::new(), SMALL_CONTEXT) else {
+            return true;
+        };
+        dots.into_iter().any(|d| {
+            self.ctx.contains(d) && !other.entries.values().any(|e| e.as_slice().contains(&d))
+        })
+    }
+
+    /// The merge when no element outside `other`'s can change: a lookup per element of
+    /// `other`, instead of a pass over all of ours. This is the common case of applying a small
+    /// delta (an add) to a large set.
+    fn merge_by_lookup(&mut self, other: &Self) {
+        let (entries, ctx) = (&mut self.entries, &self.ctx);
+        for (value, theirs) in &other.entries {
+            match entries.get_mut(value) {
+                Some(ours) => {
+                    if !ours.join(ctx, Some(theirs), &other.ctx) {
+                        entries.remove(value);
+                    }
+                }
+                None => {
+                    if let Some(kept) = theirs.unseen_by(ctx) {
+                        entries.insert(value.clone(), kept);
+                    }
+                }
+            }
         }
         self.ctx.merge(&other.ctx);
     }

@@ -1,0 +1,265 @@
+//! Bad input from a peer: a typed error, no panic, nothing stored changes, and the replica keeps
+//! serving others. Also the message golden vectors of `docs/wire-format.md`.
+
+use crdt_core::{CausalContext, Dot, ReplicaId, VersionVector};
+use crdt_net::message::{DeltaEntry, Digest, StateChunk, StateDone, StateEntry};
+use crdt_net::{Config, Message, Object, Op, PeerInfo, ProtocolError, Replica};
+
+const A: ReplicaId = ReplicaId::new(1);
+const B: ReplicaId = ReplicaId::new(2);
+const C: ReplicaId = ReplicaId::new(3);
+
+fn replica_with_data() -> Replica {
+    replica_with_log(8 << 20)
+}
+
+fn replica_with_log(max_log_bytes: usize) -> Replica {
+    let mut config = Config::new(A).with_peer(B).with_peer(C);
+    config.max_log_bytes = max_log_bytes;
+    let mut r = Replica::new(config);
+    r.update("n", &Op::Inc(5)).unwrap();
+    r.update("s", &Op::Add("x".into())).unwrap();
+    r.update("m", &Op::Update("k".into(), Box::new(Op::Inc(1))))
+        .unwrap();
+    while r.poll_transmit().is_some() {}
+    r
+}
+
+fn delta_from(writer: ReplicaId, counter: u64) -> Vec<u8> {
+    let mut source = Object::Empty;
+    let delta = source.apply(writer, &Op::Inc(7)).unwrap();
+    Message::Deltas(vec![DeltaEntry {
+        dot: Dot::new(writer, counter),
+        key: "n".into(),
+        delta,
+    }])
+    .encode()
+}
+
+#[test]
+fn bad_messages_are_refused_and_change_nothing() {
+    let mut r = replica_with_data();
+    let before = r.durable().clone();
+    let huge = vec![1u8; (1 << 20) + 1];
+    let cases: Vec<(&str, Vec<u8>, ProtocolError)> = vec![
+        ("empty", vec![], ProtocolError::Empty),
+        (
+            "wrong version",
+            vec![9, 1],
+            ProtocolError::UnsupportedVersion(9),
+        ),
+        (
+            "garbage",
+            vec![1, 0xff, 0xff, 0xff],
+            ProtocolError::Malformed,
+        ),
+        (
+            "trailing bytes",
+            {
+                let mut m = Message::InSync.encode();
+                m.push(0);
+                m
+            },
+            ProtocolError::Malformed,
+        ),
+        (
+            "oversized",
+            huge,
+            ProtocolError::TooLarge {
+                len: (1 << 20) + 1,
+                max: 1 << 20,
+            },
+        ),
+        (
+            "forged dot",
+            delta_from(A, 99),
+            ProtocolError::ForgedDot(Dot::new(A, 99)),
+        ),
+    ];
+    for (what, bytes, expected) in cases {
+        assert_eq!(r.handle_message(0, B, &bytes), Err(expected), "{what}");
+        assert_eq!(r.durable(), &before, "{what} changed stored state");
+    }
+    assert_eq!(
+        r.handle_message(0, A, &Message::InSync.encode()),
+        Err(ProtocolError::FromSelf(A))
+    );
+    assert_eq!(r.stats().errors, 7);
+
+    // The replica keeps serving: a valid delta from C still lands.
+    r.handle_message(0, C, &delta_from(C, 1)).unwrap();
+    assert_eq!(r.get("n").map(|o| o.to_string()), Some("12".into()));
+}
+
+#[test]
+fn mutated_messages_never_panic_and_errors_change_nothing() {
+    // No delta buffer, so a peer catching up gets state chunks.
+    let mut source = replica_with_log(0);
+    // Real messages of every kind: a digest, deltas, state chunks.
+    let mut samples = vec![
+        Message::Digest(Digest {
+            seen: source.seen().clone(),
+            reply: true,
+            want: true,
+            resume: None,
+        })
+        .encode(),
+        delta_from(C, 4),
+    ];
+    let mut peer = Replica::new(Config::new(B).with_peer(A));
+    peer.handle_timeout(10_000);
+    while let Some(t) = peer.poll_transmit() {
+        source.handle_message(0, B, &t.payload).unwrap();
+    }
+    while let Some(t) = source.poll_transmit() {
+        samples.push(t.payload);
+    }
+    let kinds: Vec<u8> = samples.iter().map(|m| m[1]).collect();
+    assert!(
+        samples.len() >= 4,
+        "expected state chunks in the samples, got kinds {kinds:?}"
+    );
+
+    let mut rng = fastrand::Rng::with_seed(42);
+    let mut target = replica_with_data();
+    for i in 0..20_000 {
+        let mut m = samples[i % samples.len()].clone();
+        for _ in 0..rng.usize(1..4) {
+            let at = rng.usize(..m.len());
+            m[at] ^= rng.u8(1..);
+        }
+        if rng.u8(..8) == 0 {
+            m.truncate(rng.usize(..m.len()));
+        }
+        let before = target.durable().clone();
+        if target.handle_message(0, C, &m).is_err() {
+            assert_eq!(target.durable(), &before, "a refused message changed state");
+        }
+    }
+}
+
+/// Reads the ```` ```message NAME ```` blocks of the wire-format document.
+fn documented() -> Vec<(String, Vec<u8>)> {
+    let doc = include_str!("../../docs/wire-format.md");
+    let mut out = Vec::new();
+    let mut lines = doc.lines();
+    while let Some(line) = lines.next() {
+        let Some(name) = line.strip_prefix("```message ") else {
+            continue;
+        };
+        let hex = lines
+            .by_ref()
+            .take_while(|l| !l.starts_with("```"))
+            .flat_map(|l| l.split('#').next())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let bytes = hex
+            .split_whitespace()
+            .map(|b| u8::from_str_radix(b, 16).expect("hex byte"))
+            .collect();
+        out.push((name.trim().to_string(), bytes));
+    }
+    out
+}
+
+fn golden_messages() -> Vec<(&'static str, Message)> {
+    let seen: CausalContext = [Dot::new(A, 1), Dot::new(A, 2), Dot::new(B, 1)]
+        .into_iter()
+        .collect();
+    let mut counter = Object::Empty;
+    let delta = counter.apply(A, &Op::Inc(3)).unwrap();
+    vec![
+        (
+            "digest",
+            Message::Digest(Digest {
+                seen: seen.clone(),
+                reply: true,
+                want: true,
+                resume: None,
+            }),
+        ),
+        ("in-sync", Message::InSync),
+        (
+            "deltas",
+            Message::Deltas(vec![DeltaEntry {
+                dot: Dot::new(A, 3),
+                key: "n".into(),
+                delta,
+            }]),
+        ),
+        ("ack", Message::Ack([Dot::new(A, 3)].into_iter().collect())),
+        (
+            "state",
+            Message::State(StateChunk {
+                transfer: 7,
+                index: 0,
+                base: VersionVector::single(A, 2),
+                complete_through: Some("n".into()),
+                objects: vec![StateEntry {
+                    key: "n".into(),
+                    touched: VersionVector::single(A, 2),
+                    object: counter.clone(),
+                }],
+            }),
+        ),
+        (
+            "state-done",
+            Message::StateDone(StateDone {
+                transfer: 7,
+                chunks: 1,
+                covers: seen,
+            }),
+        ),
+        (
+            "peers",
+            Message::Peers(vec![PeerInfo {
+                id: B,
+                addr: Some("10.0.0.2:4433".into()),
+            }]),
+        ),
+    ]
+}
+
+#[test]
+fn message_golden_vectors_match_the_document_both_ways() {
+    let doc = documented();
+    for (name, message) in golden_messages() {
+        let encoded = message.encode();
+        let hex: Vec<String> = encoded.iter().map(|b| format!("{b:02x}")).collect();
+        let Some((_, bytes)) = doc.iter().find(|(n, _)| n == name) else {
+            panic!(
+                "docs/wire-format.md lacks message {name}: {}",
+                hex.join(" ")
+            );
+        };
+        assert_eq!(
+            bytes,
+            &encoded,
+            "{name}: document vs encoder ({})",
+            hex.join(" ")
+        );
+        assert_eq!(
+            Message::decode(bytes, 1 << 20).as_ref(),
+            Ok(&message),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        doc.len(),
+        golden_messages().len(),
+        "the document has vectors no test checks"
+    );
+}
+
+#[test]
+#[ignore = "prints the message vectors for docs/wire-format.md"]
+fn print_message_vectors() {
+    for (name, message) in golden_messages() {
+        let hex: Vec<String> = message
+            .encode()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        println!("```message {name}\n{}\n```", hex.join(" "));
+    }
+}
