@@ -6,6 +6,8 @@
 //!   push-pull rounds in which peers exchange digests and then send each other only what the
 //!   other lacks: buffered deltas, or the state of just the objects changed since the peer's
 //!   digest, in messages of bounded size that resume after an interruption.
+//! * [`node`] (feature `quic`, on by default) runs a replica over QUIC: authenticated peers, a
+//!   trust list, reconnects, bounded queues, persisted state.
 //! * [`sim`] runs many replicas on virtual time with seeded loss, duplication, reordering,
 //!   partitions and crashes.
 //!
@@ -20,6 +22,8 @@
 //! | `object` | [`Object`] (one enum over the crdt-core types) and [`Op`] |
 //! | `log` | the bounded delta buffer |
 //! | `sim` | the deterministic simulator |
+//! | `node` | the tokio + quinn driver, [`node::Node`] and its builder |
+//! | `node::identity` | key pair, self-signed certificate, node id, trust list, TLS verifiers |
 //! | `error` | [`ProtocolError`] |
 #![cfg_attr(
     not(test),
@@ -29,6 +33,8 @@
 mod error;
 mod log;
 pub mod message;
+#[cfg(feature = "quic")]
+pub mod node;
 mod object;
 mod replica;
 pub mod sim;

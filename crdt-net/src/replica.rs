@@ -322,6 +322,11 @@ impl Replica {
         &self.durable.seen
     }
 
+    /// The largest message this replica sends or accepts.
+    pub fn max_message(&self) -> usize {
+        self.config.max_message
+    }
+
     /// Traffic counters.
     pub fn stats(&self) -> &Stats {
         &self.stats

@@ -1,0 +1,187 @@
+//! Nodes over real QUIC on loopback: convergence on every type, refusal of untrusted keys, and
+//! disconnection of a trusted peer that sends garbage.
+
+use std::time::Duration;
+
+use crdt_core::{Hlc, ReplicaId};
+use crdt_net::node::{testing, Identity, Node, NodeBuilder};
+use crdt_net::{Message, Object, Op};
+use tempfile::TempDir;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Starts nodes in fresh directories, each trusting all the others, each dialing the ones
+/// started before it.
+async fn cluster(n: usize) -> (Vec<Node>, Vec<TempDir>) {
+    let dirs: Vec<TempDir> = (0..n).map(|_| TempDir::new().unwrap()).collect();
+    let ids: Vec<ReplicaId> = dirs
+        .iter()
+        .map(|d| Identity::load_or_create(d.path()).unwrap().id())
+        .collect();
+    let mut nodes: Vec<Node> = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let mut builder = NodeBuilder::new(dir.path()).gossip_interval(Duration::from_millis(100));
+        for (j, id) in ids.iter().enumerate() {
+            if j != i {
+                builder = builder.trust(*id);
+            }
+        }
+        for node in &nodes {
+            builder = builder.peer(node.local_addr());
+        }
+        nodes.push(builder.start().await.unwrap());
+    }
+    (nodes, dirs)
+}
+
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_converge_on_every_type() {
+    let (nodes, _dirs) = cluster(3).await;
+    let mut clock = Hlc::new(60_000);
+    for (i, node) in nodes.iter().enumerate() {
+        let name = format!("from-{i}");
+        let now = 1_000 + i as u64;
+        let ops = [
+            ("views", Op::Inc(i as u64 + 1)),
+            ("stock", Op::PnDec(2)),
+            ("tags", Op::Add(name.clone())),
+            ("title", Op::Set(clock.now(now), name.clone())),
+            ("status", Op::Write(name.clone())),
+            (
+                "doc",
+                Op::Update(name.clone(), Box::new(Op::Add("x".into()))),
+            ),
+        ];
+        for (key, op) in ops {
+            node.update(key, op).await.unwrap();
+        }
+    }
+    nodes[0]
+        .update("tags", Op::Remove("from-0".into()))
+        .await
+        .unwrap();
+    eventually("all three hold the same objects", async || {
+        let first = nodes[0].objects().await;
+        let mut all_equal = first.len() == 6;
+        for node in &nodes[1..] {
+            all_equal &= node.objects().await == first;
+        }
+        all_equal
+    })
+    .await;
+    let views = nodes[2].get("views").await.map(|o| o.to_string());
+    assert_eq!(views.as_deref(), Some("6"));
+    let tags = nodes[1].get("tags").await.map(|o| o.to_string());
+    assert_eq!(tags.as_deref(), Some(r#"{"from-1", "from-2"}"#));
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_node_can_neither_read_nor_write() {
+    let (nodes, _dirs) = cluster(2).await;
+    let outsider_dir = TempDir::new().unwrap();
+    // The outsider trusts the cluster, but the cluster does not trust it.
+    let mut builder =
+        NodeBuilder::new(outsider_dir.path()).gossip_interval(Duration::from_millis(100));
+    for node in &nodes {
+        builder = builder.trust(node.id()).peer(node.local_addr());
+    }
+    let outsider = builder.start().await.unwrap();
+    outsider.update("secret", Op::Inc(1)).await.unwrap();
+    nodes[0].update("shared", Op::Inc(1)).await.unwrap();
+    eventually("the trusted pair syncs", async || {
+        nodes[1].get("shared").await.is_some()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for node in &nodes {
+        assert_eq!(
+            node.get("secret").await,
+            None,
+            "the outsider's write leaked in"
+        );
+        assert!(node
+            .peers()
+            .await
+            .iter()
+            .all(|p| p.info.id != outsider.id()));
+    }
+    assert_eq!(
+        outsider.get("shared").await,
+        None,
+        "the outsider read the cluster's data"
+    );
+    // TLS 1.3 lets a client finish its half of the handshake before the server checks the client
+    // certificate, so the outsider may list the nodes it dialed; none ever answered it.
+    assert!(outsider.peers().await.iter().all(|p| !p.up));
+    outsider.shutdown().await;
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_sending_garbage_is_disconnected_and_the_others_keep_syncing() {
+    let (nodes, _dirs) = cluster(2).await;
+    let rogue_dir = TempDir::new().unwrap();
+    let rogue = Identity::load_or_create(rogue_dir.path()).unwrap().id();
+    nodes[0].trust_list().set(rogue, true).unwrap();
+    let before = nodes[0].objects().await;
+
+    // A valid message first, then garbage.
+    let frames = vec![Message::InSync.encode(), vec![1, 0xde, 0xad, 0xbe, 0xef]];
+    let closed = testing::send_raw_frames(
+        rogue_dir.path(),
+        nodes[0].id(),
+        nodes[0].local_addr(),
+        frames,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let reason = closed.expect("the node closes the connection");
+    assert!(
+        reason.contains("protocol error"),
+        "closed for another reason: {reason}"
+    );
+    assert_eq!(nodes[0].objects().await, before);
+
+    nodes[1].update("after", Op::Inc(1)).await.unwrap();
+    eventually("the honest peers still sync", async || {
+        nodes[0].get("after").await.is_some()
+    })
+    .await;
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_survives_a_restart() {
+    let dir = TempDir::new().unwrap();
+    let node = NodeBuilder::new(dir.path()).start().await.unwrap();
+    node.update("kept", Op::Add("a".into())).await.unwrap();
+    let id = node.id();
+    node.shutdown().await;
+    let node = NodeBuilder::new(dir.path()).start().await.unwrap();
+    assert_eq!(node.id(), id, "the identity is kept");
+    assert!(matches!(node.get("kept").await, Some(Object::Set(s)) if s.len() == 1));
+    node.shutdown().await;
+
+    std::fs::write(dir.path().join("state.bin"), b"\x01garbage").unwrap();
+    let err = NodeBuilder::new(dir.path()).start().await.unwrap_err();
+    assert!(err.to_string().contains("unreadable"), "{err}");
+}
