@@ -231,7 +231,8 @@ impl Node {
     /// are connected, and by anti-entropy otherwise.
     pub async fn update(&self, key: &str, op: Op) -> Result<(), NodeError> {
         self.shared.replica().update(key, &op)?;
-        self.shared.flush();
+        // The driver sends; updates made before it wakes go out together, in one batch.
+        self.shared.wake.notify_one();
         Ok(())
     }
 
