@@ -57,13 +57,17 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         println!("      node {i}: {} at {}", node.id(), node.local_addr());
         nodes.push(node);
     }
-    wait_for("every node to see the other four", Duration::from_secs(10), async || {
-        let mut all = true;
-        for node in &nodes {
-            all &= node.peers().await.iter().filter(|p| p.up).count() == NODES - 1;
-        }
-        all
-    })
+    wait_for(
+        "every node to see the other four",
+        Duration::from_secs(10),
+        async || {
+            let mut all = true;
+            for node in &nodes {
+                all &= node.peers().await.iter().filter(|p| p.up).count() == NODES - 1;
+            }
+            all
+        },
+    )
     .await?;
 
     println!("[2/5] partition: nodes 0-1 | nodes 2-4");
@@ -91,19 +95,25 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     for node in &nodes {
         node.isolate_from(&[]);
     }
-    wait_for("all five to hold the same state", Duration::from_secs(20), async || {
-        let first = nodes[0].objects().await;
-        let mut same = true;
-        for node in &nodes[1..] {
-            same &= node.objects().await == first;
-        }
-        same
-    })
+    wait_for(
+        "all five to hold the same state",
+        Duration::from_secs(20),
+        async || {
+            let first = nodes[0].objects().await;
+            let mut same = true;
+            for node in &nodes[1..] {
+                same &= node.objects().await == first;
+            }
+            same
+        },
+    )
     .await?;
     let converge = healed.elapsed();
     let healing_bytes = total_bytes(&nodes).await - bytes_before;
 
-    println!("[5/5] converged {converge:.2?} after the heal; {healing_bytes} bytes sent while healing");
+    println!(
+        "[5/5] converged {converge:.2?} after the heal; {healing_bytes} bytes sent while healing"
+    );
     let state = nodes[0].objects().await;
     for (key, value) in &state {
         if !key.starts_with("doc") {
@@ -126,12 +136,28 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 fn edits(i: usize, round: usize, now: crdt_core::HlcTimestamp) -> Vec<(&'static str, Op)> {
     vec![
         ("visits", Op::Inc(1)),
-        ("stock", if i % 2 == 0 { Op::PnInc(3) } else { Op::PnDec(1) }),
+        (
+            "stock",
+            if i % 2 == 0 {
+                Op::PnInc(3)
+            } else {
+                Op::PnDec(1)
+            },
+        ),
         ("tags", Op::Add(format!("n{i}-{}", round % 20))),
-        ("tags", Op::Remove(format!("n{}-{}", (i + 1) % NODES, round % 20))),
-        ("title", Op::Set(now, format!("title by node {i} at round {round}"))),
+        (
+            "tags",
+            Op::Remove(format!("n{}-{}", (i + 1) % NODES, round % 20)),
+        ),
+        (
+            "title",
+            Op::Set(now, format!("title by node {i} at round {round}")),
+        ),
         ("status", Op::Write(format!("node {i} says {}", round % 3))),
-        ("doc", Op::Update(format!("section-{}", round % 4), Box::new(Op::Inc(1)))),
+        (
+            "doc",
+            Op::Update(format!("section-{}", round % 4), Box::new(Op::Inc(1))),
+        ),
     ]
 }
 

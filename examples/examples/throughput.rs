@@ -21,7 +21,9 @@ const SET_SIZE: usize = 100_000;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("## Throughput, 3 nodes on loopback QUIC (one writer, two receivers)\n");
-    println!("| offered load | updates | applied on all 3 after | updates/s | lag p50 | lag p99 | max |");
+    println!(
+        "| offered load | updates | applied on all 3 after | updates/s | lag p50 | lag p99 | max |"
+    );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     throughput(UPDATES, None).await?;
     throughput(100_000, Some(50_000)).await?;
@@ -35,7 +37,8 @@ async fn start(
     index: usize,
     peers: &[std::net::SocketAddr],
 ) -> Result<Node, Box<dyn std::error::Error>> {
-    let mut builder = NodeBuilder::new(dirs[index].path()).gossip_interval(Duration::from_millis(200));
+    let mut builder =
+        NodeBuilder::new(dirs[index].path()).gossip_interval(Duration::from_millis(200));
     for (j, dir) in dirs.iter().enumerate() {
         if j != index {
             builder = builder.trust(Identity::load_or_create(dir.path())?.id());
@@ -132,7 +135,9 @@ async fn throughput(updates: u64, rate: Option<u64>) -> Result<(), Box<dyn std::
     lags.sort_unstable();
     let elapsed = all_applied - start_at;
     let pct = |p: f64| lags[((lags.len() as f64 * p) as usize).min(lags.len() - 1)];
-    let load = rate.map_or("as fast as possible".to_owned(), |r| format!("{r} updates/s"));
+    let load = rate.map_or("as fast as possible".to_owned(), |r| {
+        format!("{r} updates/s")
+    });
     println!(
         "| {load} | {updates} | {elapsed:.2?} | {:.0} | {:.2?} | {:.2?} | {:.2?} |",
         updates as f64 / elapsed.as_secs_f64(),
@@ -152,7 +157,9 @@ async fn catch_up() -> Result<(), Box<dyn std::error::Error>> {
     let dirs = dirs(2)?;
     let holder = start(&dirs, 0, &[]).await?;
     for i in 0..SET_SIZE {
-        holder.update("set", Op::Add(format!("element-{i:07}"))).await?;
+        holder
+            .update("set", Op::Add(format!("element-{i:07}")))
+            .await?;
     }
     let began = Instant::now();
     let addr = holder.local_addr();

@@ -1,0 +1,258 @@
+//! `crdt-node`: a replica for laptops, synced over QUIC with the peers you trust.
+//!
+//! ```text
+//! crdt-node init --data-dir ~/.crdt            # make the identity; prints the node id
+//! crdt-node trust 1f2e3d4c5b6a7988 --data-dir ~/.crdt
+//! crdt-node run --listen 0.0.0.0:4433 --peer 192.0.2.10:4433 --data-dir ~/.crdt
+//! ```
+//!
+//! `run` opens a prompt; type `help` for the commands.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use crdt_core::Hlc;
+use crdt_net::node::{parse_node_id, Identity, Node, NodeBuilder, TrustList};
+use crdt_net::{Event, Op};
+
+#[derive(Parser)]
+#[command(
+    name = "crdt-node",
+    version,
+    about = "A CRDT replica that syncs with trusted peers over QUIC"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Make this node's identity (key pair and certificate) and print its id.
+    Init {
+        /// Where the node keeps its identity, trust list and state.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Allow the node with this id to connect.
+    Trust {
+        /// The peer's id, as `init` printed it (16 hex digits).
+        id: String,
+        /// The node's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Run the node and open an interactive prompt.
+    Run {
+        /// UDP address to listen on.
+        #[arg(long, default_value = "0.0.0.0:4433")]
+        listen: SocketAddr,
+        /// Peers to connect to (repeatable).
+        #[arg(long = "peer")]
+        peers: Vec<SocketAddr>,
+        /// The node's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Milliseconds between anti-entropy rounds.
+        #[arg(long, default_value_t = 1000)]
+        gossip_ms: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match Cli::parse().command {
+        Command::Init { data_dir } => Identity::load_or_create(&data_dir)
+            .map(|identity| println!("node id: {}", identity.id()))
+            .map_err(|e| e.to_string()),
+        Command::Trust { id, data_dir } => trust(&id, &data_dir),
+        Command::Run {
+            listen,
+            peers,
+            data_dir,
+            gossip_ms,
+        } => run(listen, peers, data_dir, gossip_ms).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn trust(id: &str, data_dir: &std::path::Path) -> Result<(), String> {
+    let id = parse_node_id(id).map_err(|e| e.to_string())?;
+    TrustList::load(data_dir)
+        .and_then(|t| t.set(id, true))
+        .map_err(|e| e.to_string())?;
+    println!("trusted {id}");
+    Ok(())
+}
+
+async fn run(
+    listen: SocketAddr,
+    peers: Vec<SocketAddr>,
+    data_dir: PathBuf,
+    gossip_ms: u64,
+) -> Result<(), String> {
+    let mut builder = NodeBuilder::new(&data_dir)
+        .listen(listen)
+        .gossip_interval(Duration::from_millis(gossip_ms.max(10)));
+    for peer in peers {
+        builder = builder.peer(peer);
+    }
+    let node = builder.start().await.map_err(|e| e.to_string())?;
+    println!("node {} listening on {}", node.id(), node.local_addr());
+    println!("type `help` for commands");
+
+    let mut changes = node.subscribe();
+    tokio::spawn(async move {
+        while let Ok(event) = changes.recv().await {
+            match event {
+                Event::Changed { key, local: false } => println!("~ {key} changed by a peer"),
+                Event::PeerUp(id) => println!("~ peer {id} up"),
+                Event::PeerDown(id) => println!("~ peer {id} down"),
+                _ => {}
+            }
+        }
+    });
+
+    // Stdin is blocking: read it on its own thread and hand lines over.
+    let (lines_tx, mut lines) = tokio::sync::mpsc::channel::<String>(16);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+            if lines_tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let interactive = std::io::stdin().is_terminal();
+    let mut clock = Hlc::new(60_000);
+    loop {
+        if interactive {
+            print!("> ");
+            let _ = std::io::stdout().flush();
+        }
+        let Some(line) = lines.recv().await else {
+            break;
+        };
+        match execute(&node, &mut clock, line.trim()).await {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => println!("error: {e}"),
+        }
+    }
+    node.shutdown().await;
+    Ok(())
+}
+
+const HELP: &str = "\
+commands:
+  inc KEY [N]           add N (default 1) to a grow-only counter
+  incr KEY N | decr KEY N   change an up-down counter
+  add KEY ELEMENT       add to a set
+  remove KEY ELEMENT    remove from a set
+  set KEY VALUE         write a last-writer-wins register
+  write KEY VALUE       write a multi-value register (concurrent writes stay visible)
+  get KEY               show an object
+  keys                  list every object
+  peers                 known peers, up or down, and how far behind
+  status                this node's id, address and traffic
+  help                  this text
+  quit                  stop the node";
+
+/// Runs one command line; `Ok(false)` means quit.
+async fn execute(node: &Node, clock: &mut Hlc, line: &str) -> Result<bool, String> {
+    let mut words = line.splitn(3, ' ');
+    let command = words.next().unwrap_or("");
+    let key = words.next().map(str::to_owned);
+    let rest = words.next().map(str::to_owned);
+    let need = |what: Option<String>, name: &str| {
+        what.ok_or(format!("{command}: missing {name} (try `help`)"))
+    };
+    let number = |what: Option<String>, default: Option<u64>| -> Result<u64, String> {
+        match (what, default) {
+            (Some(text), _) => text
+                .trim()
+                .parse()
+                .map_err(|_| format!("{command}: not a number: {text}")),
+            (None, Some(n)) => Ok(n),
+            (None, None) => Err(format!("{command}: missing a number")),
+        }
+    };
+    let op = match command {
+        "" => return Ok(true),
+        "help" => {
+            println!("{HELP}");
+            return Ok(true);
+        }
+        "quit" | "exit" => return Ok(false),
+        "get" => {
+            let key = need(key, "KEY")?;
+            match node.get(&key).await {
+                Some(object) => println!("{key} = {object}"),
+                None => println!("{key} is not set"),
+            }
+            return Ok(true);
+        }
+        "keys" => {
+            for (key, object) in node.objects().await {
+                println!("{key} ({}) = {object}", object.type_name());
+            }
+            return Ok(true);
+        }
+        "peers" => {
+            for peer in node.peers().await {
+                let state = if peer.up { "up" } else { "down" };
+                let addr = peer.info.addr.unwrap_or_else(|| "-".into());
+                println!(
+                    "{} {addr} {state}, lacks {} of our updates",
+                    peer.info.id, peer.lag
+                );
+            }
+            return Ok(true);
+        }
+        "status" => {
+            let m = node.metrics().await;
+            println!(
+                "node {} on {}: {} rounds, {} messages / {} bytes sent, {} messages / {} bytes received, {} dropped",
+                node.id(),
+                node.local_addr(),
+                m.stats.rounds,
+                m.stats.messages_sent,
+                m.stats.bytes_sent,
+                m.stats.messages_received,
+                m.stats.bytes_received,
+                m.dropped
+            );
+            return Ok(true);
+        }
+        "inc" => Op::Inc(number(rest, Some(1))?),
+        "incr" => Op::PnInc(number(rest, None)?),
+        "decr" => Op::PnDec(number(rest, None)?),
+        "add" => Op::Add(need(rest, "ELEMENT")?),
+        "remove" => Op::Remove(need(rest, "ELEMENT")?),
+        "set" => {
+            let wall = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            Op::Set(clock.now(wall), need(rest, "VALUE")?)
+        }
+        "write" => Op::Write(need(rest, "VALUE")?),
+        other => return Err(format!("unknown command {other:?} (try `help`)")),
+    };
+    let key = need(key, "KEY")?;
+    node.update(&key, op).await.map_err(|e| e.to_string())?;
+    println!("ok");
+    Ok(true)
+}
