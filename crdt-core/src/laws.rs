@@ -62,6 +62,34 @@ macro_rules! law_tests {
     };
 }
 
+/// The hex blocks of a document: each ```` ```TAG NAME ```` fence up to the closing fence,
+/// with `#` comments dropped, as `(NAME, bytes)`. Golden-vector tests read them from
+/// `docs/wire-format.md`, so the document and the tests cannot drift apart.
+///
+/// Panics on a block that is not hex, which is a broken document.
+pub fn hex_blocks(doc: &str, tag: &str) -> Vec<(String, Vec<u8>)> {
+    let opening = format!("```{tag} ");
+    let mut out = Vec::new();
+    let mut lines = doc.lines();
+    while let Some(line) = lines.next() {
+        let Some(name) = line.strip_prefix(opening.as_str()) else {
+            continue;
+        };
+        let bytes = lines
+            .by_ref()
+            .take_while(|l| !l.starts_with("```"))
+            .flat_map(|l| l.split('#').next())
+            .flat_map(str::split_whitespace)
+            .map(|b| match u8::from_str_radix(b, 16) {
+                Ok(byte) => byte,
+                Err(_) => panic!("{name}: {b:?} is not a hex byte"),
+            })
+            .collect();
+        out.push((name.trim().into(), bytes));
+    }
+    out
+}
+
 /// The byte strings [`law_tests!`] draws schedules from.
 pub fn schedule_bytes() -> proptest::collection::VecStrategy<proptest::num::u8::Any> {
     proptest::collection::vec(proptest::num::u8::ANY, 0..1024)

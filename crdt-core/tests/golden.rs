@@ -95,28 +95,8 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-/// Reads the ```` ```golden NAME ```` blocks of the wire-format document.
 fn documented() -> Vec<(String, Vec<u8>)> {
-    let doc = include_str!("../../docs/wire-format.md");
-    let mut out = Vec::new();
-    let mut lines = doc.lines();
-    while let Some(line) = lines.next() {
-        let Some(name) = line.strip_prefix("```golden ") else {
-            continue;
-        };
-        let hex = lines
-            .by_ref()
-            .take_while(|l| !l.starts_with("```"))
-            .flat_map(|l| l.split('#').next())
-            .collect::<Vec<_>>()
-            .join(" ");
-        let bytes = hex
-            .split_whitespace()
-            .map(|b| u8::from_str_radix(b, 16).expect("hex byte"))
-            .collect();
-        out.push((name.trim().to_string(), bytes));
-    }
-    out
+    crdt_core::laws::hex_blocks(include_str!("../../docs/wire-format.md"), "golden")
 }
 
 #[test]

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use crdt_core::ReplicaId;
 use tokio::sync::{broadcast, mpsc, watch, Notify};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 pub use identity::{node_id, parse_node_id, Identity, TrustList};
 
@@ -179,13 +179,17 @@ impl NodeBuilder {
             id: identity.id(),
         });
         info!(node = %identity.id(), %local_addr, "node started");
+        let span = info_span!("node", id = %identity.id());
         let mut tasks = vec![
-            tokio::spawn(accept_loop(shared.clone())),
-            tokio::spawn(drive(shared.clone())),
+            tokio::spawn(accept_loop(shared.clone()).instrument(span.clone())),
+            tokio::spawn(drive(shared.clone()).instrument(span.clone())),
         ];
         for addr in self.peers {
-            tasks.push(tokio::spawn(dial(shared.clone(), addr)));
+            tasks.push(tokio::spawn(
+                dial(shared.clone(), addr).instrument(span.clone()),
+            ));
         }
+
         Ok(Node {
             shared,
             tasks,
@@ -411,7 +415,7 @@ fn dial_new_peers(shared: &Arc<Shared>) {
             .map(|mut d| d.insert(addr))
             .unwrap_or(false);
         if fresh {
-            tokio::spawn(dial(shared.clone(), addr));
+            tokio::spawn(dial(shared.clone(), addr).in_current_span());
         }
     }
 }
@@ -419,13 +423,16 @@ fn dial_new_peers(shared: &Arc<Shared>) {
 async fn accept_loop(shared: Arc<Shared>) {
     while let Some(incoming) = shared.endpoint.accept().await {
         let shared = shared.clone();
-        tokio::spawn(async move {
-            let remote = incoming.remote_address();
-            match incoming.await {
-                Ok(connection) => serve(shared, connection, None).await,
-                Err(e) => debug!(%remote, error = %e, "incoming handshake failed"),
+        tokio::spawn(
+            async move {
+                let remote = incoming.remote_address();
+                match incoming.await {
+                    Ok(connection) => serve(shared, connection, None).await,
+                    Err(e) => debug!(%remote, error = %e, "incoming handshake failed"),
+                }
             }
-        });
+            .in_current_span(),
+        );
     }
 }
 
@@ -464,6 +471,17 @@ async fn serve(shared: Arc<Shared>, connection: quinn::Connection, dialed: Optio
         connection.close(1u32.into(), b"no identity");
         return;
     };
+    serve_peer(shared, connection, dialed, peer)
+        .instrument(info_span!("peer", %peer))
+        .await;
+}
+
+async fn serve_peer(
+    shared: Arc<Shared>,
+    connection: quinn::Connection,
+    dialed: Option<SocketAddr>,
+    peer: ReplicaId,
+) {
     let addr = dialed.unwrap_or_else(|| connection.remote_address());
     info!(%peer, %addr, "connected");
     let (queue, outgoing) = mpsc::channel(shared.queue);
@@ -482,7 +500,7 @@ async fn serve(shared: Arc<Shared>, connection: quinn::Connection, dialed: Optio
         id: peer,
         addr: dialed.map(|a| a.to_string()),
     });
-    let writer = tokio::spawn(write_loop(connection.clone(), outgoing));
+    let writer = tokio::spawn(write_loop(connection.clone(), outgoing).in_current_span());
     let reason = read_loop(&shared, &connection, peer).await;
     writer.abort();
     if let Ok(mut links) = shared.links.lock() {
