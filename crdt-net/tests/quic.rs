@@ -185,3 +185,35 @@ async fn state_survives_a_restart() {
     let err = NodeBuilder::new(dir.path()).start().await.unwrap_err();
     assert!(err.to_string().contains("unreadable"), "{err}");
 }
+
+/// Needs multicast on a non-loopback interface, which sandboxed CI machines may lack; run it on
+/// a LAN with `cargo test -p crdt-net --test quic -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs LAN multicast"]
+async fn nodes_find_each_other_by_mdns() {
+    let dirs: Vec<TempDir> = (0..2).map(|_| TempDir::new().unwrap()).collect();
+    let ids: Vec<ReplicaId> = dirs
+        .iter()
+        .map(|d| Identity::load_or_create(d.path()).unwrap().id())
+        .collect();
+    let mut nodes = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let node = NodeBuilder::new(dir.path())
+            .listen("0.0.0.0:0".parse().unwrap())
+            .trust(ids[1 - i])
+            .gossip_interval(Duration::from_millis(100))
+            .start()
+            .await
+            .unwrap();
+        nodes.push(node);
+    }
+    nodes[0].update("found", Op::Inc(1)).await.unwrap();
+    eventually(
+        "the second node gets the update, with no static peers",
+        async || nodes[1].get("found").await.is_some(),
+    )
+    .await;
+    for node in nodes {
+        node.shutdown().await;
+    }
+}

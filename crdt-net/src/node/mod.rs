@@ -24,6 +24,8 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "mdns")]
+mod discovery;
 mod identity;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -86,6 +88,7 @@ pub struct NodeBuilder {
     round_interval: Duration,
     fanout: usize,
     queue: usize,
+    mdns: bool,
 }
 
 /// How many messages may wait for one peer before more are dropped.
@@ -105,7 +108,15 @@ impl NodeBuilder {
             round_interval: Duration::from_secs(1),
             fanout: 2,
             queue: DEFAULT_QUEUE,
+            mdns: true,
         }
+    }
+
+    /// Whether to announce and discover nodes on the LAN by mDNS (feature `mdns`, on by
+    /// default). It applies only when listening on a non-loopback address.
+    pub fn mdns(mut self, enabled: bool) -> Self {
+        self.mdns = enabled;
+        self
     }
 
     /// The UDP address to listen on.
@@ -177,6 +188,7 @@ impl NodeBuilder {
             data_dir: self.data_dir.clone(),
             queue: self.queue,
             id: identity.id(),
+            trust: trust.clone(),
         });
         info!(node = %identity.id(), %local_addr, "node started");
         let span = info_span!("node", id = %identity.id());
@@ -189,12 +201,19 @@ impl NodeBuilder {
                 dial(shared.clone(), addr).instrument(span.clone()),
             ));
         }
+        #[cfg(feature = "mdns")]
+        let mdns = (self.mdns && !local_addr.ip().is_loopback())
+            .then(|| span.in_scope(|| discovery::start(&shared, local_addr.port())))
+            .flatten()
+            .map(Mdns);
 
         Ok(Node {
             shared,
             tasks,
             local_addr,
             trust,
+            #[cfg(feature = "mdns")]
+            mdns,
         })
     }
 }
@@ -206,6 +225,19 @@ pub struct Node {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     local_addr: SocketAddr,
     trust: TrustList,
+    #[cfg(feature = "mdns")]
+    mdns: Option<Mdns>,
+}
+
+/// The mDNS daemon, which has no `Debug` of its own.
+#[cfg(feature = "mdns")]
+struct Mdns(mdns_sd::ServiceDaemon);
+
+#[cfg(feature = "mdns")]
+impl std::fmt::Debug for Mdns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Mdns")
+    }
 }
 
 /// A node's counters: the replica's traffic, its peers, and what the driver dropped.
@@ -286,6 +318,10 @@ impl Node {
 
     /// Persists the state, closes every connection and stops.
     pub async fn shutdown(self) {
+        #[cfg(feature = "mdns")]
+        if let Some(Mdns(daemon)) = &self.mdns {
+            let _ = daemon.shutdown();
+        }
         let _ = self.shared.stop.send(true);
         self.shared.wake.notify_one();
         save_state(&self.shared).await;
@@ -315,6 +351,7 @@ struct Shared {
     data_dir: PathBuf,
     queue: usize,
     id: ReplicaId,
+    trust: TrustList,
 }
 
 #[derive(Debug)]
