@@ -43,11 +43,12 @@ pub struct Digest {
     pub resume: Option<Resume>,
 }
 
-/// "I hold your objects up to `after`, as of your context `base`": lets a transfer resume.
+/// "I hold your objects in these key ranges, as of your context `base`": lets a transfer resume
+/// without sending again what arrived before it broke off.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Resume {
-    /// The greatest key received in full.
-    pub after: String,
+    /// Inclusive key ranges received in full, in key order.
+    pub ranges: Vec<(String, String)>,
     /// The sender's context when the transfer began.
     pub base: VersionVector,
 }
@@ -72,8 +73,9 @@ pub struct StateChunk {
     pub index: u32,
     /// The sender's context when the transfer began.
     pub base: VersionVector,
-    /// The greatest key all of whose pieces are in chunks up to this one.
-    pub complete_through: Option<String>,
+    /// The first and last keys whose every piece is in this chunk; every key of the transfer
+    /// between them is whole in this chunk too.
+    pub complete: Option<(String, String)>,
     /// The objects or pieces.
     pub objects: Vec<StateEntry>,
 }

@@ -214,8 +214,8 @@ struct Incoming {
 #[derive(Debug, Default)]
 struct Transfer {
     base: VersionVector,
-    /// Received chunk indices and each one's `complete_through`.
-    chunks: BTreeMap<u32, Option<String>>,
+    /// Received chunk indices and each one's range of whole keys.
+    chunks: BTreeMap<u32, Option<(String, String)>>,
     done: Option<StateDone>,
 }
 
@@ -537,13 +537,13 @@ impl Replica {
             .trim(|dot| peers.values().all(|p| p.down || p.known.contains(dot)));
     }
 
-    /// Whether to ask `peer` for what we lack now; if so, it becomes the one peer we ask.
+    /// Whether to ask `peer` for what we lack now; if so, it becomes the one peer we ask. We ask
+    /// again (anyone, the same peer included) only once the last request has finished or made
+    /// no progress for a round: asking twice would have a transfer sent twice.
     fn start_pull(&mut self, peer: ReplicaId, now: Millis) -> bool {
         let free = match self.pull {
             None => true,
-            Some((p, progress)) => {
-                p == peer || now >= progress.saturating_add(self.config.round_interval)
-            }
+            Some((_, progress)) => now >= progress.saturating_add(self.config.round_interval),
         };
         if free {
             self.pull = Some((peer, now));
@@ -574,21 +574,24 @@ impl Replica {
         })
     }
 
-    /// Where the latest unfinished transfer from `peer` stopped: the `complete_through` of the
-    /// last chunk of the unbroken prefix received.
+    /// What arrived of the latest unfinished transfer from `peer`: the key ranges of the chunks
+    /// received, as many as fit in a quarter of a message.
     fn resume_point(&self, peer: ReplicaId) -> Option<Resume> {
         let (_, transfer) = self.incoming.get(&peer)?.transfers.last()?;
-        let mut through = None;
-        for (expected, (index, complete)) in (0u32..).zip(&transfer.chunks) {
-            if *index != expected {
-                break;
-            }
-            if complete.is_some() {
-                through.clone_from(complete);
-            }
-        }
-        Some(Resume {
-            after: through?,
+        let mut room = self.config.max_message / 4;
+        let ranges: Vec<(String, String)> = transfer
+            .chunks
+            .values()
+            .flatten()
+            .take_while(|(first, last)| {
+                let size = first.len() + last.len() + 4;
+                room = room.saturating_sub(size);
+                room > 0
+            })
+            .cloned()
+            .collect();
+        (!ranges.is_empty()).then(|| Resume {
+            ranges,
             base: transfer.base.clone(),
         })
     }
@@ -664,7 +667,12 @@ impl Replica {
         let mut chunks = ChunkBuilder::new(transfer, base, budget);
         for (key, touched) in &self.durable.touched {
             let mut covered = theirs.vv().clone();
-            if let Some(r) = resume.filter(|r| key.as_str() <= r.after.as_str()) {
+            let in_range = |r: &&Resume| {
+                r.ranges
+                    .iter()
+                    .any(|(first, last)| first <= key && key <= last)
+            };
+            if let Some(r) = resume.filter(in_range) {
                 covered.merge(&r.base);
             }
             if covered.dominates(touched) {
@@ -675,7 +683,7 @@ impl Replica {
             };
             let pieces = fit(
                 object,
-                budget.saturating_sub(key.len() + encoded_len(touched)),
+                budget.saturating_sub(encoded_len(key) + encoded_len(touched)),
             );
             let count = pieces.len();
             for (i, (piece, size)) in pieces.into_iter().enumerate() {
@@ -684,8 +692,8 @@ impl Replica {
                     touched: touched.clone(),
                     object: piece,
                 };
-                let size = size + key.len() + encoded_len(touched);
-                chunks.push(entry, size, i + 1 == count);
+                let size = size + encoded_len(key) + encoded_len(touched);
+                chunks.push(entry, size, i == 0, i + 1 == count);
             }
         }
         let (messages, sent) = chunks.finish();
@@ -749,7 +757,7 @@ impl Replica {
             if transfer.chunks.is_empty() {
                 transfer.base = chunk.base;
             }
-            transfer.chunks.insert(chunk.index, chunk.complete_through);
+            transfer.chunks.insert(chunk.index, chunk.complete);
         });
         self.try_complete(from, chunk.transfer);
     }
@@ -875,8 +883,10 @@ struct ChunkBuilder {
     done: Vec<StateChunk>,
     current: Vec<StateEntry>,
     current_bytes: usize,
-    /// The last key whose final piece has been pushed.
-    complete: Option<String>,
+    /// The first and last keys whose every piece is in the current chunk.
+    whole: Option<(String, String)>,
+    /// Whether the current chunk holds the first piece of the key being pushed.
+    started_here: bool,
     entries: u64,
 }
 
@@ -889,19 +899,26 @@ impl ChunkBuilder {
             done: Vec::new(),
             current: Vec::new(),
             current_bytes: 0,
-            complete: None,
+            whole: None,
+            started_here: false,
             entries: 0,
         }
     }
 
-    fn push(&mut self, entry: StateEntry, size: usize, last_piece: bool) {
-        // `complete_through` may name this entry's key too, so leave room for it.
-        let reserve = entry.key.len() + 4;
+    fn push(&mut self, entry: StateEntry, size: usize, first_piece: bool, last_piece: bool) {
+        // The chunk's `complete` range may end (and start) with this key: leave room for it.
+        let reserve = 2 * encoded_len(&entry.key) + 1;
         if !self.current.is_empty() && self.current_bytes + size + reserve > self.budget {
             self.seal();
         }
-        if last_piece {
-            self.complete = Some(entry.key.clone());
+        if first_piece {
+            self.started_here = true;
+        }
+        if last_piece && self.started_here {
+            match &mut self.whole {
+                Some((_, last)) => *last = entry.key.clone(),
+                None => self.whole = Some((entry.key.clone(), entry.key.clone())),
+            }
         }
         self.current.push(entry);
         self.current_bytes += size;
@@ -913,10 +930,12 @@ impl ChunkBuilder {
             transfer: self.transfer,
             index: self.done.len() as u32,
             base: self.base.clone(),
-            complete_through: self.complete.clone(),
+            complete: self.whole.take(),
             objects: std::mem::take(&mut self.current),
         });
         self.current_bytes = 0;
+        // A key cut here continues in the next chunk, where it is not whole.
+        self.started_here = false;
     }
 
     fn finish(mut self) -> (Vec<StateChunk>, u64) {

@@ -174,7 +174,7 @@ fn golden_messages() -> Vec<(&'static str, Message)> {
                 transfer: 7,
                 index: 0,
                 base: VersionVector::single(A, 2),
-                complete_through: Some("n".into()),
+                complete: Some(("n".into(), "n".into())),
                 objects: vec![StateEntry {
                     key: "n".into(),
                     touched: VersionVector::single(A, 2),
@@ -242,4 +242,27 @@ fn print_message_vectors() {
             .collect();
         println!("```message {name}\n{}\n```", hex.join(" "));
     }
+}
+
+#[test]
+fn a_silent_peer_goes_down_after_missed_rounds_and_comes_back() {
+    let mut config = Config::new(A).with_peer(B);
+    config.round_interval = 100;
+    config.fanout = 1;
+    let mut a = Replica::new(config);
+    let mut events = Vec::new();
+    for round in 0..6 {
+        a.handle_timeout(round * 100 + 99);
+        while a.poll_transmit().is_some() {}
+        events.extend(std::iter::from_fn(|| a.poll_event()));
+    }
+    assert_eq!(
+        events,
+        [crdt_net::Event::PeerDown(B)],
+        "down after 3 unanswered rounds"
+    );
+    assert!(a.peers().all(|p| !p.up));
+    a.handle_message(700, B, &Message::InSync.encode()).unwrap();
+    assert_eq!(a.poll_event(), Some(crdt_net::Event::PeerUp(B)));
+    assert!(a.peers().all(|p| p.up));
 }
