@@ -39,6 +39,9 @@ pub struct Config {
     pub max_backoff_rounds: u64,
     /// Share the peer list every this many rounds. Default 10.
     pub peer_exchange_every: u64,
+    /// Most peers remembered; ids learned beyond it (say, from a peer exchange flooded with
+    /// made-up ids) are ignored. Default 1024.
+    pub max_peers: usize,
     /// Seeds the choice of gossip partners (the replica draws no other randomness).
     pub seed: u64,
 }
@@ -57,6 +60,7 @@ impl Config {
             down_after: 3,
             max_backoff_rounds: 32,
             peer_exchange_every: 10,
+            max_peers: 1024,
             seed: id.get(),
         }
     }
@@ -221,6 +225,9 @@ struct Transfer {
 
 /// How many transfers per peer we track at once.
 const TRACKED_TRANSFERS: usize = 4;
+/// Chunks tracked per transfer (64 GiB at the default message size): a peer sending more is
+/// not describing a real transfer, and its chunks stop counting.
+const MAX_CHUNKS: usize = 1 << 16;
 /// Room left in a message for everything but its entries.
 const MESSAGE_OVERHEAD: usize = 64;
 
@@ -352,12 +359,14 @@ impl Replica {
         if info.id == self.config.id {
             return;
         }
+        let full = self.peers.len() >= self.config.max_peers;
         match self.peers.get_mut(&info.id) {
             Some(peer) => {
                 if info.addr.is_some() {
                     peer.info.addr = info.addr;
                 }
             }
+            None if full => {}
             None => {
                 self.peers.insert(
                     info.id,
@@ -471,7 +480,9 @@ impl Replica {
                 id: from,
                 addr: None,
             });
-            self.events.push_back(Event::PeerUp(from));
+            if self.peers.contains_key(&from) {
+                self.events.push_back(Event::PeerUp(from));
+            }
         }
         if let Some(peer) = self.peers.get_mut(&from) {
             peer.awaiting_reply = false;
@@ -757,7 +768,9 @@ impl Replica {
             if transfer.chunks.is_empty() {
                 transfer.base = chunk.base;
             }
-            transfer.chunks.insert(chunk.index, chunk.complete);
+            if transfer.chunks.len() < MAX_CHUNKS {
+                transfer.chunks.insert(chunk.index, chunk.complete);
+            }
         });
         self.try_complete(from, chunk.transfer);
     }

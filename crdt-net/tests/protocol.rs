@@ -266,3 +266,19 @@ fn a_silent_peer_goes_down_after_missed_rounds_and_comes_back() {
     assert_eq!(a.poll_event(), Some(crdt_net::Event::PeerUp(B)));
     assert!(a.peers().all(|p| p.up));
 }
+
+#[test]
+fn a_flood_of_made_up_peers_is_capped() {
+    let mut r = replica_with_data();
+    let flood: Vec<PeerInfo> = (1_000..6_000)
+        .map(|i| PeerInfo {
+            id: ReplicaId::new(i),
+            addr: Some("192.0.2.1:1".into()),
+        })
+        .collect();
+    for chunk in flood.chunks(1_000) {
+        r.handle_message(0, B, &Message::Peers(chunk.to_vec()).encode())
+            .unwrap();
+    }
+    assert_eq!(r.peers().count(), 1024);
+}
