@@ -279,8 +279,42 @@ impl Replica {
     /// and returns it. An operation for another type than the object's is refused and changes
     /// nothing.
     pub fn update(&mut self, key: &str, op: &Op) -> Result<Object, TypeMismatch> {
+        let id = self.config.id;
+        self.update_with(key, |object| object.apply(id, op))
+    }
+
+    /// Mutates the object at `key` (empty on first use) with `f`, which returns the mutation's
+    /// delta, as every crdt-core mutator does; queues the delta for peers and returns it. If `f`
+    /// fails, nothing is recorded.
+    ///
+    /// The delta must be what the mutation added (merging it into the object before the
+    /// mutation gives the object after); peers receive only the delta.
+    ///
+    /// ```
+    /// use crdt_core::ReplicaId;
+    /// use crdt_net::{Config, Object, Replica};
+    ///
+    /// let me = ReplicaId::new(1);
+    /// let mut replica = Replica::new(Config::new(me));
+    /// replica
+    ///     .update_with("tags", |object| {
+    ///         if *object == Object::Empty {
+    ///             *object = Object::Set(Default::default());
+    ///         }
+    ///         match object {
+    ///             Object::Set(set) => Ok(Object::Set(set.add(me, "rust".into()))),
+    ///             other => Err(other.type_name()),
+    ///         }
+    ///     })
+    ///     .unwrap();
+    /// ```
+    pub fn update_with<E>(
+        &mut self,
+        key: &str,
+        f: impl FnOnce(&mut Object) -> Result<Object, E>,
+    ) -> Result<Object, E> {
         let object = self.durable.objects.entry(key.to_owned()).or_default();
-        let delta = match object.apply(self.config.id, op) {
+        let delta = match f(object) {
             Ok(delta) => delta,
             Err(e) => {
                 if *object == Object::Empty {

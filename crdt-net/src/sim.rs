@@ -107,6 +107,8 @@ impl SimConfig {
 #[derive(Clone, Default, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SimStats {
+    /// Anti-entropy rounds started, over all replicas.
+    pub rounds: u64,
     /// Messages sent.
     pub messages: u64,
     /// Their bytes.
@@ -354,7 +356,9 @@ impl Sim {
         for node in &mut self.nodes {
             if let Some(r) = node.replica.as_mut() {
                 if r.poll_timeout().is_some_and(|t| t <= now) {
+                    let before = r.stats().rounds;
                     r.handle_timeout(now);
+                    self.stats.rounds += r.stats().rounds - before;
                 }
             }
         }

@@ -71,6 +71,22 @@ async fn three_nodes_converge_on_every_type() {
         .update("tags", Op::Remove("from-0".into()))
         .await
         .unwrap();
+    // Two nested changes in one update, with crdt-core's own mutators: a write to a new field
+    // and the removal of the field node 0 made itself.
+    let me = nodes[0].replica_id();
+    nodes[0]
+        .update_with("doc", |doc| {
+            let Object::Map(map) = doc else {
+                return Err(doc.type_name());
+            };
+            let mut delta = map.update(me, "title".into(), |v| {
+                v.apply(me, &Op::Write("t".into())).unwrap()
+            });
+            crdt_core::Crdt::merge(&mut delta, &map.remove(&"from-0".to_string()));
+            Ok(Object::Map(delta))
+        })
+        .await
+        .unwrap();
     eventually("all three hold the same objects", async || {
         let first = nodes[0].objects().await;
         let mut all_equal = first.len() == 6;
@@ -84,6 +100,8 @@ async fn three_nodes_converge_on_every_type() {
     assert_eq!(views.as_deref(), Some("6"));
     let tags = nodes[1].get("tags").await.map(|o| o.to_string());
     assert_eq!(tags.as_deref(), Some(r#"{"from-1", "from-2"}"#));
+    let doc = nodes[2].get("doc").await.map(|o| o.to_string()).unwrap();
+    assert!(doc.contains("title") && !doc.contains("from-0"), "{doc}");
     for node in nodes {
         node.shutdown().await;
     }

@@ -272,6 +272,25 @@ impl Node {
         Ok(())
     }
 
+    /// Mutates the object at `key` with `f`, which returns the mutation's delta (see
+    /// [`Replica::update_with`]); for changes [`Op`] cannot express, such as several mutations
+    /// of one nested map in one update.
+    pub async fn update_with<E>(
+        &self,
+        key: &str,
+        f: impl FnOnce(&mut Object) -> Result<Object, E>,
+    ) -> Result<Object, E> {
+        let delta = self.shared.replica().update_with(key, f)?;
+        self.shared.wake.notify_one();
+        Ok(delta)
+    }
+
+    /// This node's replica id, for calling crdt-core mutators inside
+    /// [`update_with`](Node::update_with).
+    pub fn replica_id(&self) -> ReplicaId {
+        self.shared.id
+    }
+
     /// The object at `key`.
     pub async fn get(&self, key: &str) -> Option<Object> {
         self.shared.replica().get(key).cloned()
