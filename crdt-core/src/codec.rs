@@ -32,12 +32,14 @@ use serde::{Deserialize, Deserializer, Serialize};
 pub const FORMAT_VERSION: u8 = 1;
 
 /// Encodes `value` as the format-version byte followed by its postcard encoding.
+///
+/// crdt-core's types always encode. Should an element type's own `Serialize` fail, the result is
+/// the version byte alone, which [`decode`] reports as [`DecodeError::Truncated`].
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
     out.push(FORMAT_VERSION);
-    // Serializing our types into a growable vector cannot fail: they contain no maps of unknown
-    // length and no types postcard refuses. Should a user type fail, the bytes would be cut short
-    // and decoding would report it, so the error is not lost.
+    // Our types contain nothing postcard refuses (no maps of unknown length, no untagged
+    // enums), so only an element type's own failure lands here.
     if let Ok(out) = postcard::to_extend(value, out) {
         return out;
     }
