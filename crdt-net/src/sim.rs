@@ -2,7 +2,7 @@
 //! duplication, delay (and so reordering), partitions, crashes and restarts.
 //!
 //! Everything random comes from one seed, so a run replays exactly. A crashed replica loses
-//! everything but its [`Durable`](crate::Durable) state, which the simulator persists
+//! everything but its [`Durable`] state, which the simulator persists
 //! synchronously (as a node that persists before acknowledging would).
 //!
 //! ```
