@@ -726,10 +726,8 @@ impl Replica {
             let Some(object) = self.durable.objects.get(key) else {
                 continue;
             };
-            let pieces = fit(
-                object,
-                budget.saturating_sub(encoded_len(key) + encoded_len(touched)),
-            );
+            let entry_overhead = encoded_len(key) + encoded_len(touched);
+            let pieces = fit(object, budget.saturating_sub(entry_overhead));
             let count = pieces.len();
             for (i, (piece, size)) in pieces.into_iter().enumerate() {
                 let entry = StateEntry {
@@ -737,7 +735,7 @@ impl Replica {
                     touched: touched.clone(),
                     object: piece,
                 };
-                let size = size + encoded_len(key) + encoded_len(touched);
+                let size = size + entry_overhead;
                 chunks.push(entry, size, i == 0, i + 1 == count);
             }
         }

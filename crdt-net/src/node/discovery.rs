@@ -9,7 +9,7 @@ use std::sync::Arc;
 use mdns_sd::{ServiceDaemon, ServiceEvent, ServiceInfo};
 use tracing::{debug, info, warn, Instrument};
 
-use super::{dial, parse_node_id, Shared};
+use super::{dial_once, parse_node_id, Shared};
 
 const SERVICE: &str = "_crdt-node._udp.local.";
 
@@ -57,14 +57,8 @@ pub(super) fn start(shared: &Arc<Shared>, port: u16) -> Option<ServiceDaemon> {
                 }
                 for ip in found.get_addresses_v4() {
                     let addr = SocketAddr::from((ip, found.port));
-                    let fresh = shared
-                        .dialing
-                        .lock()
-                        .map(|mut d| d.insert(addr))
-                        .unwrap_or(false);
-                    if fresh {
+                    if dial_once(&shared, addr) {
                         info!(%peer, %addr, "found by mDNS");
-                        tokio::spawn(dial(shared.clone(), addr).in_current_span());
                     }
                 }
             }

@@ -465,15 +465,21 @@ fn dial_new_peers(shared: &Arc<Shared>) {
             .collect()
     };
     for addr in candidates {
-        let fresh = shared
-            .dialing
-            .lock()
-            .map(|mut d| d.insert(addr))
-            .unwrap_or(false);
-        if fresh {
-            tokio::spawn(dial(shared.clone(), addr).in_current_span());
-        }
+        dial_once(shared, addr);
     }
+}
+
+/// Starts dialing `addr` unless a task already does; returns whether it started one.
+fn dial_once(shared: &Arc<Shared>, addr: SocketAddr) -> bool {
+    let fresh = shared
+        .dialing
+        .lock()
+        .map(|mut d| d.insert(addr))
+        .unwrap_or(false);
+    if fresh {
+        tokio::spawn(dial(shared.clone(), addr).in_current_span());
+    }
+    fresh
 }
 
 async fn accept_loop(shared: Arc<Shared>) {
