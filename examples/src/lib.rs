@@ -1,1 +1,0 @@
-//! Shared helpers for the example programs in `examples/examples/`.
