@@ -17,11 +17,12 @@
 //!
 //! | module | what |
 //! | --- | --- |
-//! | `replica` | [`Replica`], [`Config`], [`Durable`] (the storage seam), events and stats |
+//! | `replica` | [`Replica`], [`Config`], [`Durable`] (what a store keeps), events and stats |
 //! | `message` | [`Message`] and its versioned encoding |
 //! | `object` | [`Object`] (one enum over the crdt-core types) and [`Op`] |
 //! | `log` | the bounded delta buffer |
 //! | `sim` | the deterministic simulator |
+//! | `store` | [`store::Store`] (the storage seam), [`store::MemStore`], [`store::RedbStore`] |
 //! | `node` | the tokio + quinn driver, [`node::Node`] and its builder |
 //! | `node::identity` | key pair, self-signed certificate, node id, trust list, TLS verifiers |
 //! | `error` | [`ProtocolError`] |
@@ -38,6 +39,7 @@ pub mod node;
 mod object;
 mod replica;
 pub mod sim;
+pub mod store;
 
 pub use error::ProtocolError;
 pub use message::{Message, PeerInfo, PROTOCOL_VERSION};

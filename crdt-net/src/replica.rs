@@ -9,6 +9,7 @@ use crate::log::DeltaLog;
 use crate::message::{
     DeltaEntry, Digest, Message, PeerInfo, Resume, StateChunk, StateDone, StateEntry,
 };
+use crate::store::{Batch, Store, StoreError};
 use crate::{Object, Op, ProtocolError, TypeMismatch};
 
 /// Milliseconds on the caller's clock (any epoch; the simulator starts at 0).
@@ -92,9 +93,9 @@ pub enum Event {
     PeerDown(ReplicaId),
 }
 
-/// What a replica must keep across restarts: the storage seam.
+/// What a replica keeps across restarts.
 ///
-/// Persist it (for example after every update and every handled message) and hand it to
+/// A [`Store`] persists it incrementally (see [`Replica::persist`]) and hands it back to
 /// [`Replica::restore`]. Everything else (the delta buffer, peer liveness, transfers in flight)
 /// is rebuilt by the protocol.
 #[derive(Clone, Default, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,19 +150,29 @@ pub struct PeerStatus {
 /// [`handle_timeout`](Replica::handle_timeout), and sends whatever
 /// [`poll_transmit`](Replica::poll_transmit) returns.
 ///
+/// **Nothing leaves before it is durable.** After any change (a local update, a merged
+/// message) `poll_transmit` and `poll_event` return `None` until the driver has committed the
+/// changes with [`persist`](Replica::persist). A driver that batches several updates and
+/// messages before one `persist` gets group commit for free.
+///
 /// ```
+/// use crdt_net::store::MemStore;
 /// use crdt_net::{Config, Op, Replica};
 /// use crdt_core::ReplicaId;
 ///
 /// let (a, b) = (ReplicaId::new(1), ReplicaId::new(2));
 /// let mut x = Replica::new(Config::new(a).with_peer(b));
 /// let mut y = Replica::new(Config::new(b).with_peer(a));
+/// let (mut x_disk, mut y_disk) = (MemStore::default(), MemStore::default());
 /// x.update("likes", &Op::Inc(3)).unwrap();
-/// // Drive both by hand until quiet: push, then a round each way.
+/// // Drive both by hand until quiet: push, then a round each way. Each commits its changes
+/// // before anything it sends can leave.
 /// for now in [0, 1_000, 2_000] {
 ///     x.handle_timeout(now);
 ///     y.handle_timeout(now);
 ///     loop {
+///         x.persist(&mut x_disk).unwrap();
+///         y.persist(&mut y_disk).unwrap();
 ///         let mut quiet = true;
 ///         while let Some(t) = x.poll_transmit() {
 ///             y.handle_message(now, a, &t.payload).unwrap();
@@ -189,6 +200,10 @@ pub struct Replica {
     incoming: BTreeMap<ReplicaId, Incoming>,
     outbox: VecDeque<Transmit>,
     events: VecDeque<Event>,
+    /// What changed since the last commit, in order (see [`Replica::persist`]).
+    unpersisted: Vec<(String, Object)>,
+    /// Whether anything (objects or context) changed since the last commit.
+    dirty: bool,
     next_round: Millis,
     /// The peer we last asked for what we lack, and when it last made progress: we ask no other
     /// until a round passes without progress.
@@ -258,6 +273,8 @@ impl Replica {
             incoming: BTreeMap::new(),
             outbox: VecDeque::new(),
             events: VecDeque::new(),
+            unpersisted: Vec::new(),
+            dirty: false,
             next_round,
             pull: None,
             rng,
@@ -325,6 +342,7 @@ impl Replica {
         };
         let dot = self.durable.seen.next_dot(self.config.id);
         self.touch(key, dot);
+        self.record(key, &delta);
         let entry = DeltaEntry {
             dot,
             key: key.to_owned(),
@@ -341,6 +359,44 @@ impl Replica {
             local: true,
         });
         Ok(delta)
+    }
+
+    /// Commits every change since the last commit to `store`, in one batch; until then no
+    /// message or event leaves the replica. On error nothing is marked committed: the changes
+    /// stay pending (and held back) for the next call.
+    pub fn persist(&mut self, store: &mut dyn Store) -> Result<(), StoreError> {
+        if !self.dirty {
+            return Ok(());
+        }
+        store.commit(&Batch {
+            deltas: &self.unpersisted,
+            seen: &self.durable.seen,
+            objects: &self.durable.objects,
+            touched: &self.durable.touched,
+        })?;
+        self.unpersisted.clear();
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Whether every change is committed (so messages and events may leave).
+    pub fn is_persisted(&self) -> bool {
+        !self.dirty
+    }
+
+    /// The dot of this replica's latest local update, if it made any: what a write's
+    /// acknowledgement is counted against.
+    pub fn last_local_dot(&self) -> Option<Dot> {
+        let counter = self.durable.seen.vv().get(self.config.id);
+        (counter > 0).then(|| Dot::new(self.config.id, counter))
+    }
+
+    /// The peers known to hold `dot`: those that acknowledged it, or whose digest covered it.
+    pub fn holders(&self, dot: Dot) -> impl Iterator<Item = ReplicaId> + '_ {
+        self.peers
+            .iter()
+            .filter(move |(_, p)| p.known.contains(dot))
+            .map(|(id, _)| *id)
     }
 
     /// The object at `key`.
@@ -439,8 +495,11 @@ impl Replica {
         self.start_round(now);
     }
 
-    /// The next message to send, if any.
+    /// The next message to send, if any. None while changes await [`persist`](Replica::persist).
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if self.dirty {
+            return None;
+        }
         self.flush_fresh();
         self.flush_acks();
         let t = self.outbox.pop_front()?;
@@ -449,8 +508,11 @@ impl Replica {
         Some(t)
     }
 
-    /// The next event, if any.
+    /// The next event, if any. None while changes await [`persist`](Replica::persist).
     pub fn poll_event(&mut self) -> Option<Event> {
+        if self.dirty {
+            return None;
+        }
         self.events.pop_front()
     }
 
@@ -769,6 +831,7 @@ impl Replica {
                 .merge(&entry.delta);
             self.durable.seen.insert(entry.dot);
             self.touch(&entry.key, entry.dot);
+            self.record(&entry.key, &entry.delta);
             self.events.push_back(Event::Changed {
                 key: entry.key.clone(),
                 local: false,
@@ -791,6 +854,7 @@ impl Replica {
                 .entry(entry.key.clone())
                 .or_default()
                 .merge(&entry.touched);
+            self.record(&entry.key, &entry.object);
             self.events.push_back(Event::Changed {
                 key: entry.key.clone(),
                 local: false,
@@ -849,8 +913,15 @@ impl Replica {
         incoming.transfers.drain(..i);
         if let Some(done) = transfer.done {
             self.durable.seen.merge(&done.covers);
+            self.dirty = true;
         }
         self.pull_finished(peer);
+    }
+
+    /// Notes a change to persist before anything leaves.
+    fn record(&mut self, key: &str, delta: &Object) {
+        self.unpersisted.push((key.to_owned(), delta.clone()));
+        self.dirty = true;
     }
 
     fn touch(&mut self, key: &str, dot: Dot) {

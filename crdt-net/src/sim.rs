@@ -1,9 +1,11 @@
 //! A deterministic simulator: many [`Replica`]s on virtual time, with seeded message loss,
 //! duplication, delay (and so reordering), partitions, crashes and restarts.
 //!
-//! Everything random comes from one seed, so a run replays exactly. A crashed replica loses
-//! everything but its [`Durable`] state, which the simulator persists
-//! synchronously (as a node that persists before acknowledging would).
+//! Everything random comes from one seed, so a run replays exactly. Each replica commits its
+//! changes to a [`MemStore`] `commit_latency` ms after they are made (a disk's group commit),
+//! and, as every driver must, sends nothing before that. A crash loses what was not committed
+//! yet, as a real one does: the replica restarts from its store. An update counts as
+//! acknowledged once committed; [`truth`](Sim::truth) holds the acknowledged ones.
 //!
 //! ```
 //! use crdt_net::sim::{Sim, SimConfig};
@@ -25,6 +27,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 use crdt_core::{Crdt, ReplicaId};
 
 use crate::replica::{Config, Durable, Millis, Replica};
+use crate::store::MemStore;
 use crate::{Object, Op};
 
 /// The shape of a simulated network. [`SimConfig::new`] gives a perfect one.
@@ -53,6 +56,9 @@ pub struct SimConfig {
     /// Give replicas full 64-bit ids, as real nodes have (derived from keys), instead of 1..=n;
     /// version vectors then cost what they cost in deployment.
     pub wide_ids: bool,
+    /// How long after a change a replica commits it (and may send what depends on it), in ms.
+    /// A crash in between loses the change. 0 commits at once.
+    pub commit_latency: Millis,
 }
 
 impl SimConfig {
@@ -70,6 +76,7 @@ impl SimConfig {
             max_message: 1 << 20,
             max_log_bytes: 8 << 20,
             wide_ids: false,
+            commit_latency: 0,
         }
     }
 
@@ -121,6 +128,10 @@ pub struct SimStats {
     pub protocol_errors: u64,
     /// The largest message sent.
     pub largest_message: u64,
+    /// Commits, over all replicas.
+    pub commits: u64,
+    /// Updates lost to a crash before they were committed (never acknowledged).
+    pub lost_unacknowledged: u64,
 }
 
 /// A simulated cluster.
@@ -136,7 +147,7 @@ pub struct Sim {
     rng: fastrand::Rng,
     /// Partition group of each node; messages cross only within a group.
     groups: Vec<u32>,
-    /// Every delta made, folded per key: the state every replica must reach.
+    /// Every acknowledged delta, folded per key: the state every replica must reach.
     truth: BTreeMap<String, Object>,
     stats: SimStats,
 }
@@ -144,8 +155,12 @@ pub struct Sim {
 #[derive(Debug)]
 struct Node {
     replica: Option<Replica>,
-    /// What the node had persisted when it crashed.
-    persisted: Durable,
+    /// What survives a crash.
+    store: MemStore,
+    /// Local updates made but not yet committed.
+    unacknowledged: Vec<(String, Object)>,
+    /// Since when the replica has had uncommitted changes.
+    dirty_since: Option<Millis>,
     restarts: u64,
 }
 
@@ -174,8 +189,10 @@ impl Sim {
                     truth.entry(key.clone()).or_default().merge(object);
                 }
                 Node {
-                    replica: Some(Replica::restore(config.replica_config(i), durable)),
-                    persisted: Durable::default(),
+                    replica: Some(Replica::restore(config.replica_config(i), durable.clone())),
+                    store: MemStore::new(durable),
+                    unacknowledged: Vec::new(),
+                    dirty_since: None,
                     restarts: 0,
                 }
             })
@@ -220,17 +237,28 @@ impl Sim {
         self.nodes.is_empty()
     }
 
-    /// Applies `op` at replica `index`; false if it is crashed or the op does not fit.
+    /// Applies `op` at replica `index`; false if it is crashed or the op does not fit. The
+    /// update is acknowledged (and joins [`truth`](Sim::truth)) once the replica commits it.
     pub fn update(&mut self, index: usize, key: &str, op: &Op) -> bool {
-        let Some(replica) = self.nodes.get_mut(index).and_then(|n| n.replica.as_mut()) else {
+        let Some(node) = self.nodes.get_mut(index) else {
+            return false;
+        };
+        let Some(replica) = node.replica.as_mut() else {
             return false;
         };
         let Ok(delta) = replica.update(key, op) else {
             return false;
         };
-        self.truth.entry(key.to_owned()).or_default().merge(&delta);
+        node.unacknowledged.push((key.to_owned(), delta));
         self.collect();
         true
+    }
+
+    /// Whether replica `index` has committed every update made at it.
+    pub fn is_acknowledged(&self, index: usize) -> bool {
+        self.nodes
+            .get(index)
+            .is_some_and(|n| n.unacknowledged.is_empty())
     }
 
     /// Splits the network: replica `i` can reach replica `j` only if `groups[i] == groups[j]`.
@@ -245,11 +273,13 @@ impl Sim {
         self.groups.iter_mut().for_each(|g| *g = 0);
     }
 
-    /// Crashes replica `index`: it keeps only its persisted state.
+    /// Crashes replica `index`: everything it had not committed is lost.
     pub fn crash(&mut self, index: usize) {
         if let Some(node) = self.nodes.get_mut(index) {
-            if let Some(replica) = node.replica.take() {
-                node.persisted = replica.durable().clone();
+            if node.replica.take().is_some() {
+                self.stats.lost_unacknowledged += node.unacknowledged.len() as u64;
+                node.unacknowledged.clear();
+                node.dirty_since = None;
             }
         }
     }
@@ -265,7 +295,7 @@ impl Sim {
         node.restarts += 1;
         let mut config = self.config.replica_config(index);
         config.seed ^= node.restarts;
-        let mut replica = Replica::restore(config, std::mem::take(&mut node.persisted));
+        let mut replica = Replica::restore(config, node.store.durable().clone());
         // Time moved on while it was down: its first round is due now.
         replica.handle_timeout(self.now);
         node.replica = Some(replica);
@@ -282,7 +312,7 @@ impl Sim {
         self.config.id(index)
     }
 
-    /// The join of every update made so far: what every replica must converge to.
+    /// The join of every acknowledged update: what every replica must converge to.
     pub fn truth(&self) -> &BTreeMap<String, Object> {
         &self.truth
     }
@@ -326,10 +356,16 @@ impl Sim {
     /// Handles the next event no later than `until`; false once there is none.
     fn step(&mut self, until: Millis) -> bool {
         let next_message = self.queue.peek().map(|m| m.0.at);
+        let latency = self.config.commit_latency;
         let next_timer = self
             .nodes
             .iter()
             .filter_map(|n| n.replica.as_ref()?.poll_timeout())
+            .chain(
+                self.nodes
+                    .iter()
+                    .filter_map(|n| Some(n.dirty_since? + latency)),
+            )
             .min();
         let next = match (next_message, next_timer) {
             (Some(a), Some(b)) => a.min(b),
@@ -385,8 +421,29 @@ impl Sim {
         while replica.poll_event().is_some() {}
     }
 
-    /// Takes every replica's outgoing messages onto the network.
+    /// Commits what is due, then takes every replica's outgoing messages onto the network.
     fn collect(&mut self) {
+        let now = self.now;
+        let latency = self.config.commit_latency;
+        for node in &mut self.nodes {
+            let Some(replica) = node.replica.as_mut() else {
+                continue;
+            };
+            if replica.is_persisted() {
+                continue;
+            }
+            let since = *node.dirty_since.get_or_insert(now);
+            if now < since + latency {
+                continue;
+            }
+            if replica.persist(&mut node.store).is_ok() {
+                self.stats.commits += 1;
+                node.dirty_since = None;
+                for (key, delta) in node.unacknowledged.drain(..) {
+                    self.truth.entry(key).or_default().merge(&delta);
+                }
+            }
+        }
         for from in 0..self.nodes.len() {
             while let Some(t) = self
                 .nodes
@@ -452,6 +509,8 @@ pub struct ChaosReport {
     pub replicas: usize,
     /// Updates applied.
     pub updates: u64,
+    /// Updates acknowledged (committed before any crash); every one must be everywhere.
+    pub acknowledged: u64,
     /// Virtual ms from the last heal to convergence.
     pub converged_after: Millis,
     /// Network totals.
@@ -479,6 +538,7 @@ pub fn chaos(seed: u64) -> Result<ChaosReport, String> {
         max_message: rng.choice([4096, 16 << 10, 1 << 20]).unwrap_or(4096),
         max_log_bytes: rng.choice([2048, 64 << 10, 8 << 20]).unwrap_or(2048),
         wide_ids: rng.bool(),
+        commit_latency: rng.choice([0, 1, 5, 20]).unwrap_or(0),
     };
     let mut sim = Sim::new(config.clone());
     let mut clocks: Vec<crdt_core::Hlc> =
@@ -533,6 +593,7 @@ pub fn chaos(seed: u64) -> Result<ChaosReport, String> {
     Ok(ChaosReport {
         seed,
         replicas,
+        acknowledged: updates - sim.stats().lost_unacknowledged,
         updates,
         converged_after,
         stats: sim.stats().clone(),

@@ -3,7 +3,8 @@
 
 use crdt_core::{CausalContext, Dot, ReplicaId, VersionVector};
 use crdt_net::message::{DeltaEntry, Digest, StateChunk, StateDone, StateEntry};
-use crdt_net::{Config, Message, Object, Op, PeerInfo, ProtocolError, Replica};
+use crdt_net::store::MemStore;
+use crdt_net::{Config, Message, Object, Op, PeerInfo, ProtocolError, Replica, Transmit};
 
 const A: ReplicaId = ReplicaId::new(1);
 const B: ReplicaId = ReplicaId::new(2);
@@ -21,8 +22,14 @@ fn replica_with_log(max_log_bytes: usize) -> Replica {
     r.update("s", &Op::Add("x".into())).unwrap();
     r.update("m", &Op::Update("k".into(), Box::new(Op::Inc(1))))
         .unwrap();
-    while r.poll_transmit().is_some() {}
+    transmits(&mut r);
     r
+}
+
+/// Commits what `r` changed (nothing may leave before) and takes what it sends.
+fn transmits(r: &mut Replica) -> Vec<Transmit> {
+    r.persist(&mut MemStore::default()).unwrap();
+    std::iter::from_fn(|| r.poll_transmit()).collect()
 }
 
 fn delta_from(writer: ReplicaId, counter: u64) -> Vec<u8> {
@@ -108,12 +115,10 @@ fn mutated_messages_never_panic_and_errors_change_nothing() {
     ];
     let mut peer = Replica::new(Config::new(B).with_peer(A));
     peer.handle_timeout(10_000);
-    while let Some(t) = peer.poll_transmit() {
+    for t in transmits(&mut peer) {
         source.handle_message(0, B, &t.payload).unwrap();
     }
-    while let Some(t) = source.poll_transmit() {
-        samples.push(t.payload);
-    }
+    samples.extend(transmits(&mut source).into_iter().map(|t| t.payload));
     let kinds: Vec<u8> = samples.iter().map(|m| m[1]).collect();
     assert!(
         samples.len() >= 4,
@@ -253,7 +258,7 @@ fn a_silent_peer_goes_down_after_missed_rounds_and_comes_back() {
     let mut events = Vec::new();
     for round in 0..6 {
         a.handle_timeout(round * 100 + 99);
-        while a.poll_transmit().is_some() {}
+        transmits(&mut a);
         events.extend(std::iter::from_fn(|| a.poll_event()));
     }
     assert_eq!(
@@ -263,6 +268,7 @@ fn a_silent_peer_goes_down_after_missed_rounds_and_comes_back() {
     );
     assert!(a.peers().all(|p| !p.up));
     a.handle_message(700, B, &Message::InSync.encode()).unwrap();
+    transmits(&mut a);
     assert_eq!(a.poll_event(), Some(crdt_net::Event::PeerUp(B)));
     assert!(a.peers().all(|p| p.up));
 }

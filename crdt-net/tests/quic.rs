@@ -75,7 +75,7 @@ async fn three_nodes_converge_on_every_type() {
     // and the removal of the field node 0 made itself.
     let me = nodes[0].replica_id();
     nodes[0]
-        .update_with("doc", |doc| {
+        .update_with("doc", move |doc| {
             let Object::Map(map) = doc else {
                 return Err(doc.type_name());
             };
@@ -199,8 +199,30 @@ async fn state_survives_a_restart() {
     assert!(matches!(node.get("kept").await, Some(Object::Set(s)) if s.len() == 1));
     node.shutdown().await;
 
-    std::fs::write(dir.path().join("state.bin"), b"\x01garbage").unwrap();
-    let err = NodeBuilder::new(dir.path()).start().await.unwrap_err();
+    // A snapshot left by an earlier version is imported on first start, once.
+    let old = TempDir::new().unwrap();
+    let mut durable = crdt_net::Durable::default();
+    let mut replica = crdt_net::Replica::new(crdt_net::Config::new(ReplicaId::new(7)));
+    replica.update("old", &Op::Inc(4)).unwrap();
+    durable.objects = replica.objects().clone();
+    durable.seen = replica.seen().clone();
+    std::fs::write(
+        old.path().join("state.bin"),
+        crdt_core::codec::encode(&durable),
+    )
+    .unwrap();
+    let node = NodeBuilder::new(old.path()).start().await.unwrap();
+    assert_eq!(
+        node.get("old").await.map(|o| o.to_string()),
+        Some("4".into())
+    );
+    node.shutdown().await;
+    assert!(old.path().join("state.bin.imported").exists());
+
+    // An unreadable snapshot is an error, never silently dropped.
+    let bad = TempDir::new().unwrap();
+    std::fs::write(bad.path().join("state.bin"), b"\x01garbage").unwrap();
+    let err = NodeBuilder::new(bad.path()).start().await.unwrap_err();
     assert!(err.to_string().contains("unreadable"), "{err}");
 }
 

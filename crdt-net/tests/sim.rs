@@ -34,3 +34,39 @@ fn every_schedule_converges_to_the_join_of_all_updates() {
         failures[0]
     );
 }
+
+/// The dot-reuse scenario: a replica killed after an update but before its commit restarts
+/// with the counter it had committed. Had the update left before the commit, its peers would
+/// hold the lost update's dot and take the next update (which reuses that dot) for one they
+/// already have: permanent divergence. Nothing leaves before its commit, so the lost update is
+/// lost everywhere and the next one reaches everyone.
+#[test]
+fn an_update_lost_in_a_crash_never_shadows_the_next_one() {
+    use crdt_net::sim::{Sim, SimConfig};
+    use crdt_net::Op;
+
+    let mut sim = Sim::new(SimConfig {
+        commit_latency: 50,
+        ..SimConfig::new(11)
+    });
+    sim.run_for(500);
+    assert!(sim.update(0, "visits", &Op::Inc(5)));
+    sim.run_for(20); // the commit is 50 ms away
+    assert!(!sim.is_acknowledged(0));
+    sim.crash(0);
+    sim.restart(0);
+    assert!(sim.update(0, "visits", &Op::Inc(3)));
+    assert!(
+        sim.run_until_converged(10_000).is_some(),
+        "{:?}",
+        sim.divergence()
+    );
+    for i in 0..3 {
+        let value = sim
+            .replica(i)
+            .and_then(|r| r.get("visits"))
+            .map(|o| o.to_string());
+        assert_eq!(value.as_deref(), Some("3"), "replica {i}");
+    }
+    assert_eq!(sim.stats().lost_unacknowledged, 1);
+}

@@ -36,33 +36,19 @@ const TRUST_FILE: &str = "trusted";
 
 impl Identity {
     /// Loads the identity in `dir`, or makes one (a P-256 key and a self-signed certificate)
-    /// if the directory has none.
+    /// if the directory has neither `node.key` nor `node.crt`.
+    ///
+    /// A half-present identity (one file without the other) or a damaged one (a key that is not
+    /// PKCS#8, a certificate that does not parse, a certificate for another key) is an error
+    /// that names the file; the existing files are never overwritten.
     pub fn load_or_create(dir: &Path) -> Result<Identity, NodeError> {
         let (key_path, cert_path) = (dir.join(KEY_FILE), dir.join(CERT_FILE));
-        if key_path.exists() && cert_path.exists() {
-            let key = PrivatePkcs8KeyDer::from(std::fs::read(&key_path).map_err(io(&key_path))?);
-            let cert = CertificateDer::from(std::fs::read(&cert_path).map_err(io(&cert_path))?);
-            let id = node_id(&cert)?;
-            return Ok(Identity { key, cert, id });
+        match (read_if_present(&key_path)?, read_if_present(&cert_path)?) {
+            (Some(key), Some(cert)) => load(&key_path, key, &cert_path, cert),
+            (None, None) => create(dir, &key_path, &cert_path),
+            (Some(_), None) => Err(incomplete(dir, &key_path, &cert_path)),
+            (None, Some(_)) => Err(incomplete(dir, &cert_path, &key_path)),
         }
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let key_pair =
-            rcgen::KeyPair::generate().map_err(|e| NodeError::Identity(e.to_string()))?;
-        let params = rcgen::CertificateParams::new(vec!["crdt-node".to_owned()])
-            .map_err(|e| NodeError::Identity(e.to_string()))?;
-        let cert = params
-            .self_signed(&key_pair)
-            .map_err(|e| NodeError::Identity(e.to_string()))?;
-        let key_der = key_pair.serialize_der();
-        write_private(&key_path, &key_der)?;
-        std::fs::write(&cert_path, cert.der()).map_err(io(&cert_path))?;
-        let cert = cert.der().clone();
-        let id = node_id(&cert)?;
-        Ok(Identity {
-            key: PrivatePkcs8KeyDer::from(key_der),
-            cert,
-            id,
-        })
     }
 
     /// The node id: the first 8 bytes of the SHA-256 of the public key.
@@ -72,6 +58,86 @@ impl Identity {
 
     pub(crate) fn key_der(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(self.key.clone_key())
+    }
+}
+
+/// Checks a stored key and certificate: the key must be PKCS#8, the certificate must parse, and
+/// the certificate must carry the key's public key.
+fn load(
+    key_path: &Path,
+    key: Vec<u8>,
+    cert_path: &Path,
+    cert: Vec<u8>,
+) -> Result<Identity, NodeError> {
+    use rcgen::PublicKeyData;
+
+    let key = PrivatePkcs8KeyDer::from(key);
+    let key_pair = rcgen::KeyPair::try_from(&key).map_err(|e| {
+        NodeError::Identity(format!(
+            "{}: not a readable PKCS#8 private key: {e}",
+            key_path.display()
+        ))
+    })?;
+    let cert = CertificateDer::from(cert);
+    let parsed = webpki::EndEntityCert::try_from(&cert).map_err(|e| {
+        NodeError::Identity(format!(
+            "{}: not a readable certificate: {e}",
+            cert_path.display()
+        ))
+    })?;
+    if parsed.subject_public_key_info().as_ref() != key_pair.subject_public_key_info().as_slice() {
+        return Err(NodeError::Identity(format!(
+            "{}: the certificate is not for the private key in {}",
+            cert_path.display(),
+            key_path.display()
+        )));
+    }
+    let id = node_id(&cert)?;
+    Ok(Identity { key, cert, id })
+}
+
+/// Makes a new key pair and self-signed certificate and writes both durably.
+fn create(dir: &Path, key_path: &Path, cert_path: &Path) -> Result<Identity, NodeError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let key_pair = rcgen::KeyPair::generate().map_err(|e| NodeError::Identity(e.to_string()))?;
+    let params = rcgen::CertificateParams::new(vec!["crdt-node".to_owned()])
+        .map_err(|e| NodeError::Identity(e.to_string()))?;
+    let cert = params
+        .self_signed(&key_pair)
+        .map_err(|e| NodeError::Identity(e.to_string()))?;
+    let key_der = key_pair.serialize_der();
+    // The key goes in first: if a crash falls between the two renames, what is left is the key
+    // (from which the node id follows), not a certificate without its key.
+    write_durably(key_path, &key_der, true)?;
+    write_durably(cert_path, cert.der(), false)?;
+    sync_dir(dir)?;
+    let cert = cert.der().clone();
+    let id = node_id(&cert)?;
+    Ok(Identity {
+        key: PrivatePkcs8KeyDer::from(key_der),
+        cert,
+        id,
+    })
+}
+
+/// The error for an identity with one of its two files missing.
+fn incomplete(dir: &Path, present: &Path, missing: &Path) -> NodeError {
+    NodeError::Identity(format!(
+        "the identity in {} is incomplete: {} is missing but {} exists; refusing to make a new \
+         identity over it (restore the missing file, or move {} away to make a new identity)",
+        dir.display(),
+        missing.display(),
+        present.display(),
+        present.display()
+    ))
+}
+
+/// The file's bytes, or `None` if it does not exist.
+fn read_if_present(path: &Path) -> Result<Option<Vec<u8>>, NodeError> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(path)(e)),
     }
 }
 
@@ -271,21 +337,72 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> NodeError + '_ {
     }
 }
 
-#[cfg(unix)]
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
+/// Writes `bytes` to `path` so that a crash leaves either the old state or the whole file:
+/// a temporary file in the same directory, written and fsynced, then renamed into place. The
+/// caller fsyncs the directory. A `private` file is readable by its owner only.
+fn write_durably(path: &Path, bytes: &[u8], private: bool) -> Result<(), NodeError> {
     use std::io::Write;
+
+    let tmp = temp_path(path);
+    let written = (|| {
+        let mut file = open_new(&tmp, private).map_err(io(&tmp))?;
+        file.write_all(bytes).map_err(io(&tmp))?;
+        file.sync_all().map_err(io(&tmp))?;
+        drop(file);
+        std::fs::rename(&tmp, path).map_err(io(path))
+    })();
+    if written.is_err() {
+        // Best effort: the error that matters is the one returned.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// A fresh name beside `path` for a temporary file.
+fn temp_path(path: &Path) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(
+        ".{name}.tmp-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+#[cfg(unix)]
+fn open_new(path: &Path, private: bool) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io(path))?;
-    file.write_all(bytes).map_err(io(path))
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    if private {
+        options.mode(0o600);
+    }
+    options.open(path)
 }
 
 #[cfg(not(unix))]
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
-    std::fs::write(path, bytes).map_err(io(path))
+fn open_new(path: &Path, _private: bool) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+}
+
+/// Makes the renames in `dir` durable.
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> Result<(), NodeError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
+}
+
+/// Directories cannot be opened for syncing here; the renames are as durable as the platform
+/// makes them.
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> Result<(), NodeError> {
+    Ok(())
 }

@@ -8,6 +8,13 @@
 //! counted), and anti-entropy repairs the gap later. A peer that sends a malformed or oversized
 //! message is disconnected; the node keeps serving the others.
 //!
+//! One thread owns the replica and its store (a [`RedbStore`] in the data directory, which
+//! also locks the directory against a second process); every other task talks to it through
+//! a channel. It commits the changes of everything waiting in one transaction (group commit)
+//! and only then answers writers and lets messages go: an update acknowledged at
+//! [`Ack::Local`] survives SIGKILL, and no dot is ever sent before it is durable, so a
+//! restarted node never reuses one.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), crdt_net::node::NodeError> {
 //! use crdt_net::node::NodeBuilder;
@@ -18,7 +25,7 @@
 //!     .peer("192.0.2.10:4433".parse().unwrap())
 //!     .start()
 //!     .await?;
-//! node.update("groceries", Op::Add("milk".into())).await?;
+//! node.update("groceries", Op::Add("milk".into())).await?; // durable here when it returns
 //! println!("{:?}", node.get("groceries").await);
 //! node.shutdown().await;
 //! # Ok(()) }
@@ -27,21 +34,24 @@
 #[cfg(feature = "mdns")]
 mod discovery;
 mod identity;
+mod owner;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crdt_core::ReplicaId;
-use tokio::sync::{broadcast, mpsc, watch, Notify};
+use crdt_core::{Dot, ReplicaId};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 pub use identity::{node_id, parse_node_id, Identity, TrustList};
 
-use crate::replica::{Config, Durable, Event, PeerStatus, Replica, Stats};
+use self::owner::{Change, Command, Owner};
+use crate::replica::{Config, Durable, Event, PeerStatus, Replica, Stats, Transmit};
+use crate::store::{RedbStore, StoreError};
 use crate::{Object, Op, PeerInfo, TypeMismatch};
 
 /// Why a node could not start or act.
@@ -76,6 +86,99 @@ pub enum NodeError {
     /// The operation does not fit the object's type.
     #[error(transparent)]
     TypeMismatch(#[from] TypeMismatch),
+    /// An [`update_with`](Node::update_with) closure refused the change.
+    #[error("update refused: {0}")]
+    Refused(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The store could not be opened, read or written. An update that fails with it is not
+    /// known to be durable (it is sent to no one until a later commit succeeds).
+    #[error("store: {0}")]
+    Store(#[source] Arc<StoreError>),
+    /// Fewer replicas than the [`Ack`] level asked for acknowledged the write in time. The
+    /// write is durable here and keeps spreading.
+    #[error("acknowledged by {acked} of the {wanted} replicas asked for (this node included) before the timeout; the write stays and keeps spreading")]
+    AckTimeout {
+        /// Replicas known to hold the write durably, this one included.
+        acked: usize,
+        /// Replicas the level asked for, this one included.
+        wanted: usize,
+    },
+    /// The node had not seen the write a [`Token`] names before the timeout.
+    #[error("write {0} not seen here before the timeout")]
+    NotSeen(Token),
+    /// A token that is not `REPLICA:COUNTER` (16 hex digits, a colon, a positive number).
+    #[error("not a write token (REPLICA:COUNTER): {0:?}")]
+    BadToken(String),
+    /// The node is shutting down or has stopped.
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+/// How many replicas must hold a write durably before [`Node::update_acked`] returns.
+///
+/// Every level first commits the write here; the others then wait for peers that have merged
+/// and committed it. A level that is not met in time fails the call with
+/// [`NodeError::AckTimeout`], and the write stays and keeps spreading: acknowledgement levels
+/// choose when a writer hears back, never whether the write happens (the node stays on the
+/// available side of CAP).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Ack {
+    /// Durable on this node (the default).
+    #[default]
+    Local,
+    /// Durable here and on `n` peers.
+    Peers(usize),
+    /// Durable on more than half of the replicas this node knows (itself included).
+    Majority,
+    /// Durable on every peer this node knows.
+    All,
+}
+
+impl Ack {
+    /// How many peers must hold the write, out of `peers` known.
+    fn peers_needed(self, peers: usize) -> usize {
+        match self {
+            Ack::Local => 0,
+            Ack::Peers(n) => n,
+            // More than half of `peers + 1` replicas, this one included.
+            Ack::Majority => peers.div_ceil(2),
+            Ack::All => peers,
+        }
+    }
+}
+
+/// Names one write, for reading it back at any node ([`Node::get_after`]): read-your-writes
+/// across nodes. Printed and parsed as `REPLICA:COUNTER`.
+///
+/// ```
+/// use crdt_net::node::Token;
+///
+/// let token: Token = "00000000000000ff:7".parse().unwrap();
+/// assert_eq!(token.to_string(), "00000000000000ff:7");
+/// assert!("ff:0".parse::<Token>().is_err());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Token(pub Dot);
+
+impl std::fmt::Display for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.0.replica, self.0.counter)
+    }
+}
+
+impl std::str::FromStr for Token {
+    type Err = NodeError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || NodeError::BadToken(text.to_owned());
+        let (replica, counter) = text.trim().split_once(':').ok_or_else(bad)?;
+        let replica = parse_node_id(replica).map_err(|_| bad())?;
+        let counter: u64 = counter.parse().map_err(|_| bad())?;
+        if counter == 0 {
+            return Err(bad());
+        }
+        Ok(Token(Dot::new(replica, counter)))
+    }
 }
 
 /// Configures and starts a [`Node`].
@@ -93,7 +196,12 @@ pub struct NodeBuilder {
 
 /// How many messages may wait for one peer before more are dropped.
 const DEFAULT_QUEUE: usize = 1024;
+/// The store, in the data directory.
+const STORE_FILE: &str = "store.redb";
+/// The snapshot file of earlier versions, imported into the store on first start.
 const STATE_FILE: &str = "state.bin";
+/// How long [`Node::update`] waits for peers at [`Ack`] levels above `Local` by default.
+const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 const ALPN: &[u8] = b"crdt/1";
 
 impl NodeBuilder {
@@ -155,15 +263,22 @@ impl NodeBuilder {
         self
     }
 
-    /// Loads (or makes) the identity, the trust list and the persisted state, binds the socket
-    /// and starts gossiping.
+    /// Opens the store (locking the data directory against a second process), loads (or
+    /// makes) the identity and the trust list, binds the socket and starts gossiping.
+    ///
+    /// A data directory written by an earlier version (a `state.bin` snapshot) is imported
+    /// into the store on first start, and the snapshot renamed to `state.bin.imported`.
     pub async fn start(self) -> Result<Node, NodeError> {
+        std::fs::create_dir_all(&self.data_dir).map_err(|source| NodeError::Io {
+            path: self.data_dir.clone(),
+            source,
+        })?;
+        let (store, durable) = open_store(&self.data_dir)?;
         let identity = Identity::load_or_create(&self.data_dir)?;
         let trust = TrustList::load(&self.data_dir)?;
         for id in &self.trust {
             trust.set(*id, true)?;
         }
-        let durable = load_state(&self.data_dir)?;
         let mut config = Config::new(identity.id());
         config.round_interval = self.round_interval.as_millis().max(1) as u64;
         config.fanout = self.fanout;
@@ -174,10 +289,12 @@ impl NodeBuilder {
             .map_err(|e| NodeError::Transport(e.to_string()))?;
         let (events, _) = broadcast::channel(4096);
         let (stop, _) = watch::channel(false);
+        let (commands, received) = std::sync::mpsc::channel();
+        let replica = Replica::restore(config, durable);
         let shared = Arc::new(Shared {
-            replica: Mutex::new(Replica::restore(config, durable)),
             start: Instant::now(),
-            wake: Notify::new(),
+            commands,
+            max_message: replica.max_message(),
             links: Mutex::new(BTreeMap::new()),
             dialing: Mutex::new(BTreeSet::new()),
             blocked: Mutex::new(BTreeSet::new()),
@@ -185,17 +302,29 @@ impl NodeBuilder {
             dropped: AtomicU64::new(0),
             stop,
             endpoint,
-            data_dir: self.data_dir.clone(),
             queue: self.queue,
             id: identity.id(),
             trust: trust.clone(),
         });
-        info!(node = %identity.id(), %local_addr, "node started");
         let span = info_span!("node", id = %identity.id());
-        let mut tasks = vec![
-            tokio::spawn(accept_loop(shared.clone()).instrument(span.clone())),
-            tokio::spawn(drive(shared.clone()).instrument(span.clone())),
-        ];
+        let owner = Owner {
+            replica,
+            store,
+            shared: shared.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        };
+        let owner_span = span.clone();
+        std::thread::Builder::new()
+            .name(format!("crdt-owner-{}", identity.id()))
+            .spawn(move || owner_span.in_scope(|| owner.run(received)))
+            .map_err(|source| NodeError::Io {
+                path: self.data_dir.clone(),
+                source,
+            })?;
+        info!(node = %identity.id(), %local_addr, "node started");
+        let mut tasks = vec![tokio::spawn(
+            accept_loop(shared.clone()).instrument(span.clone()),
+        )];
         for addr in self.peers {
             tasks.push(tokio::spawn(
                 dial(shared.clone(), addr).instrument(span.clone()),
@@ -263,26 +392,65 @@ impl Node {
         self.local_addr
     }
 
-    /// Applies `op` to the object at `key`; the change reaches peers in milliseconds when they
-    /// are connected, and by anti-entropy otherwise.
-    pub async fn update(&self, key: &str, op: Op) -> Result<(), NodeError> {
-        self.shared.replica().update(key, &op)?;
-        // The driver sends; updates made before it wakes go out together, in one batch.
-        self.shared.wake.notify_one();
-        Ok(())
+    /// Applies `op` to the object at `key` and returns once the change is committed to this
+    /// node's store ([`Ack::Local`]); it reaches peers in milliseconds when they are
+    /// connected, and by anti-entropy otherwise. The token names the write for
+    /// [`get_after`](Node::get_after) at any node.
+    pub async fn update(&self, key: &str, op: Op) -> Result<Token, NodeError> {
+        self.update_acked(key, op, Ack::Local, DEFAULT_ACK_TIMEOUT)
+            .await
+    }
+
+    /// Applies `op` to the object at `key` and returns once `ack` is met, or fails with
+    /// [`NodeError::AckTimeout`] (saying how many replicas acknowledged) after `timeout`.
+    /// Peers count only once they have durably merged the write.
+    ///
+    /// ```no_run
+    /// # async fn demo(node: &crdt_net::node::Node) -> Result<(), crdt_net::node::NodeError> {
+    /// use std::time::Duration;
+    /// use crdt_net::node::Ack;
+    /// use crdt_net::Op;
+    ///
+    /// // A checkpoint must be on two more replicas before training goes on.
+    /// node.update_acked("checkpoints", Op::Add("step-1000".into()), Ack::Peers(2), Duration::from_secs(10))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn update_acked(
+        &self,
+        key: &str,
+        op: Op,
+        ack: Ack,
+        timeout: Duration,
+    ) -> Result<Token, NodeError> {
+        let key = key.to_owned();
+        let change: Change = Box::new(move |replica| Ok(replica.update(&key, &op)?));
+        self.change(change, ack, timeout)
+            .await
+            .map(|(token, _)| token)
     }
 
     /// Mutates the object at `key` with `f`, which returns the mutation's delta (see
     /// [`Replica::update_with`]); for changes [`Op`] cannot express, such as several mutations
-    /// of one nested map in one update.
+    /// of one nested map in one update. Returns the delta once it is committed here. An error
+    /// from `f` comes back as [`NodeError::Refused`] and changes nothing.
     pub async fn update_with<E>(
         &self,
         key: &str,
-        f: impl FnOnce(&mut Object) -> Result<Object, E>,
-    ) -> Result<Object, E> {
-        let delta = self.shared.replica().update_with(key, f)?;
-        self.shared.wake.notify_one();
-        Ok(delta)
+        f: impl FnOnce(&mut Object) -> Result<Object, E> + Send + 'static,
+    ) -> Result<Object, NodeError>
+    where
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let key = key.to_owned();
+        let change: Change = Box::new(move |replica| {
+            replica
+                .update_with(&key, f)
+                .map_err(|e| NodeError::Refused(e.into()))
+        });
+        self.change(change, Ack::Local, DEFAULT_ACK_TIMEOUT)
+            .await
+            .map(|(_, delta)| delta)
     }
 
     /// This node's replica id, for calling crdt-core mutators inside
@@ -293,12 +461,38 @@ impl Node {
 
     /// The object at `key`.
     pub async fn get(&self, key: &str) -> Option<Object> {
-        self.shared.replica().get(key).cloned()
+        let key = key.to_owned();
+        self.read(move |r| r.get(&key).cloned()).await.flatten()
+    }
+
+    /// The object at `key` once this node has seen the write `token` names (made here or at
+    /// any other node): read-your-writes across nodes. Fails with [`NodeError::NotSeen`] if
+    /// the write has not arrived within `timeout`.
+    pub async fn get_after(
+        &self,
+        key: &str,
+        token: Token,
+        timeout: Duration,
+    ) -> Result<Option<Object>, NodeError> {
+        let key = key.to_owned();
+        let (reply, answer) = oneshot::channel();
+        let then = Box::new(move |replica: Option<&Replica>| {
+            let _ = reply.send(replica.map(|r| r.get(&key).cloned()));
+        });
+        self.shared.command(Command::After {
+            dot: token.0,
+            deadline: Instant::now() + timeout,
+            then,
+        })?;
+        answer
+            .await
+            .map_err(|_| NodeError::Stopped)?
+            .ok_or(NodeError::NotSeen(token))
     }
 
     /// Every object.
     pub async fn objects(&self) -> BTreeMap<String, Object> {
-        self.shared.replica().objects().clone()
+        self.read(|r| r.objects().clone()).await.unwrap_or_default()
     }
 
     /// Changes (local and remote) and peers going up or down, as they happen. A receiver that
@@ -309,15 +503,18 @@ impl Node {
 
     /// The known peers.
     pub async fn peers(&self) -> Vec<PeerStatus> {
-        self.shared.replica().peers().collect()
+        self.read(|r| r.peers().collect()).await.unwrap_or_default()
     }
 
     /// Traffic counters.
     pub async fn metrics(&self) -> Metrics {
-        let replica = self.shared.replica();
+        let (stats, peers) = self
+            .read(|r| (r.stats().clone(), r.peers().collect()))
+            .await
+            .unwrap_or_default();
         Metrics {
-            stats: replica.stats().clone(),
-            peers: replica.peers().collect(),
+            stats,
+            peers,
             dropped: self.shared.dropped.load(Ordering::Relaxed),
         }
     }
@@ -335,15 +532,18 @@ impl Node {
         }
     }
 
-    /// Persists the state, closes every connection and stops.
+    /// Commits what is pending, closes the store (releasing the data directory), closes every
+    /// connection and stops.
     pub async fn shutdown(self) {
         #[cfg(feature = "mdns")]
         if let Some(Mdns(daemon)) = &self.mdns {
             let _ = daemon.shutdown();
         }
         let _ = self.shared.stop.send(true);
-        self.shared.wake.notify_one();
-        save_state(&self.shared).await;
+        let (stopped, closed) = oneshot::channel();
+        if self.shared.command(Command::Stop(stopped)).is_ok() {
+            let _ = closed.await;
+        }
         self.shared.endpoint.close(0u32.into(), b"shutdown");
         for task in &self.tasks {
             task.abort();
@@ -352,13 +552,44 @@ impl Node {
             tokio::time::timeout(Duration::from_secs(1), self.shared.endpoint.wait_idle()).await;
         info!(node = %self.shared.id, "node stopped");
     }
+
+    async fn change(
+        &self,
+        change: Change,
+        ack: Ack,
+        timeout: Duration,
+    ) -> Result<(Token, Object), NodeError> {
+        let (reply, answer) = oneshot::channel();
+        self.shared.command(Command::Update {
+            change,
+            ack,
+            timeout,
+            reply,
+        })?;
+        answer.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// Runs `f` on the replica's owner; `None` once the node has stopped.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Replica) -> T + Send + 'static,
+    ) -> Option<T> {
+        let (reply, answer) = oneshot::channel();
+        self.shared
+            .command(Command::With(Box::new(move |r| {
+                let _ = reply.send(f(r));
+            })))
+            .ok()?;
+        answer.await.ok()
+    }
 }
 
+/// What the driver's tasks share. The replica is not here: its owner holds it.
 #[derive(Debug)]
 struct Shared {
-    replica: Mutex<Replica>,
     start: Instant,
-    wake: Notify,
+    commands: std::sync::mpsc::Sender<Command>,
+    max_message: usize,
     links: Mutex<BTreeMap<ReplicaId, Link>>,
     /// Addresses with a dialing task, so peer exchange starts at most one per address.
     dialing: Mutex<BTreeSet<SocketAddr>>,
@@ -367,7 +598,6 @@ struct Shared {
     dropped: AtomicU64,
     stop: watch::Sender<bool>,
     endpoint: quinn::Endpoint,
-    data_dir: PathBuf,
     queue: usize,
     id: ReplicaId,
     trust: TrustList,
@@ -380,16 +610,12 @@ struct Link {
 }
 
 impl Shared {
-    fn replica(&self) -> MutexGuard<'_, Replica> {
-        // A panic elsewhere while holding the lock leaves the replica as it was between two
-        // complete calls: every Replica method is all-or-nothing. Keep serving.
-        self.replica
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     fn now(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
+    }
+
+    fn command(&self, command: Command) -> Result<(), NodeError> {
+        self.commands.send(command).map_err(|_| NodeError::Stopped)
     }
 
     fn is_blocked(&self, id: ReplicaId) -> bool {
@@ -399,17 +625,9 @@ impl Shared {
             .unwrap_or(false)
     }
 
-    /// Moves the replica's outgoing messages onto the peers' queues, and its events out.
-    fn flush(&self) {
-        let (transmits, events) = {
-            let mut replica = self.replica();
-            let transmits: Vec<_> = std::iter::from_fn(|| replica.poll_transmit()).collect();
-            let events: Vec<_> = std::iter::from_fn(|| replica.poll_event()).collect();
-            (transmits, events)
-        };
-        for event in events {
-            let _ = self.events.send(event);
-        }
+    /// Puts messages on their peers' queues; a full queue or a missing connection drops the
+    /// message (anti-entropy repairs it later).
+    fn send(&self, transmits: Vec<Transmit>) {
         let Ok(links) = self.links.lock() else {
             return;
         };
@@ -425,40 +643,21 @@ impl Shared {
     }
 }
 
-/// Time and outgoing messages: wakes for the replica's timer or when asked to flush.
-async fn drive(shared: Arc<Shared>) {
-    let mut stop = shared.stop.subscribe();
-    let mut saved_seen = shared.replica().seen().clone();
-    loop {
-        let deadline = shared.replica().poll_timeout().unwrap_or(u64::MAX / 2);
-        let at = shared.start + Duration::from_millis(deadline);
-        tokio::select! {
-            _ = tokio::time::sleep_until(at.into()) => {
-                shared.replica().handle_timeout(shared.now());
-                dial_new_peers(&shared);
-                let seen = shared.replica().seen().clone();
-                if seen != saved_seen {
-                    save_state(&shared).await;
-                    saved_seen = seen;
-                }
-            }
-            _ = shared.wake.notified() => {}
-            _ = stop.changed() => return,
-        }
-        shared.flush();
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Command")
     }
 }
 
 /// Dials peers learned by peer exchange that have an address and no connection.
-fn dial_new_peers(shared: &Arc<Shared>) {
+fn dial_new_peers(shared: &Arc<Shared>, replica: &Replica) {
     let candidates: Vec<SocketAddr> = {
         let links = shared
             .links
             .lock()
             .map(|l| l.keys().copied().collect::<BTreeSet<_>>());
         let connected = links.unwrap_or_default();
-        shared
-            .replica()
+        replica
             .peers()
             .filter(|p| !connected.contains(&p.info.id))
             .filter_map(|p| p.info.addr.as_deref()?.parse().ok())
@@ -558,10 +757,11 @@ async fn serve_peer(
     }
     // Only an address we dialed is worth sharing: an accepted connection's source port is
     // ephemeral.
-    shared.replica().add_peer(PeerInfo {
+    let info = PeerInfo {
         id: peer,
         addr: dialed.map(|a| a.to_string()),
-    });
+    };
+    let _ = shared.command(Command::With(Box::new(move |r| r.add_peer(info))));
     let writer = tokio::spawn(write_loop(connection.clone(), outgoing).in_current_span());
     let reason = read_loop(&shared, &connection, peer).await;
     writer.abort();
@@ -594,8 +794,7 @@ async fn read_loop(
     connection: &quinn::Connection,
     peer: ReplicaId,
 ) -> String {
-    let max = shared.replica().max_message();
-    let mut buffer = Vec::new();
+    let max = shared.max_message;
     loop {
         let mut stream = match connection.accept_uni().await {
             Ok(stream) => stream,
@@ -615,20 +814,30 @@ async fn read_loop(
                 connection.close(2u32.into(), b"message too large");
                 return "oversized message".into();
             }
-            buffer.resize(len, 0);
-            if let Err(e) = stream.read_exact(&mut buffer).await {
+            let mut bytes = vec![0; len];
+            if let Err(e) = stream.read_exact(&mut bytes).await {
                 return e.to_string();
             }
             if shared.is_blocked(peer) {
                 continue;
             }
-            let result = shared.replica().handle_message(shared.now(), peer, &buffer);
-            if let Err(e) = result {
-                warn!(%peer, error = %e, "protocol error; disconnecting the peer");
-                connection.close(3u32.into(), b"protocol error");
-                return format!("protocol error: {e}");
+            // One message in flight per peer: a fast sender waits for the owner.
+            let (reply, answer) = oneshot::channel();
+            if shared
+                .command(Command::Message { peer, bytes, reply })
+                .is_err()
+            {
+                return "node stopped".into();
             }
-            shared.flush();
+            match answer.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    warn!(%peer, error = %e, "protocol error; disconnecting the peer");
+                    connection.close(3u32.into(), b"protocol error");
+                    return format!("protocol error: {e}");
+                }
+                Err(_) => return "node stopped".into(),
+            }
         }
     }
 }
@@ -688,31 +897,30 @@ fn endpoint(
     Ok(endpoint)
 }
 
-fn load_state(dir: &Path) -> Result<Durable, NodeError> {
-    let path = dir.join(STATE_FILE);
-    match std::fs::read(&path) {
-        Ok(bytes) => crdt_core::codec::decode(&bytes)
-            .map_err(|reason| NodeError::CorruptState { path, reason }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Durable::default()),
-        Err(source) => Err(NodeError::Io { path, source }),
+/// Opens the store in `dir`; on first start, imports the snapshot an earlier version left.
+fn open_store(dir: &Path) -> Result<(RedbStore, Durable), NodeError> {
+    let (mut store, durable) = RedbStore::open(dir.join(STORE_FILE))?;
+    let snapshot = dir.join(STATE_FILE);
+    if !store.is_empty()? || !snapshot.exists() {
+        return Ok((store, durable));
     }
-}
-
-/// Writes the state to a temporary file and renames it over the old one, so a crash leaves
-/// either the old state or the new, never half of one.
-async fn save_state(shared: &Shared) {
-    let bytes = crdt_core::codec::encode(shared.replica().durable());
-    let path = shared.data_dir.join(STATE_FILE);
-    let temporary = shared.data_dir.join(format!("{STATE_FILE}.tmp"));
-    let result = async {
-        tokio::fs::write(&temporary, &bytes).await?;
-        tokio::fs::File::open(&temporary).await?.sync_all().await?;
-        tokio::fs::rename(&temporary, &path).await
-    }
-    .await;
-    if let Err(e) = result {
-        warn!(path = %path.display(), error = %e, "could not persist state");
-    }
+    let bytes = std::fs::read(&snapshot).map_err(|source| NodeError::Io {
+        path: snapshot.clone(),
+        source,
+    })?;
+    let durable: Durable =
+        crdt_core::codec::decode(&bytes).map_err(|reason| NodeError::CorruptState {
+            path: snapshot.clone(),
+            reason,
+        })?;
+    store.import(&durable)?;
+    let imported = dir.join(format!("{STATE_FILE}.imported"));
+    std::fs::rename(&snapshot, &imported).map_err(|source| NodeError::Io {
+        path: snapshot.clone(),
+        source,
+    })?;
+    info!(from = %snapshot.display(), keys = durable.objects.len(), "imported the snapshot into the store");
+    Ok((store, durable))
 }
 
 /// Gossip partners are chosen by a seeded generator; seed it from the clock so nodes differ.

@@ -1,0 +1,272 @@
+//! The one task that owns a node's replica and its store.
+//!
+//! Every other task talks to it through a channel: the application's calls, each peer's
+//! incoming messages, reads. It runs on its own thread because a commit blocks on fsync. Each
+//! turn it takes every command waiting (up to a bound), commits all their changes in one
+//! transaction (group commit), and only then answers the writers and hands the replica's
+//! messages to the peers' queues: nothing leaves before it is durable, by construction.
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crdt_core::Dot;
+use tokio::sync::oneshot;
+use tracing::{error, info, warn};
+
+use super::{dial_new_peers, Ack, NodeError, Shared, Token};
+use crate::store::{RedbStore, StoreError};
+use crate::{Object, ProtocolError, Replica};
+
+/// Commands handled per commit at most, so a flood of writes still gets its commits.
+const MAX_BATCH: usize = 4096;
+
+/// What other tasks ask of the owner.
+pub(super) enum Command {
+    /// A local update: `change` makes it and returns its delta; the writer then waits for its
+    /// commit and its acknowledgement level.
+    Update {
+        change: Change,
+        ack: Ack,
+        timeout: Duration,
+        reply: oneshot::Sender<Result<(Token, Object), NodeError>>,
+    },
+    /// A peer's message.
+    Message {
+        peer: crdt_core::ReplicaId,
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<(), ProtocolError>>,
+    },
+    /// A read or a change that is not an update (such as learning of a peer).
+    With(Box<dyn FnOnce(&mut Replica) + Send>),
+    /// A read that waits until the replica has seen `dot` (or gets `None` at the deadline).
+    After {
+        dot: Dot,
+        deadline: Instant,
+        then: Then,
+    },
+    /// Commit, close the store and stop; answered once the store is closed.
+    Stop(oneshot::Sender<()>),
+}
+
+/// What a waiting read does once its write has arrived (`None`: the deadline passed).
+pub(super) type Then = Box<dyn FnOnce(Option<&Replica>) + Send>;
+
+/// A local update, made on the owner's thread.
+pub(super) type Change = Box<dyn FnOnce(&mut Replica) -> Result<Object, NodeError> + Send>;
+
+/// A writer waiting for its update to be committed, then acknowledged.
+struct Writer {
+    dot: Dot,
+    delta: Object,
+    ack: Ack,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<(Token, Object), NodeError>>,
+}
+
+impl Writer {
+    fn done(self) {
+        let _ = self.reply.send(Ok((Token(self.dot), self.delta)));
+    }
+}
+
+struct Reader {
+    dot: Dot,
+    deadline: Instant,
+    then: Then,
+}
+
+pub(super) struct Owner {
+    pub(super) replica: Replica,
+    pub(super) store: RedbStore,
+    pub(super) shared: Arc<Shared>,
+    pub(super) runtime: tokio::runtime::Handle,
+}
+
+/// The owner's bookkeeping between turns.
+#[derive(Default)]
+struct Waiting {
+    /// Updates made this turn, to answer after the commit.
+    committing: Vec<Writer>,
+    /// Committed updates waiting for peers' acknowledgements.
+    acking: Vec<Writer>,
+    reading: Vec<Reader>,
+    stop: Option<oneshot::Sender<()>>,
+    /// Whether the last commit failed (the failure is logged once per streak).
+    failing: bool,
+}
+
+impl Owner {
+    /// Runs until stopped or every sender is gone.
+    pub(super) fn run(mut self, commands: Receiver<Command>) {
+        let _runtime = self.runtime.enter();
+        let mut waiting = Waiting::default();
+        let mut rounds = self.replica.stats().rounds;
+        while waiting.stop.is_none() {
+            let wait = self
+                .next_wakeup(&waiting)
+                .saturating_duration_since(Instant::now());
+            match commands.recv_timeout(wait) {
+                Ok(command) => self.handle(command, &mut waiting),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            for command in commands.try_iter().take(MAX_BATCH) {
+                self.handle(command, &mut waiting);
+                if waiting.stop.is_some() {
+                    break;
+                }
+            }
+            self.replica.handle_timeout(self.shared.now());
+            self.commit(&mut waiting);
+            self.flush();
+            self.settle(&mut waiting);
+            if self.replica.stats().rounds != rounds {
+                rounds = self.replica.stats().rounds;
+                dial_new_peers(&self.shared, &self.replica);
+            }
+        }
+        let Owner { store, .. } = self;
+        // Closing the store releases its lock: only then may a restart open it.
+        drop(store);
+        if let Some(stopped) = waiting.stop {
+            let _ = stopped.send(());
+        }
+    }
+
+    fn handle(&mut self, command: Command, waiting: &mut Waiting) {
+        match command {
+            Command::Update {
+                change,
+                ack,
+                timeout,
+                reply,
+            } => {
+                let made = change(&mut self.replica).and_then(|delta| {
+                    let dot = self.replica.last_local_dot().ok_or(NodeError::Stopped)?;
+                    Ok((dot, delta))
+                });
+                match made {
+                    Ok((dot, delta)) => waiting.committing.push(Writer {
+                        dot,
+                        delta,
+                        ack,
+                        deadline: Instant::now() + timeout,
+                        reply,
+                    }),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Command::Message { peer, bytes, reply } => {
+                let result = self.replica.handle_message(self.shared.now(), peer, &bytes);
+                let _ = reply.send(result);
+            }
+            Command::With(f) => f(&mut self.replica),
+            Command::After {
+                dot,
+                deadline,
+                then,
+            } => waiting.reading.push(Reader {
+                dot,
+                deadline,
+                then,
+            }),
+            Command::Stop(reply) => waiting.stop = Some(reply),
+        }
+    }
+
+    /// One commit for everything this turn changed; then the writers hear of it.
+    fn commit(&mut self, waiting: &mut Waiting) {
+        match self.replica.persist(&mut self.store) {
+            Ok(()) => {
+                if std::mem::take(&mut waiting.failing) {
+                    info!("the store accepts writes again");
+                }
+                for writer in waiting.committing.drain(..) {
+                    if writer.ack == Ack::Local {
+                        writer.done();
+                    } else {
+                        waiting.acking.push(writer);
+                    }
+                }
+            }
+            Err(e) => {
+                if !std::mem::replace(&mut waiting.failing, true) {
+                    error!(error = %e, "cannot write the store; updates fail and nothing is sent until it can");
+                }
+                let e = Arc::new(e);
+                for writer in waiting.committing.drain(..) {
+                    let _ = writer.reply.send(Err(NodeError::Store(e.clone())));
+                }
+            }
+        }
+    }
+
+    /// Moves the replica's messages onto the peers' queues and its events out.
+    fn flush(&mut self) {
+        let transmits: Vec<_> = std::iter::from_fn(|| self.replica.poll_transmit()).collect();
+        for event in std::iter::from_fn(|| self.replica.poll_event()) {
+            let _ = self.shared.events.send(event);
+        }
+        self.shared.send(transmits);
+    }
+
+    /// Answers the writers whose acknowledgement level is met or whose time is up, and the
+    /// readers whose token has arrived or whose time is up.
+    fn settle(&mut self, waiting: &mut Waiting) {
+        let now = Instant::now();
+        let peers = self.replica.peers().count();
+        let mut still = Vec::new();
+        for writer in waiting.acking.drain(..) {
+            let wanted = writer.ack.peers_needed(peers);
+            let acked = self.replica.holders(writer.dot).count();
+            if acked >= wanted {
+                writer.done();
+            } else if now >= writer.deadline {
+                warn!(dot = ?writer.dot, acked, wanted, "acknowledgement timed out; the write stays and keeps spreading");
+                let _ = writer.reply.send(Err(NodeError::AckTimeout {
+                    acked: acked + 1,
+                    wanted: wanted + 1,
+                }));
+            } else if !writer.reply.is_closed() {
+                still.push(writer);
+            }
+        }
+        waiting.acking = still;
+        let mut still = Vec::new();
+        for reader in waiting.reading.drain(..) {
+            if self.replica.is_persisted() && self.replica.seen().contains(reader.dot) {
+                (reader.then)(Some(&self.replica));
+            } else if now >= reader.deadline {
+                (reader.then)(None);
+            } else {
+                still.push(reader);
+            }
+        }
+        waiting.reading = still;
+    }
+
+    /// The replica's next round, or the earliest deadline of a waiting call.
+    fn next_wakeup(&self, waiting: &Waiting) -> Instant {
+        let round = self
+            .replica
+            .poll_timeout()
+            .map_or(Instant::now() + Duration::from_secs(1), |at| {
+                self.shared.start + Duration::from_millis(at)
+            });
+        waiting
+            .acking
+            .iter()
+            .map(|w| w.deadline)
+            .chain(waiting.reading.iter().map(|r| r.deadline))
+            .fold(round, Instant::min)
+    }
+}
+
+impl From<StoreError> for NodeError {
+    fn from(e: StoreError) -> Self {
+        NodeError::Store(Arc::new(e))
+    }
+}
