@@ -300,6 +300,7 @@ impl NodeBuilder {
             blocked: Mutex::new(BTreeSet::new()),
             events,
             dropped: AtomicU64::new(0),
+            pending_acks: AtomicU64::new(0),
             stop,
             endpoint,
             queue: self.queue,
@@ -379,6 +380,8 @@ pub struct Metrics {
     pub peers: Vec<PeerStatus>,
     /// Messages dropped because a peer's queue was full or it had no connection.
     pub dropped: u64,
+    /// Committed writes whose callers still wait for peers' acknowledgements.
+    pub pending_acks: u64,
 }
 
 impl Node {
@@ -516,6 +519,7 @@ impl Node {
             stats,
             peers,
             dropped: self.shared.dropped.load(Ordering::Relaxed),
+            pending_acks: self.shared.pending_acks.load(Ordering::Relaxed),
         }
     }
 
@@ -596,6 +600,7 @@ struct Shared {
     blocked: Mutex<BTreeSet<ReplicaId>>,
     events: broadcast::Sender<Event>,
     dropped: AtomicU64,
+    pending_acks: AtomicU64,
     stop: watch::Sender<bool>,
     endpoint: quinn::Endpoint,
     queue: usize,

@@ -235,6 +235,10 @@ impl Owner {
             }
         }
         waiting.acking = still;
+        self.shared.pending_acks.store(
+            waiting.acking.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let mut still = Vec::new();
         for reader in waiting.reading.drain(..) {
             if self.replica.is_persisted() && self.replica.seen().contains(reader.dot) {

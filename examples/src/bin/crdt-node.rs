@@ -16,8 +16,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 use crdt_core::Hlc;
-use crdt_net::node::{parse_node_id, Identity, Node, NodeBuilder, TrustList};
+use crdt_net::node::{parse_node_id, Ack, Identity, Node, NodeBuilder, Token, TrustList};
 use crdt_net::{Event, Op};
+use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Parser)]
 #[command(
@@ -138,12 +139,21 @@ async fn run(
     });
     let interactive = std::io::stdin().is_terminal();
     let mut clock = Hlc::new(60_000);
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     loop {
         if interactive {
             print!("> ");
             let _ = std::io::stdout().flush();
         }
-        let Some(line) = lines.recv().await else {
+        // Every write the prompt answered `ok` is already committed; a signal only closes
+        // the store and the connections cleanly.
+        let line = tokio::select! {
+            line = lines.recv() => line,
+            _ = terminate.recv() => None,
+            _ = interrupt.recv() => None,
+        };
+        let Some(line) = line else {
             break;
         };
         match execute(&node, &mut clock, line.trim()).await {
@@ -165,6 +175,13 @@ commands:
   set KEY VALUE         write a last-writer-wins register
   write KEY VALUE       write a multi-value register (concurrent writes stay visible)
   get KEY               show an object
+  get --after TOKEN KEY show it once this node has the write TOKEN names
+                        (read-your-writes across nodes; waits up to --timeout)
+
+A write prints `ok TOKEN` once it is durable on this node. Before its key, a write takes
+  --ack N | majority | all   wait until N peers (a majority, all) hold it durably too
+  --timeout MS               how long to wait for them (default 5000); on timeout the write
+                             stays and keeps spreading, and the error says who has it
   keys                  list every object
   peers                 known peers, up or down, and how far behind
   status                this node's id, address and traffic
@@ -173,9 +190,10 @@ commands:
 
 /// Runs one command line; `Ok(false)` means quit.
 async fn execute(node: &Node, clock: &mut Hlc, line: &str) -> Result<bool, String> {
-    let mut words = line.splitn(3, ' ');
-    let command = words.next().unwrap_or("");
-    let key = words.next().map(str::to_owned);
+    let (command, line) = line.split_once(' ').unwrap_or((line, ""));
+    let (options, line) = options(command, line)?;
+    let mut words = line.splitn(2, ' ');
+    let key = words.next().filter(|k| !k.is_empty()).map(str::to_owned);
     let rest = words.next().map(str::to_owned);
     let need = |what: Option<String>, name: &str| {
         what.ok_or(format!("{command}: missing {name} (try `help`)"))
@@ -199,7 +217,14 @@ async fn execute(node: &Node, clock: &mut Hlc, line: &str) -> Result<bool, Strin
         "quit" | "exit" => return Ok(false),
         "get" => {
             let key = need(key, "KEY")?;
-            match node.get(&key).await {
+            let object = match options.after {
+                Some(token) => node
+                    .get_after(&key, token, options.timeout)
+                    .await
+                    .map_err(|e| e.to_string())?,
+                None => node.get(&key).await,
+            };
+            match object {
                 Some(object) => println!("{key} = {object}"),
                 None => println!("{key} is not set"),
             }
@@ -225,7 +250,7 @@ async fn execute(node: &Node, clock: &mut Hlc, line: &str) -> Result<bool, Strin
         "status" => {
             let m = node.metrics().await;
             println!(
-                "node {} on {}: {} rounds, {} messages / {} bytes sent, {} messages / {} bytes received, {} dropped",
+                "node {} on {}: {} rounds, {} messages / {} bytes sent, {} messages / {} bytes received, {} dropped, {} writes awaiting acknowledgements",
                 node.id(),
                 node.local_addr(),
                 m.stats.rounds,
@@ -233,7 +258,8 @@ async fn execute(node: &Node, clock: &mut Hlc, line: &str) -> Result<bool, Strin
                 m.stats.bytes_sent,
                 m.stats.messages_received,
                 m.stats.bytes_received,
-                m.dropped
+                m.dropped,
+                m.pending_acks
             );
             return Ok(true);
         }
@@ -252,7 +278,45 @@ async fn execute(node: &Node, clock: &mut Hlc, line: &str) -> Result<bool, Strin
         other => return Err(format!("unknown command {other:?} (try `help`)")),
     };
     let key = need(key, "KEY")?;
-    node.update(&key, op).await.map_err(|e| e.to_string())?;
-    println!("ok");
+    let token = node
+        .update_acked(&key, op, options.ack, options.timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("ok {token}");
     Ok(true)
+}
+
+/// A command's `--ack`, `--timeout` and `--after` options.
+struct Options {
+    ack: Ack,
+    timeout: Duration,
+    after: Option<Token>,
+}
+
+/// Takes the options at the start of `line`; returns them and the rest.
+fn options<'a>(command: &str, mut line: &'a str) -> Result<(Options, &'a str), String> {
+    let mut options = Options {
+        ack: Ack::Local,
+        timeout: Duration::from_secs(5),
+        after: None,
+    };
+    while let Some(rest) = line.strip_prefix("--") {
+        let (name, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+        let (value, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+        let bad = || format!("{command}: bad value for --{name}: {value:?}");
+        match name {
+            "ack" => {
+                options.ack = match value {
+                    "majority" => Ack::Majority,
+                    "all" => Ack::All,
+                    n => Ack::Peers(n.parse().map_err(|_| bad())?),
+                }
+            }
+            "timeout" => options.timeout = Duration::from_millis(value.parse().map_err(|_| bad())?),
+            "after" => options.after = Some(value.parse().map_err(|_| bad())?),
+            other => return Err(format!("{command}: unknown option --{other} (try `help`)")),
+        }
+        line = rest;
+    }
+    Ok((options, line))
 }
