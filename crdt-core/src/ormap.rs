@@ -97,6 +97,11 @@ impl<K: Ord, V> OrMap<K, V> {
         self.values.get(key)
     }
 
+    /// Every value kept, for present and removed keys alike, in key order.
+    pub fn values_kept(&self) -> impl Iterator<Item = (&K, &V)> + '_ {
+        self.values.iter()
+    }
+
     /// Whether `key` is present.
     pub fn contains_key(&self, key: &K) -> bool {
         self.keys.contains(key)

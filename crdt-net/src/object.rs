@@ -163,6 +163,19 @@ impl Object {
         }
     }
 
+    /// The latest hybrid-logical-clock time of any last-writer-wins register in the object,
+    /// nested maps included (removed keys too): what a receiver checks against its clock.
+    pub fn latest_stamp(&self) -> Option<HlcTimestamp> {
+        match self {
+            Object::Lww(register) => register.stamp().map(|s| s.time),
+            Object::Map(map) => map
+                .values_kept()
+                .filter_map(|(_, value)| value.latest_stamp())
+                .max(),
+            _ => None,
+        }
+    }
+
     /// How many entries [`Decompose::split`] would cut (elements or keys); 1 for the rest.
     pub fn entries(&self) -> usize {
         match self {

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use crdt_core::{CausalContext, Crdt, Decompose, Dot, ReplicaId, VersionVector};
+use crdt_core::{CausalContext, Crdt, Decompose, Dot, Hlc, HlcTimestamp, ReplicaId, VersionVector};
 use serde::{Deserialize, Serialize};
 
 use crate::log::DeltaLog;
@@ -12,7 +12,9 @@ use crate::message::{
 use crate::store::{Batch, Store, StoreError};
 use crate::{Object, Op, ProtocolError, TypeMismatch};
 
-/// Milliseconds on the caller's clock (any epoch; the simulator starts at 0).
+/// Milliseconds on the caller's clock. The replica's hybrid logical clock reads it as
+/// physical time, so a driver whose peers write last-writer-wins registers passes wall-clock
+/// time (the node: milliseconds since the Unix epoch); the simulator starts at 0.
 pub type Millis = u64;
 
 /// How a replica gossips. [`Config::new`] gives the defaults.
@@ -45,6 +47,12 @@ pub struct Config {
     pub max_peers: usize,
     /// Seeds the choice of gossip partners (the replica draws no other randomness).
     pub seed: u64,
+    /// How far ahead of this replica's clock a received last-writer-wins timestamp may be,
+    /// in ms. A delta or state entry carrying a later one is refused (counted in
+    /// [`Stats::drift_refused`], reported as [`Event::ClockDrift`]) and arrives again by
+    /// anti-entropy once this replica's clock has caught up; so a peer whose clock runs ahead
+    /// cannot make its writes win over later writes by more than this. Default 60,000.
+    pub max_drift: Millis,
 }
 
 impl Config {
@@ -63,6 +71,7 @@ impl Config {
             peer_exchange_every: 10,
             max_peers: 1024,
             seed: id.get(),
+            max_drift: 60_000,
         }
     }
 }
@@ -91,6 +100,14 @@ pub enum Event {
     PeerUp(ReplicaId),
     /// A peer missed `down_after` rounds in a row.
     PeerDown(ReplicaId),
+    /// A peer sent a last-writer-wins write stamped further ahead of this replica's clock
+    /// than [`Config::max_drift`]; it was refused. The peer's clock is probably wrong.
+    ClockDrift {
+        /// The peer.
+        peer: ReplicaId,
+        /// How far ahead of this replica's clock the write was stamped, in ms.
+        ahead_ms: u64,
+    },
 }
 
 /// What a replica keeps across restarts.
@@ -129,6 +146,9 @@ pub struct Stats {
     pub state_entries_sent: u64,
     /// Messages refused with a [`ProtocolError`].
     pub errors: u64,
+    /// Entries refused because their last-writer-wins timestamp was too far ahead (see
+    /// [`Config::max_drift`]).
+    pub drift_refused: u64,
 }
 
 /// What this replica knows of a peer.
@@ -209,6 +229,8 @@ pub struct Replica {
     /// until a round passes without progress.
     pull: Option<(ReplicaId, Millis)>,
     rng: fastrand::Rng,
+    /// Stamps this replica's last-writer-wins writes; every received stamp advances it.
+    clock: Hlc,
     stats: Stats,
 }
 
@@ -236,6 +258,8 @@ struct Transfer {
     /// Received chunk indices and each one's range of whole keys.
     chunks: BTreeMap<u32, Option<(String, String)>>,
     done: Option<StateDone>,
+    /// An entry of it was refused, so its covers cannot be claimed: it never completes.
+    refused: bool,
 }
 
 /// How many transfers per peer we track at once.
@@ -264,7 +288,15 @@ impl Replica {
     pub fn restore(config: Config, durable: Durable) -> Self {
         let mut rng = fastrand::Rng::with_seed(config.seed);
         let next_round = rng.u64(0..config.round_interval.max(1));
+        // The clock resumes past every stamp it may have issued.
+        let latest = durable
+            .objects
+            .values()
+            .filter_map(Object::latest_stamp)
+            .max()
+            .unwrap_or_default();
         let mut replica = Replica {
+            clock: Hlc::resume(latest, config.max_drift),
             log: DeltaLog::new(config.max_log_bytes),
             durable,
             peers: BTreeMap::new(),
@@ -343,6 +375,10 @@ impl Replica {
         let dot = self.durable.seen.next_dot(self.config.id);
         self.touch(key, dot);
         self.record(key, &delta);
+        if let Some(stamp) = delta.latest_stamp() {
+            // A stamp the caller chose: later ones of this replica must exceed it.
+            let _ = self.clock.observe(stamp, stamp.wall_ms);
+        }
         let entry = DeltaEntry {
             dot,
             key: key.to_owned(),
@@ -397,6 +433,23 @@ impl Replica {
             .iter()
             .filter(move |(_, p)| p.known.contains(dot))
             .map(|(id, _)| *id)
+    }
+
+    /// A fresh hybrid-logical-clock reading for a last-writer-wins write made now: later
+    /// than every stamp this replica has issued or received.
+    ///
+    /// ```
+    /// use crdt_core::ReplicaId;
+    /// use crdt_net::{Config, Op, Replica};
+    ///
+    /// let mut replica = Replica::new(Config::new(ReplicaId::new(1)));
+    /// let now = 1_700_000_000_000; // the driver's wall clock, ms
+    /// let stamp = replica.stamp(now);
+    /// replica.update("title", &Op::Set(stamp, "draft".into())).unwrap();
+    /// assert!(replica.stamp(now) > stamp);
+    /// ```
+    pub fn stamp(&mut self, now: Millis) -> HlcTimestamp {
+        self.clock.now(now)
     }
 
     /// The object at `key`.
@@ -552,7 +605,7 @@ impl Replica {
         match message {
             Message::Digest(digest) => self.on_digest(now, from, digest),
             Message::InSync => self.pull_finished(from),
-            Message::Deltas(entries) => self.on_deltas(from, entries),
+            Message::Deltas(entries) => self.on_deltas(now, from, entries),
             Message::Ack(dots) => {
                 if let Some(peer) = self.peers.get_mut(&from) {
                     peer.known.merge(&dots);
@@ -815,15 +868,16 @@ impl Replica {
         self.send(to, &Message::StateDone(done));
     }
 
-    fn on_deltas(&mut self, from: ReplicaId, entries: Vec<DeltaEntry>) {
-        let ack = self.acks_due.entry(from).or_default();
-        for e in &entries {
-            ack.insert(e.dot);
-        }
+    fn on_deltas(&mut self, now: Millis, from: ReplicaId, entries: Vec<DeltaEntry>) {
         for entry in entries {
             if self.durable.seen.contains(entry.dot) {
+                self.acks_due.entry(from).or_default().insert(entry.dot);
                 continue;
             }
+            if !self.clock_accepts(now, from, &entry.delta) {
+                continue; // not acknowledged: it comes again by anti-entropy
+            }
+            self.acks_due.entry(from).or_default().insert(entry.dot);
             self.durable
                 .objects
                 .entry(entry.key.clone())
@@ -843,7 +897,12 @@ impl Replica {
 
     fn on_state(&mut self, now: Millis, from: ReplicaId, chunk: StateChunk) {
         self.pull_progressed(from, now);
+        let mut refused = false;
         for entry in &chunk.objects {
+            if !self.clock_accepts(now, from, &entry.object) {
+                refused = true;
+                continue;
+            }
             self.durable
                 .objects
                 .entry(entry.key.clone())
@@ -867,6 +926,7 @@ impl Replica {
             if transfer.chunks.len() < MAX_CHUNKS {
                 transfer.chunks.insert(chunk.index, chunk.complete);
             }
+            transfer.refused |= refused;
         });
         self.try_complete(from, chunk.transfer);
     }
@@ -911,11 +971,30 @@ impl Replica {
         // This transfer supersedes the ones before it.
         let (_, transfer) = incoming.transfers.remove(i);
         incoming.transfers.drain(..i);
-        if let Some(done) = transfer.done {
+        if let Some(done) = transfer.done.filter(|_| !transfer.refused) {
             self.durable.seen.merge(&done.covers);
             self.dirty = true;
         }
         self.pull_finished(peer);
+    }
+
+    /// Whether `object`'s last-writer-wins stamps are within the drift bound of `now`; if so
+    /// they advance the clock, else the refusal is counted and reported.
+    fn clock_accepts(&mut self, now: Millis, from: ReplicaId, object: &Object) -> bool {
+        let Some(stamp) = object.latest_stamp() else {
+            return true;
+        };
+        match self.clock.observe(stamp, now) {
+            Ok(_) => true,
+            Err(_) => {
+                self.stats.drift_refused += 1;
+                self.events.push_back(Event::ClockDrift {
+                    peer: from,
+                    ahead_ms: stamp.wall_ms.saturating_sub(now),
+                });
+                false
+            }
+        }
     }
 
     /// Notes a change to persist before anything leaves.

@@ -288,3 +288,60 @@ fn a_flood_of_made_up_peers_is_capped() {
     }
     assert_eq!(r.peers().count(), 1024);
 }
+
+/// A register write stamped beyond the drift bound is refused on its own (the rest of the
+/// message lands), not acknowledged, counted and reported; the same write lands once this
+/// replica's clock has caught up.
+#[test]
+fn a_write_stamped_too_far_ahead_waits_for_the_clock() {
+    let mut config = Config::new(A).with_peer(B);
+    config.max_drift = 1_000;
+    let mut a = Replica::new(config);
+    let now = 1_700_000_000_000;
+    let future = crdt_core::HlcTimestamp::new(now + 600_000, 0);
+    let mut register = Object::Empty;
+    let early = register
+        .apply(B, &Op::Set(future, "future".into()))
+        .unwrap();
+    let mut counter = Object::Empty;
+    let count = counter.apply(B, &Op::Inc(1)).unwrap();
+    let message = Message::Deltas(vec![
+        DeltaEntry {
+            dot: Dot::new(B, 1),
+            key: "r".into(),
+            delta: early,
+        },
+        DeltaEntry {
+            dot: Dot::new(B, 2),
+            key: "n".into(),
+            delta: count,
+        },
+    ])
+    .encode();
+    a.handle_message(now, B, &message).unwrap();
+    assert_eq!(a.get("r"), None);
+    assert_eq!(a.get("n").map(|o| o.to_string()), Some("1".into()));
+    assert!(!a.seen().contains(Dot::new(B, 1)));
+    assert_eq!(a.stats().drift_refused, 1);
+    let sent = transmits(&mut a);
+    let acked: Vec<Message> = sent
+        .iter()
+        .filter_map(|t| Message::decode(&t.payload, 1 << 20).ok())
+        .collect();
+    assert!(
+        acked
+            .iter()
+            .all(|m| !matches!(m, Message::Ack(c) if c.contains(Dot::new(B, 1)))),
+        "a refused write is not acknowledged"
+    );
+    let events: Vec<_> = std::iter::from_fn(|| a.poll_event()).collect();
+    assert!(events.iter().any(|e| matches!(
+        e,
+        crdt_net::Event::ClockDrift { peer, ahead_ms: 600_000 } if *peer == B
+    )));
+    // Ten minutes later the same message is within the bound.
+    a.handle_message(now + 600_000, B, &message).unwrap();
+    assert_eq!(a.get("r").map(|o| o.to_string()), Some("\"future\"".into()));
+    // And the clock has moved past it: local stamps come later.
+    assert!(a.stamp(now) > future);
+}

@@ -13,6 +13,14 @@ const WAIT: Duration = Duration::from_secs(20);
 /// Starts nodes in fresh directories, each trusting all the others, each dialing the ones
 /// started before it.
 async fn cluster(n: usize) -> (Vec<Node>, Vec<TempDir>) {
+    cluster_with(n, |_, builder| builder).await
+}
+
+/// [`cluster`], with node `i`'s builder passed through `configure(i, builder)`.
+async fn cluster_with(
+    n: usize,
+    configure: impl Fn(usize, NodeBuilder) -> NodeBuilder,
+) -> (Vec<Node>, Vec<TempDir>) {
     let dirs: Vec<TempDir> = (0..n).map(|_| TempDir::new().unwrap()).collect();
     let ids: Vec<ReplicaId> = dirs
         .iter()
@@ -29,7 +37,7 @@ async fn cluster(n: usize) -> (Vec<Node>, Vec<TempDir>) {
         for node in &nodes {
             builder = builder.peer(node.local_addr());
         }
-        nodes.push(builder.start().await.unwrap());
+        nodes.push(configure(i, builder).start().await.unwrap());
     }
     (nodes, dirs)
 }
@@ -253,6 +261,69 @@ async fn nodes_find_each_other_by_mdns() {
         async || nodes[1].get("found").await.is_some(),
     )
     .await;
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+/// A node whose clock runs 10 minutes ahead writes a register; the others refuse that write
+/// (it is stamped beyond their 1 s drift bound), count the refusals, and a write made after it
+/// at a correct clock is what they hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_far_ahead_cannot_win_over_later_writes() {
+    let ten_minutes = 10 * 60 * 1000;
+    let (nodes, _dirs) = cluster_with(3, |i, builder| {
+        let builder = builder.max_drift(Duration::from_secs(1));
+        if i == 2 {
+            builder.clock_offset(ten_minutes)
+        } else {
+            builder
+        }
+    })
+    .await;
+    let mut events = nodes[0].subscribe();
+    eventually("all peers are up", async || {
+        nodes[0].peers().await.iter().filter(|p| p.up).count() == 2
+    })
+    .await;
+    nodes[2]
+        .set_register("leader", "from-the-future".into())
+        .await
+        .unwrap();
+    eventually("the future write is refused at node 0", async || {
+        nodes[0].metrics().await.stats.drift_refused > 0
+    })
+    .await;
+    nodes[1]
+        .set_register("leader", "later".into())
+        .await
+        .unwrap();
+    eventually("nodes 0 and 1 hold the later write", async || {
+        let mut all = true;
+        for node in &nodes[..2] {
+            all &= node.get("leader").await.map(|o| o.to_string()) == Some("\"later\"".into());
+        }
+        all
+    })
+    .await;
+    // Gossip goes on for a while: the future write stays refused.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for node in &nodes[..2] {
+        assert_eq!(
+            node.get("leader").await.map(|o| o.to_string()),
+            Some("\"later\"".into())
+        );
+        assert!(node.metrics().await.stats.drift_refused > 0);
+    }
+    let mut reported = false;
+    while let Ok(event) = events.try_recv() {
+        if let crdt_net::Event::ClockDrift { peer, ahead_ms } = event {
+            assert_eq!(peer, nodes[2].id());
+            assert!(ahead_ms > 9 * 60 * 1000, "{ahead_ms}");
+            reported = true;
+        }
+    }
+    assert!(reported, "no ClockDrift event");
     for node in nodes {
         node.shutdown().await;
     }

@@ -192,6 +192,8 @@ pub struct NodeBuilder {
     fanout: usize,
     queue: usize,
     mdns: bool,
+    max_drift: Duration,
+    clock_offset: i64,
 }
 
 /// How many messages may wait for one peer before more are dropped.
@@ -217,6 +219,8 @@ impl NodeBuilder {
             fanout: 2,
             queue: DEFAULT_QUEUE,
             mdns: true,
+            max_drift: Duration::from_secs(60),
+            clock_offset: 0,
         }
     }
 
@@ -257,6 +261,21 @@ impl NodeBuilder {
         self
     }
 
+    /// How far ahead of this node's clock a peer's last-writer-wins timestamp may be before
+    /// the write is refused (and counted in [`Metrics`], and reported as
+    /// [`Event::ClockDrift`]) until this clock catches up. Default 60 s.
+    pub fn max_drift(mut self, drift: Duration) -> Self {
+        self.max_drift = drift;
+        self
+    }
+
+    /// Runs this node's clock `offset_ms` ahead of (or, negative, behind) the system clock:
+    /// for testing what a skewed clock does.
+    pub fn clock_offset(mut self, offset_ms: i64) -> Self {
+        self.clock_offset = offset_ms;
+        self
+    }
+
     /// Messages that may wait for one peer before more are dropped.
     pub fn queue(mut self, messages: usize) -> Self {
         self.queue = messages.max(1);
@@ -283,6 +302,7 @@ impl NodeBuilder {
         config.round_interval = self.round_interval.as_millis().max(1) as u64;
         config.fanout = self.fanout;
         config.seed = seed_from_clock(identity.id());
+        config.max_drift = self.max_drift.as_millis() as u64;
         let endpoint = endpoint(&identity, &trust, self.listen)?;
         let local_addr = endpoint
             .local_addr()
@@ -292,7 +312,7 @@ impl NodeBuilder {
         let (commands, received) = std::sync::mpsc::channel();
         let replica = Replica::restore(config, durable);
         let shared = Arc::new(Shared {
-            start: Instant::now(),
+            clock_offset: self.clock_offset,
             commands,
             max_message: replica.max_message(),
             links: Mutex::new(BTreeMap::new()),
@@ -428,6 +448,34 @@ impl Node {
     ) -> Result<Token, NodeError> {
         let key = key.to_owned();
         let change: Change = Box::new(move |replica| Ok(replica.update(&key, &op)?));
+        self.change(change, ack, timeout)
+            .await
+            .map(|(token, _)| token)
+    }
+
+    /// Writes `value` to the last-writer-wins register at `key`, stamped by this node's hybrid
+    /// logical clock (which every timestamp received from peers advances), and returns once
+    /// it is committed here.
+    pub async fn set_register(&self, key: &str, value: String) -> Result<Token, NodeError> {
+        self.set_register_acked(key, value, Ack::Local, DEFAULT_ACK_TIMEOUT)
+            .await
+    }
+
+    /// [`set_register`](Node::set_register) with an acknowledgement level (see
+    /// [`update_acked`](Node::update_acked)).
+    pub async fn set_register_acked(
+        &self,
+        key: &str,
+        value: String,
+        ack: Ack,
+        timeout: Duration,
+    ) -> Result<Token, NodeError> {
+        let key = key.to_owned();
+        let shared = self.shared.clone();
+        let change: Change = Box::new(move |replica| {
+            let stamp = replica.stamp(shared.now());
+            Ok(replica.update(&key, &Op::Set(stamp, value))?)
+        });
         self.change(change, ack, timeout)
             .await
             .map(|(token, _)| token)
@@ -591,7 +639,8 @@ impl Node {
 /// What the driver's tasks share. The replica is not here: its owner holds it.
 #[derive(Debug)]
 struct Shared {
-    start: Instant,
+    /// Added to the wall clock (ms): a skewed clock, for tests.
+    clock_offset: i64,
     commands: std::sync::mpsc::Sender<Command>,
     max_message: usize,
     links: Mutex<BTreeMap<ReplicaId, Link>>,
@@ -615,8 +664,13 @@ struct Link {
 }
 
 impl Shared {
+    /// The replica's time: the wall clock in ms since the Unix epoch (its hybrid logical
+    /// clock's physical time), plus any configured offset.
     fn now(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        wall.saturating_add_signed(self.clock_offset)
     }
 
     fn command(&self, command: Command) -> Result<(), NodeError> {

@@ -258,7 +258,7 @@ impl Owner {
             .replica
             .poll_timeout()
             .map_or(Instant::now() + Duration::from_secs(1), |at| {
-                self.shared.start + Duration::from_millis(at)
+                Instant::now() + Duration::from_millis(at.saturating_sub(self.shared.now()))
             });
         waiting
             .acking

@@ -12,10 +12,9 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use crdt_core::Hlc;
 use crdt_net::node::{parse_node_id, Ack, Identity, Node, NodeBuilder, Token, TrustList};
 use crdt_net::{Event, Op};
 use tokio::signal::unix::{signal, SignalKind};
@@ -138,7 +137,6 @@ async fn run(
         }
     });
     let interactive = std::io::stdin().is_terminal();
-    let mut clock = Hlc::new(60_000);
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     loop {
@@ -156,7 +154,7 @@ async fn run(
         let Some(line) = line else {
             break;
         };
-        match execute(&node, &mut clock, line.trim()).await {
+        match execute(&node, line.trim()).await {
             Ok(true) => {}
             Ok(false) => break,
             Err(e) => println!("error: {e}"),
@@ -189,7 +187,7 @@ A write prints `ok TOKEN` once it is durable on this node. Before its key, a wri
   quit                  stop the node";
 
 /// Runs one command line; `Ok(false)` means quit.
-async fn execute(node: &Node, clock: &mut Hlc, line: &str) -> Result<bool, String> {
+async fn execute(node: &Node, line: &str) -> Result<bool, String> {
     let (command, line) = line.split_once(' ').unwrap_or((line, ""));
     let (options, line) = options(command, line)?;
     let mut words = line.splitn(2, ' ');
@@ -269,10 +267,14 @@ async fn execute(node: &Node, clock: &mut Hlc, line: &str) -> Result<bool, Strin
         "add" => Op::Add(need(rest, "ELEMENT")?),
         "remove" => Op::Remove(need(rest, "ELEMENT")?),
         "set" => {
-            let wall = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
-            Op::Set(clock.now(wall), need(rest, "VALUE")?)
+            // The node stamps it with its own hybrid logical clock.
+            let (key, value) = (need(key, "KEY")?, need(rest, "VALUE")?);
+            let token = node
+                .set_register_acked(&key, value, options.ack, options.timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("ok {token}");
+            return Ok(true);
         }
         "write" => Op::Write(need(rest, "VALUE")?),
         other => return Err(format!("unknown command {other:?} (try `help`)")),
