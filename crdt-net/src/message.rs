@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Object, ProtocolError};
 
 /// The protocol version this build speaks: the first byte of every message.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// One protocol message between two replicas.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -27,6 +27,33 @@ pub enum Message {
     StateDone(StateDone),
     /// Peers the sender knows, for peer exchange.
     Peers(Vec<PeerInfo>),
+    /// Asks for one object, for a read that must merge it from several replicas.
+    Read(ReadRequest),
+    /// One piece of the answer to a [`Message::Read`].
+    ReadReply(ReadReply),
+}
+
+/// A request for the object at `key`.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ReadRequest {
+    /// Chosen by the reader; echoed in the reply.
+    pub id: u64,
+    /// The object's key.
+    pub key: String,
+}
+
+/// Piece `part` of `parts` of the answer to read `id`: the object (or a piece of it, for one
+/// too large for a message), or nothing if the sender has no such object.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ReadReply {
+    /// The request's id.
+    pub id: u64,
+    /// Which piece, from 0.
+    pub part: u32,
+    /// How many pieces the answer has.
+    pub parts: u32,
+    /// The piece, if the sender holds the object.
+    pub entry: Option<StateEntry>,
 }
 
 /// What a replica has seen, and where an interrupted transfer from the receiver stopped.

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::log::DeltaLog;
 use crate::message::{
-    DeltaEntry, Digest, Message, PeerInfo, Resume, StateChunk, StateDone, StateEntry,
+    DeltaEntry, Digest, Message, PeerInfo, ReadReply, ReadRequest, Resume, StateChunk, StateDone,
+    StateEntry,
 };
 use crate::store::{Batch, Store, StoreError};
 use crate::{Object, Op, ProtocolError, TypeMismatch};
@@ -218,6 +219,8 @@ pub struct Replica {
     /// Dots received per peer, to acknowledge.
     acks_due: BTreeMap<ReplicaId, CausalContext>,
     incoming: BTreeMap<ReplicaId, Incoming>,
+    /// Reads waiting for peers' answers, by id.
+    reads: BTreeMap<u64, PendingRead>,
     outbox: VecDeque<Transmit>,
     events: VecDeque<Event>,
     /// What changed since the last commit, in order (see [`Replica::persist`]).
@@ -262,6 +265,17 @@ struct Transfer {
     refused: bool,
 }
 
+/// A read asked of peers: who was asked, and what has arrived.
+#[derive(Debug)]
+struct PendingRead {
+    key: String,
+    /// Per peer asked: the pieces of its answer received, and how many it has.
+    answers: BTreeMap<ReplicaId, (BTreeSet<u32>, Option<u32>)>,
+}
+
+/// Reads tracked at once; a newer one evicts the oldest.
+const TRACKED_READS: usize = 256;
+
 /// How many transfers per peer we track at once.
 const TRACKED_TRANSFERS: usize = 4;
 /// Chunks tracked per transfer (64 GiB at the default message size): a peer sending more is
@@ -303,6 +317,7 @@ impl Replica {
             fresh: Vec::new(),
             acks_due: BTreeMap::new(),
             incoming: BTreeMap::new(),
+            reads: BTreeMap::new(),
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             unpersisted: Vec::new(),
@@ -450,6 +465,55 @@ impl Replica {
     /// ```
     pub fn stamp(&mut self, now: Millis) -> HlcTimestamp {
         self.clock.now(now)
+    }
+
+    /// Asks every peer that is up for the object at `key`; their answers are merged as they
+    /// arrive. [`read_answers`](Replica::read_answers) counts the peers that have answered
+    /// whole; [`end_read`](Replica::end_read) stops tracking. A read at level `Peers(n)` is
+    /// done when `n` have answered: merged with them, this replica's object includes every
+    /// write acknowledged by `W` replicas whenever `n + 1 + W` exceeds the replicas holding
+    /// the key.
+    pub fn start_read(&mut self, key: &str) -> u64 {
+        let id = self.rng.u64(..);
+        let asked: Vec<ReplicaId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.down)
+            .map(|(id, _)| *id)
+            .collect();
+        if self.reads.len() >= TRACKED_READS {
+            self.reads.pop_first();
+        }
+        self.reads.insert(
+            id,
+            PendingRead {
+                key: key.to_owned(),
+                answers: asked.iter().map(|p| (*p, Default::default())).collect(),
+            },
+        );
+        let request = Message::Read(ReadRequest {
+            id,
+            key: key.to_owned(),
+        });
+        for peer in asked {
+            self.send(peer, &request);
+        }
+        id
+    }
+
+    /// How many peers have answered read `id` whole (0 for an unknown read).
+    pub fn read_answers(&self, id: u64) -> usize {
+        self.reads.get(&id).map_or(0, |read| {
+            read.answers
+                .values()
+                .filter(|(got, parts)| parts.is_some_and(|n| got.len() == n as usize))
+                .count()
+        })
+    }
+
+    /// Stops tracking read `id`; later answers are ignored.
+    pub fn end_read(&mut self, id: u64) {
+        self.reads.remove(&id);
     }
 
     /// The object at `key`.
@@ -614,6 +678,8 @@ impl Replica {
             Message::State(chunk) => self.on_state(now, from, chunk),
             Message::StateDone(done) => self.on_state_done(from, done),
             Message::Peers(list) => list.into_iter().for_each(|info| self.add_peer(info)),
+            Message::Read(request) => self.on_read(from, request),
+            Message::ReadReply(reply) => self.on_read_reply(now, from, reply),
         }
         Ok(())
     }
@@ -866,6 +932,87 @@ impl Replica {
             covers: self.durable.seen.clone(),
         };
         self.send(to, &Message::StateDone(done));
+    }
+
+    /// Answers a read with the object, cut to fit in messages.
+    fn on_read(&mut self, from: ReplicaId, request: ReadRequest) {
+        let ReadRequest { id, key } = request;
+        let Some(object) = self.durable.objects.get(&key) else {
+            let empty = ReadReply {
+                id,
+                part: 0,
+                parts: 1,
+                entry: None,
+            };
+            self.send(from, &Message::ReadReply(empty));
+            return;
+        };
+        let touched = self.durable.touched.get(&key).cloned().unwrap_or_default();
+        let entry_overhead = encoded_len(&key) + encoded_len(&touched) + MESSAGE_OVERHEAD;
+        let pieces = fit(
+            object,
+            self.config.max_message.saturating_sub(entry_overhead),
+        );
+        let parts = pieces.len() as u32;
+        for (part, (piece, _)) in pieces.into_iter().enumerate() {
+            let reply = ReadReply {
+                id,
+                part: part as u32,
+                parts,
+                entry: Some(StateEntry {
+                    key: key.clone(),
+                    touched: touched.clone(),
+                    object: piece,
+                }),
+            };
+            self.send(from, &Message::ReadReply(reply));
+        }
+    }
+
+    /// Merges a piece of an answer to one of our reads; answers we did not ask for, or for
+    /// another key, are ignored.
+    fn on_read_reply(&mut self, now: Millis, from: ReplicaId, reply: ReadReply) {
+        let Some(read) = self.reads.get(&reply.id) else {
+            return;
+        };
+        let Some((_, expected)) = read.answers.get(&from) else {
+            return;
+        };
+        let consistent = reply.part < reply.parts
+            && (reply.parts as usize) <= MAX_CHUNKS
+            && expected.is_none_or(|n| n == reply.parts)
+            && reply.entry.as_ref().is_none_or(|e| e.key == read.key);
+        if !consistent {
+            return;
+        }
+        if let Some(entry) = &reply.entry {
+            if !self.clock_accepts(now, from, &entry.object) {
+                return; // this peer's answer never completes
+            }
+            self.durable
+                .objects
+                .entry(entry.key.clone())
+                .or_default()
+                .merge(&entry.object);
+            self.durable
+                .touched
+                .entry(entry.key.clone())
+                .or_default()
+                .merge(&entry.touched);
+            self.record(&entry.key, &entry.object);
+            self.events.push_back(Event::Changed {
+                key: entry.key.clone(),
+                local: false,
+            });
+        }
+        if let Some((got, expected)) = self
+            .reads
+            .get_mut(&reply.id)
+            .and_then(|r| r.answers.get_mut(&from))
+        {
+            got.insert(reply.part);
+            *expected = Some(reply.parts);
+        }
     }
 
     fn on_deltas(&mut self, now: Millis, from: ReplicaId, entries: Vec<DeltaEntry>) {

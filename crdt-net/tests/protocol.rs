@@ -2,7 +2,9 @@
 //! serving others. Also the message golden vectors of `docs/wire-format.md`.
 
 use crdt_core::{CausalContext, Dot, ReplicaId, VersionVector};
-use crdt_net::message::{DeltaEntry, Digest, StateChunk, StateDone, StateEntry};
+use crdt_net::message::{
+    DeltaEntry, Digest, ReadReply, ReadRequest, StateChunk, StateDone, StateEntry,
+};
 use crdt_net::store::MemStore;
 use crdt_net::{Config, Message, Object, Op, PeerInfo, ProtocolError, Replica, Transmit};
 
@@ -57,7 +59,7 @@ fn bad_messages_are_refused_and_change_nothing() {
         ),
         (
             "garbage",
-            vec![1, 0xff, 0xff, 0xff],
+            vec![crdt_net::PROTOCOL_VERSION, 0xff, 0xff, 0xff],
             ProtocolError::Malformed,
         ),
         (
@@ -201,6 +203,26 @@ fn golden_messages() -> Vec<(&'static str, Message)> {
                 id: B,
                 addr: Some("10.0.0.2:4433".into()),
             }]),
+        ),
+        (
+            "read",
+            Message::Read(ReadRequest {
+                id: 9,
+                key: "n".into(),
+            }),
+        ),
+        (
+            "read-reply",
+            Message::ReadReply(ReadReply {
+                id: 9,
+                part: 0,
+                parts: 1,
+                entry: Some(StateEntry {
+                    key: "n".into(),
+                    touched: VersionVector::single(A, 2),
+                    object: counter.clone(),
+                }),
+            }),
         ),
     ]
 }

@@ -328,3 +328,53 @@ async fn a_clock_far_ahead_cannot_win_over_later_writes() {
         node.shutdown().await;
     }
 }
+
+/// N = 3, W = 2 (`Ack::Peers(1)`), R = 2 (`ReadLevel::Peers(1)`): a read at a node that has
+/// not received the write still returns it, because it merges a peer that has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_read_sees_a_quorum_write() {
+    use crdt_net::node::{Ack, NodeError, ReadLevel};
+    let (nodes, _dirs) = cluster_with(3, |_, builder| {
+        builder.gossip_interval(Duration::from_millis(1_000))
+    })
+    .await;
+    eventually("all peers are up", async || {
+        let mut all = true;
+        for node in &nodes {
+            all &= node.peers().await.iter().filter(|p| p.up).count() == 2;
+        }
+        all
+    })
+    .await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    c.isolate_from(&[a.id(), b.id()]);
+    a.update_acked("cart", Op::Add("milk".into()), Ack::Peers(1), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(c.get("cart").await, None, "C is cut off");
+    // C cannot reach anyone: the read times out, saying who answered.
+    let err = c
+        .read("cart", ReadLevel::Peers(1), Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            NodeError::ReadTimeout {
+                answered: 1,
+                wanted: 2
+            }
+        ),
+        "{err}"
+    );
+    // Reachable again, but only to B: the quorum read merges B's copy.
+    c.isolate_from(&[a.id()]);
+    let cart = c
+        .read("cart", ReadLevel::Peers(1), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(cart.map(|o| o.to_string()), Some("{\"milk\"}".into()));
+    for node in nodes {
+        node.shutdown().await;
+    }
+}

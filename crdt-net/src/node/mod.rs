@@ -102,6 +102,14 @@ pub enum NodeError {
         /// Replicas the level asked for, this one included.
         wanted: usize,
     },
+    /// Fewer replicas than the [`ReadLevel`] asked for answered in time.
+    #[error("{answered} of the {wanted} replicas asked for (this node included) answered before the timeout")]
+    ReadTimeout {
+        /// Replicas whose state the read merged, this one included.
+        answered: usize,
+        /// Replicas the level asked for, this one included.
+        wanted: usize,
+    },
     /// The node had not seen the write a [`Token`] names before the timeout.
     #[error("write {0} not seen here before the timeout")]
     NotSeen(Token),
@@ -145,6 +153,19 @@ impl Ack {
             Ack::All => peers,
         }
     }
+}
+
+/// How many replicas a read consults before it answers ([`Node::read`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReadLevel {
+    /// This node's state as it is (the default; may be stale).
+    #[default]
+    Local,
+    /// This node's state merged with the object from `n` peers. With writes acknowledged
+    /// by `W` replicas ([`Ack`]) and `n + 1 + W` greater than the number of replicas, the
+    /// answer includes every acknowledged write (a quorum read).
+    Peers(usize),
 }
 
 /// Names one write, for reading it back at any node ([`Node::get_after`]): read-your-writes
@@ -513,7 +534,40 @@ impl Node {
     /// The object at `key`.
     pub async fn get(&self, key: &str) -> Option<Object> {
         let key = key.to_owned();
-        self.read(move |r| r.get(&key).cloned()).await.flatten()
+        self.query(move |r| r.get(&key).cloned()).await.flatten()
+    }
+
+    /// The object at `key` at read level `level`: with [`ReadLevel::Peers`]`(n)`, after
+    /// merging the object from `n` peers (it fails with [`NodeError::ReadTimeout`] if fewer
+    /// answer within `timeout`; what did answer stays merged).
+    ///
+    /// ```no_run
+    /// # async fn demo(node: &crdt_net::node::Node) -> Result<(), crdt_net::node::NodeError> {
+    /// use std::time::Duration;
+    /// use crdt_net::node::ReadLevel;
+    ///
+    /// // Three replicas, writes acknowledged by two (Ack::Peers(1)): R = 2 sees them all.
+    /// let cart = node.read("cart", ReadLevel::Peers(1), Duration::from_secs(2)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn read(
+        &self,
+        key: &str,
+        level: ReadLevel,
+        timeout: Duration,
+    ) -> Result<Option<Object>, NodeError> {
+        let peers = match level {
+            ReadLevel::Local => 0,
+            ReadLevel::Peers(n) => n,
+        };
+        let (reply, answer) = oneshot::channel();
+        self.shared.command(Command::Read {
+            key: key.to_owned(),
+            peers,
+            deadline: Instant::now() + timeout,
+            reply,
+        })?;
+        answer.await.map_err(|_| NodeError::Stopped)?
     }
 
     /// The object at `key` once this node has seen the write `token` names (made here or at
@@ -543,7 +597,9 @@ impl Node {
 
     /// Every object.
     pub async fn objects(&self) -> BTreeMap<String, Object> {
-        self.read(|r| r.objects().clone()).await.unwrap_or_default()
+        self.query(|r| r.objects().clone())
+            .await
+            .unwrap_or_default()
     }
 
     /// Changes (local and remote) and peers going up or down, as they happen. A receiver that
@@ -554,13 +610,15 @@ impl Node {
 
     /// The known peers.
     pub async fn peers(&self) -> Vec<PeerStatus> {
-        self.read(|r| r.peers().collect()).await.unwrap_or_default()
+        self.query(|r| r.peers().collect())
+            .await
+            .unwrap_or_default()
     }
 
     /// Traffic counters.
     pub async fn metrics(&self) -> Metrics {
         let (stats, peers) = self
-            .read(|r| (r.stats().clone(), r.peers().collect()))
+            .query(|r| (r.stats().clone(), r.peers().collect()))
             .await
             .unwrap_or_default();
         Metrics {
@@ -622,7 +680,7 @@ impl Node {
     }
 
     /// Runs `f` on the replica's owner; `None` once the node has stopped.
-    async fn read<T: Send + 'static>(
+    async fn query<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Replica) -> T + Send + 'static,
     ) -> Option<T> {

@@ -45,6 +45,13 @@ pub(super) enum Command {
         deadline: Instant,
         then: Then,
     },
+    /// A read that merges the object from `peers` peers first.
+    Read {
+        key: String,
+        peers: usize,
+        deadline: Instant,
+        reply: oneshot::Sender<Result<Option<Object>, NodeError>>,
+    },
     /// Commit, close the store and stop; answered once the store is closed.
     Stop(oneshot::Sender<()>),
 }
@@ -70,6 +77,15 @@ impl Writer {
     }
 }
 
+/// A read waiting for peers' answers.
+struct Quorum {
+    id: u64,
+    key: String,
+    peers: usize,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<Option<Object>, NodeError>>,
+}
+
 struct Reader {
     dot: Dot,
     deadline: Instant,
@@ -91,6 +107,7 @@ struct Waiting {
     /// Committed updates waiting for peers' acknowledgements.
     acking: Vec<Writer>,
     reading: Vec<Reader>,
+    quorums: Vec<Quorum>,
     stop: Option<oneshot::Sender<()>>,
     /// Whether the last commit failed (the failure is logged once per streak).
     failing: bool,
@@ -173,6 +190,24 @@ impl Owner {
                 deadline,
                 then,
             }),
+            Command::Read {
+                key,
+                peers,
+                deadline,
+                reply,
+            } => {
+                if peers == 0 {
+                    let _ = reply.send(Ok(self.replica.get(&key).cloned()));
+                } else {
+                    waiting.quorums.push(Quorum {
+                        id: self.replica.start_read(&key),
+                        key,
+                        peers,
+                        deadline,
+                        reply,
+                    });
+                }
+            }
             Command::Stop(reply) => waiting.stop = Some(reply),
         }
     }
@@ -250,6 +285,25 @@ impl Owner {
             }
         }
         waiting.reading = still;
+        let mut still = Vec::new();
+        for quorum in waiting.quorums.drain(..) {
+            let answered = self.replica.read_answers(quorum.id);
+            if answered >= quorum.peers {
+                self.replica.end_read(quorum.id);
+                let _ = quorum
+                    .reply
+                    .send(Ok(self.replica.get(&quorum.key).cloned()));
+            } else if now >= quorum.deadline || quorum.reply.is_closed() {
+                self.replica.end_read(quorum.id);
+                let _ = quorum.reply.send(Err(NodeError::ReadTimeout {
+                    answered: answered + 1,
+                    wanted: quorum.peers + 1,
+                }));
+            } else {
+                still.push(quorum);
+            }
+        }
+        waiting.quorums = still;
     }
 
     /// The replica's next round, or the earliest deadline of a waiting call.
@@ -265,6 +319,7 @@ impl Owner {
             .iter()
             .map(|w| w.deadline)
             .chain(waiting.reading.iter().map(|r| r.deadline))
+            .chain(waiting.quorums.iter().map(|q| q.deadline))
             .fold(round, Instant::min)
     }
 }

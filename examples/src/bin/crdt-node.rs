@@ -15,7 +15,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use crdt_net::node::{parse_node_id, Ack, Identity, Node, NodeBuilder, Token, TrustList};
+use crdt_net::node::{
+    parse_node_id, Ack, Identity, Node, NodeBuilder, ReadLevel, Token, TrustList,
+};
 use crdt_net::{Event, Op};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -175,6 +177,7 @@ commands:
   get KEY               show an object
   get --after TOKEN KEY show it once this node has the write TOKEN names
                         (read-your-writes across nodes; waits up to --timeout)
+  get --read N KEY      merge it from N peers first (a quorum read when N + 1 + W > N)
 
 A write prints `ok TOKEN` once it is durable on this node. Before its key, a write takes
   --ack N | majority | all   wait until N peers (a majority, all) hold it durably too
@@ -216,12 +219,10 @@ async fn execute(node: &Node, line: &str) -> Result<bool, String> {
         "get" => {
             let key = need(key, "KEY")?;
             let object = match options.after {
-                Some(token) => node
-                    .get_after(&key, token, options.timeout)
-                    .await
-                    .map_err(|e| e.to_string())?,
-                None => node.get(&key).await,
-            };
+                Some(token) => node.get_after(&key, token, options.timeout).await,
+                None => node.read(&key, options.read, options.timeout).await,
+            }
+            .map_err(|e| e.to_string())?;
             match object {
                 Some(object) => println!("{key} = {object}"),
                 None => println!("{key} is not set"),
@@ -291,6 +292,7 @@ async fn execute(node: &Node, line: &str) -> Result<bool, String> {
 /// A command's `--ack`, `--timeout` and `--after` options.
 struct Options {
     ack: Ack,
+    read: ReadLevel,
     timeout: Duration,
     after: Option<Token>,
 }
@@ -299,6 +301,7 @@ struct Options {
 fn options<'a>(command: &str, mut line: &'a str) -> Result<(Options, &'a str), String> {
     let mut options = Options {
         ack: Ack::Local,
+        read: ReadLevel::Local,
         timeout: Duration::from_secs(5),
         after: None,
     };
@@ -314,6 +317,7 @@ fn options<'a>(command: &str, mut line: &'a str) -> Result<(Options, &'a str), S
                     n => Ack::Peers(n.parse().map_err(|_| bad())?),
                 }
             }
+            "read" => options.read = ReadLevel::Peers(value.parse().map_err(|_| bad())?),
             "timeout" => options.timeout = Duration::from_millis(value.parse().map_err(|_| bad())?),
             "after" => options.after = Some(value.parse().map_err(|_| bad())?),
             other => return Err(format!("{command}: unknown option --{other} (try `help`)")),
