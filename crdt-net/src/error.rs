@@ -31,3 +31,28 @@ pub enum ProtocolError {
     #[error("peer sent a delta with our dot {0:?}, which we never issued")]
     ForgedDot(Dot),
 }
+
+/// Why a local update was refused. Nothing was recorded and the object is as it was.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpdateError<E = crate::TypeMismatch> {
+    /// The operation (or an `update_with` closure) refused the change.
+    #[error("{0}")]
+    Refused(E),
+    /// The object would nest deeper than [`MAX_DEPTH`](crate::MAX_DEPTH).
+    #[error("object nested {depth} deep; the limit is {max}")]
+    TooDeep {
+        /// How deep.
+        depth: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A value too large to be sent in one message; peers would refuse it.
+    #[error("a value of {bytes} bytes exceeds the largest that fits in a message ({max})")]
+    TooLarge {
+        /// Its size.
+        bytes: usize,
+        /// The limit ([`Replica::largest_value`](crate::Replica::largest_value)).
+        max: usize,
+    },
+}

@@ -41,7 +41,7 @@ mod replica;
 pub mod sim;
 pub mod store;
 
-pub use error::ProtocolError;
+pub use error::{ProtocolError, UpdateError};
 pub use message::{Message, PeerInfo, PROTOCOL_VERSION};
-pub use object::{Object, Op, TypeMismatch};
+pub use object::{Object, Op, TypeMismatch, MAX_DEPTH};
 pub use replica::{Config, Durable, Event, Millis, PeerStatus, Replica, Stats, Transmit};

@@ -2,12 +2,13 @@
 //! counters, sets, registers and nested maps side by side.
 
 use core::fmt;
+use std::cell::Cell;
 
 use crdt_core::{
     Crdt, Decompose, GCounter, HlcTimestamp, LwwRegister, MvRegister, OrMap, OrSet, PNCounter,
     ReplicaId,
 };
-use serde::{Deserialize, Serialize};
+use serde::{de::Error as _, Deserialize, Deserializer, Serialize};
 
 /// A replicated object: any crdt-core type, nested maps included.
 ///
@@ -15,7 +16,10 @@ use serde::{Deserialize, Serialize};
 /// replicas write *different* types under one key concurrently, the variant declared later in
 /// this enum wins and the other's writes are dropped. That keeps merging total; applications
 /// avoid the case by giving each key one type.
-#[derive(Clone, Default, PartialEq, Eq, Debug, Serialize, Deserialize)]
+///
+/// Maps nest at most [`MAX_DEPTH`] objects deep: a deeper object is refused when decoded (so a
+/// peer cannot exhaust a decoder's stack) and when made by a local update.
+#[derive(Clone, Default, PartialEq, Eq, Debug, Serialize)]
 #[non_exhaustive]
 pub enum Object {
     /// Nothing written yet (the bottom).
@@ -33,6 +37,65 @@ pub enum Object {
     Mv(MvRegister<String>),
     /// A map of nested objects.
     Map(OrMap<String, Object>),
+}
+
+/// How deep objects may nest (a top-level counter is 1 deep, a counter in a map 2, and so on).
+pub const MAX_DEPTH: usize = 32;
+
+impl<'de> Deserialize<'de> for Object {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        let _level = Nesting::enter()
+            .ok_or_else(|| D::Error::custom("objects nested deeper than MAX_DEPTH"))?;
+        Ok(match Repr::deserialize(de)? {
+            Repr::Empty => Object::Empty,
+            Repr::GCounter(c) => Object::GCounter(c),
+            Repr::PNCounter(c) => Object::PNCounter(c),
+            Repr::Set(s) => Object::Set(s),
+            Repr::Lww(r) => Object::Lww(r),
+            Repr::Mv(r) => Object::Mv(r),
+            Repr::Map(m) => Object::Map(m),
+        })
+    }
+}
+
+/// `Object`'s layout, decoded by serde's derive; the nested objects of a map go through
+/// `Object`'s own (depth-counting) `Deserialize`.
+#[derive(Deserialize)]
+#[serde(rename = "Object")]
+enum Repr {
+    Empty,
+    GCounter(GCounter),
+    PNCounter(PNCounter),
+    Set(OrSet<String>),
+    Lww(LwwRegister<String>),
+    Mv(MvRegister<String>),
+    Map(OrMap<String, Object>),
+}
+
+thread_local! {
+    /// Objects being decoded on this thread, outermost to innermost.
+    static NESTING: Cell<usize> = const { Cell::new(0) };
+}
+
+/// One level of an object being decoded; leaving it (even by an error) pops the level.
+struct Nesting;
+
+impl Nesting {
+    fn enter() -> Option<Nesting> {
+        NESTING.with(|depth| {
+            let now = depth.get();
+            (now < MAX_DEPTH).then(|| {
+                depth.set(now + 1);
+                Nesting
+            })
+        })
+    }
+}
+
+impl Drop for Nesting {
+    fn drop(&mut self) {
+        NESTING.with(|depth| depth.set(depth.get().saturating_sub(1)));
+    }
 }
 
 /// An operation on an [`Object`]; [`Object::apply`] turns it into a delta.
@@ -57,6 +120,39 @@ pub enum Op {
     Update(String, Box<Op>),
     /// Remove a key of a map.
     Delete(String),
+}
+
+impl Op {
+    /// Bytes of the values it carries (keys, elements, register values), the largest part of
+    /// its delta. Computed without recursion.
+    pub fn value_bytes(&self) -> usize {
+        let mut bytes = 0;
+        let mut op = self;
+        loop {
+            match op {
+                Op::Update(key, inner) => {
+                    bytes += key.len();
+                    op = inner;
+                }
+                Op::Add(v) | Op::Remove(v) | Op::Set(_, v) | Op::Write(v) | Op::Delete(v) => {
+                    return bytes + v.len()
+                }
+                Op::Inc(_) | Op::PnInc(_) | Op::PnDec(_) => return bytes,
+            }
+        }
+    }
+
+    /// How deep the object it makes nests (1 unless it updates a map). Computed without
+    /// recursion.
+    pub fn depth(&self) -> usize {
+        let mut depth = 1;
+        let mut op = self;
+        while let Op::Update(_, inner) = op {
+            depth += 1;
+            op = inner;
+        }
+        depth
+    }
 }
 
 /// An operation that does not fit the object's type.
@@ -161,6 +257,20 @@ impl Object {
             Object::Mv(_) => 5,
             Object::Map(_) => 6,
         }
+    }
+
+    /// How deep the object nests: 1 for anything but a map, 1 + the deepest value for a map.
+    /// (Computed without recursion, so any object can be measured.)
+    pub fn depth(&self) -> usize {
+        let mut deepest = 0;
+        let mut stack = vec![(self, 1)];
+        while let Some((object, depth)) = stack.pop() {
+            deepest = deepest.max(depth);
+            if let Object::Map(map) = object {
+                stack.extend(map.values_kept().map(|(_, v)| (v, depth + 1)));
+            }
+        }
+        deepest
     }
 
     /// The latest hybrid-logical-clock time of any last-writer-wins register in the object,

@@ -11,7 +11,7 @@ use crate::message::{
     StateEntry,
 };
 use crate::store::{Batch, Store, StoreError};
-use crate::{Object, Op, ProtocolError, TypeMismatch};
+use crate::{Object, Op, ProtocolError, UpdateError, MAX_DEPTH};
 
 /// Milliseconds on the caller's clock. The replica's hybrid logical clock reads it as
 /// physical time, so a driver whose peers write last-writer-wins registers passes wall-clock
@@ -340,16 +340,40 @@ impl Replica {
     }
 
     /// Applies `op` to the object at `key` (created on first use), queues the delta for peers
-    /// and returns it. An operation for another type than the object's is refused and changes
-    /// nothing.
-    pub fn update(&mut self, key: &str, op: &Op) -> Result<Object, TypeMismatch> {
+    /// and returns it. An operation for another type than the object's, nested deeper than
+    /// [`MAX_DEPTH`](crate::MAX_DEPTH), or carrying a value too large for one message (see
+    /// [`largest_value`](Replica::largest_value)) is refused and changes nothing.
+    pub fn update(&mut self, key: &str, op: &Op) -> Result<Object, UpdateError> {
+        let depth = op.depth();
+        if depth > MAX_DEPTH {
+            return Err(UpdateError::TooDeep {
+                depth,
+                max: MAX_DEPTH,
+            });
+        }
+        let (bytes, max) = (op.value_bytes() + key.len(), self.largest_value());
+        if bytes > max {
+            return Err(UpdateError::TooLarge { bytes, max });
+        }
         let id = self.config.id;
-        self.update_with(key, |object| object.apply(id, op))
+        let object = self.durable.objects.entry(key.to_owned()).or_default();
+        match object.apply(id, op) {
+            Ok(delta) => Ok(self.record_local(key, delta)),
+            Err(e) => {
+                if *object == Object::Empty {
+                    self.durable.objects.remove(key);
+                }
+                Err(UpdateError::Refused(e))
+            }
+        }
     }
 
     /// Mutates the object at `key` (empty on first use) with `f`, which returns the mutation's
     /// delta, as every crdt-core mutator does; queues the delta for peers and returns it. If `f`
-    /// fails, nothing is recorded.
+    /// fails, or its delta nests deeper than [`MAX_DEPTH`](crate::MAX_DEPTH) or holds a piece
+    /// too large for one message, the object is put back as it was and nothing is recorded (to
+    /// that end the object is copied first: for single changes to large sets, [`update`]
+    /// costs less).
     ///
     /// The delta must be what the mutation added (merging it into the object before the
     /// mutation gives the object after); peers receive only the delta.
@@ -372,21 +396,56 @@ impl Replica {
     ///     })
     ///     .unwrap();
     /// ```
+    ///
+    /// [`update`]: Replica::update
     pub fn update_with<E>(
         &mut self,
         key: &str,
         f: impl FnOnce(&mut Object) -> Result<Object, E>,
-    ) -> Result<Object, E> {
+    ) -> Result<Object, UpdateError<E>> {
+        let budget = self.largest_value();
         let object = self.durable.objects.entry(key.to_owned()).or_default();
-        let delta = match f(object) {
-            Ok(delta) => delta,
-            Err(e) => {
-                if *object == Object::Empty {
-                    self.durable.objects.remove(key);
-                }
-                return Err(e);
+        let before = object.clone();
+        let checked = f(object).map_err(UpdateError::Refused).and_then(|delta| {
+            let depth = delta.depth();
+            if depth > MAX_DEPTH {
+                return Err(UpdateError::TooDeep {
+                    depth,
+                    max: MAX_DEPTH,
+                });
             }
-        };
+            let largest = fit(&delta, budget).into_iter().map(|(_, size)| size).max();
+            match largest {
+                Some(bytes) if bytes + key.len() > budget => Err(UpdateError::TooLarge {
+                    bytes: bytes + key.len(),
+                    max: budget,
+                }),
+                _ => Ok(delta),
+            }
+        });
+        match checked {
+            Ok(delta) => Ok(self.record_local(key, delta)),
+            Err(e) => {
+                if before == Object::Empty {
+                    self.durable.objects.remove(key);
+                } else {
+                    *object = before;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The largest indivisible value (a register's value, a set element, with its key) an
+    /// update may carry: what fits in one message with room for the entry around it. A
+    /// fifteen-sixteenth of [`Config::max_message`], less 64 bytes.
+    pub fn largest_value(&self) -> usize {
+        let max = self.config.max_message;
+        (max - max / 16).saturating_sub(MESSAGE_OVERHEAD)
+    }
+
+    /// Tags a local change with the next dot and queues it for the store and the peers.
+    fn record_local(&mut self, key: &str, delta: Object) -> Object {
         let dot = self.durable.seen.next_dot(self.config.id);
         self.touch(key, dot);
         self.record(key, &delta);
@@ -400,16 +459,20 @@ impl Replica {
             delta,
         };
         let size = encoded_len(&entry);
-        if self.config.eager_push {
-            self.fresh.push((entry.clone(), size));
-        }
         let delta = entry.delta.clone();
-        self.log.insert(entry, size);
+        // A delta too large for one message (many elements at once) reaches peers by state
+        // transfer, which cuts it.
+        if size <= self.config.max_message.saturating_sub(MESSAGE_OVERHEAD) {
+            if self.config.eager_push {
+                self.fresh.push((entry.clone(), size));
+            }
+            self.log.insert(entry, size);
+        }
         self.events.push_back(Event::Changed {
             key: key.to_owned(),
             local: true,
         });
-        Ok(delta)
+        delta
     }
 
     /// Commits every change since the last commit to `store`, in one batch; until then no

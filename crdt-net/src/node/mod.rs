@@ -52,7 +52,7 @@ pub use identity::{node_id, parse_node_id, Identity, TrustList};
 use self::owner::{Change, Command, Owner};
 use crate::replica::{Config, Durable, Event, PeerStatus, Replica, Stats, Transmit};
 use crate::store::{RedbStore, StoreError};
-use crate::{Object, Op, PeerInfo, TypeMismatch};
+use crate::{Object, Op, PeerInfo, UpdateError};
 
 /// Why a node could not start or act.
 #[derive(Debug, thiserror::Error)]
@@ -83,9 +83,10 @@ pub enum NodeError {
     /// TLS or QUIC could not be set up.
     #[error("transport: {0}")]
     Transport(String),
-    /// The operation does not fit the object's type.
+    /// The update was refused: the operation does not fit the object's type, nests too deep
+    /// or carries a value too large for a message.
     #[error(transparent)]
-    TypeMismatch(#[from] TypeMismatch),
+    Update(#[from] UpdateError),
     /// An [`update_with`](Node::update_with) closure refused the change.
     #[error("update refused: {0}")]
     Refused(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -516,9 +517,15 @@ impl Node {
     {
         let key = key.to_owned();
         let change: Change = Box::new(move |replica| {
-            replica
-                .update_with(&key, f)
-                .map_err(|e| NodeError::Refused(e.into()))
+            replica.update_with(&key, f).map_err(|e| match e {
+                UpdateError::Refused(e) => NodeError::Refused(e.into()),
+                UpdateError::TooDeep { depth, max } => {
+                    NodeError::Update(UpdateError::TooDeep { depth, max })
+                }
+                UpdateError::TooLarge { bytes, max } => {
+                    NodeError::Update(UpdateError::TooLarge { bytes, max })
+                }
+            })
         });
         self.change(change, Ack::Local, DEFAULT_ACK_TIMEOUT)
             .await
@@ -643,24 +650,29 @@ impl Node {
     }
 
     /// Commits what is pending, closes the store (releasing the data directory), closes every
-    /// connection and stops.
+    /// connection and stops. (Dropping a `Node` stops it too, without waiting.)
     pub async fn shutdown(self) {
+        let closed = self.stop();
+        let _ = closed.await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), self.shared.endpoint.wait_idle()).await;
+        info!(node = %self.shared.id, "node stopped");
+    }
+
+    /// Tells every task and the owner to stop; the receiver hears once the store is closed.
+    fn stop(&self) -> oneshot::Receiver<()> {
         #[cfg(feature = "mdns")]
         if let Some(Mdns(daemon)) = &self.mdns {
             let _ = daemon.shutdown();
         }
         let _ = self.shared.stop.send(true);
         let (stopped, closed) = oneshot::channel();
-        if self.shared.command(Command::Stop(stopped)).is_ok() {
-            let _ = closed.await;
-        }
+        let _ = self.shared.command(Command::Stop(stopped));
         self.shared.endpoint.close(0u32.into(), b"shutdown");
         for task in &self.tasks {
             task.abort();
         }
-        let _ =
-            tokio::time::timeout(Duration::from_secs(1), self.shared.endpoint.wait_idle()).await;
-        info!(node = %self.shared.id, "node stopped");
+        closed
     }
 
     async fn change(
@@ -691,6 +703,14 @@ impl Node {
             })))
             .ok()?;
         answer.await.ok()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // The owner and the tasks hold the command channel too, so it never closes by
+        // itself: stop them explicitly (a no-op after `shutdown`), without waiting.
+        drop(self.stop());
     }
 }
 

@@ -37,8 +37,9 @@ pub(super) enum Command {
         bytes: Vec<u8>,
         reply: oneshot::Sender<Result<(), ProtocolError>>,
     },
-    /// A read or a change that is not an update (such as learning of a peer).
-    With(Box<dyn FnOnce(&mut Replica) + Send>),
+    /// A read or a change that is not an update (such as learning of a peer). It runs after
+    /// the turn's commit, so a read never sees a write that a crash could still lose.
+    With(Job),
     /// A read that waits until the replica has seen `dot` (or gets `None` at the deadline).
     After {
         dot: Dot,
@@ -55,6 +56,9 @@ pub(super) enum Command {
     /// Commit, close the store and stop; answered once the store is closed.
     Stop(oneshot::Sender<()>),
 }
+
+/// A read or a change run on the owner's thread.
+pub(super) type Job = Box<dyn FnOnce(&mut Replica) + Send>;
 
 /// What a waiting read does once its write has arrived (`None`: the deadline passed).
 pub(super) type Then = Box<dyn FnOnce(Option<&Replica>) + Send>;
@@ -108,6 +112,8 @@ struct Waiting {
     acking: Vec<Writer>,
     reading: Vec<Reader>,
     quorums: Vec<Quorum>,
+    /// `With` commands of this turn, run after its commit.
+    after_commit: Vec<Job>,
     stop: Option<oneshot::Sender<()>>,
     /// Whether the last commit failed (the failure is logged once per streak).
     failing: bool,
@@ -136,6 +142,9 @@ impl Owner {
             }
             self.replica.handle_timeout(self.shared.now());
             self.commit(&mut waiting);
+            for f in waiting.after_commit.drain(..) {
+                f(&mut self.replica);
+            }
             self.flush();
             self.settle(&mut waiting);
             if self.replica.stats().rounds != rounds {
@@ -180,7 +189,7 @@ impl Owner {
                 let result = self.replica.handle_message(self.shared.now(), peer, &bytes);
                 let _ = reply.send(result);
             }
-            Command::With(f) => f(&mut self.replica),
+            Command::With(f) => waiting.after_commit.push(f),
             Command::After {
                 dot,
                 deadline,

@@ -56,7 +56,9 @@ const COMPACT_MIN_BYTES: u64 = 4096;
 /// assert_eq!(durable.objects["visits"].to_string(), "1");
 /// ```
 pub struct RedbStore {
-    db: Database,
+    /// `None` after a failed commit: redb then refuses every transaction until the file is
+    /// opened again, which the next commit does.
+    db: Option<Database>,
     path: PathBuf,
     /// Per key: bytes of its compacted record and of its deltas since.
     sizes: BTreeMap<String, (u64, u64)>,
@@ -80,12 +82,9 @@ impl RedbStore {
     /// [`StoreError::Corrupt`] if any record fails its checksum or does not decode.
     pub fn open(path: impl AsRef<Path>) -> Result<(RedbStore, Durable), StoreError> {
         let path = path.as_ref().to_path_buf();
-        let db = Database::create(&path).map_err(|e| match e {
-            DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: path.clone() },
-            other => io(&path)(other),
-        })?;
+        let db = open_file(&path)?;
         let mut store = RedbStore {
-            db,
+            db: Some(db),
             path,
             sizes: BTreeMap::new(),
             next_sequence: 0,
@@ -96,8 +95,8 @@ impl RedbStore {
     }
 
     /// Whether the store holds nothing yet (a fresh file).
-    pub fn is_empty(&self) -> Result<bool, StoreError> {
-        let txn = self.db.begin_read().map_err(io(&self.path))?;
+    pub fn is_empty(&mut self) -> Result<bool, StoreError> {
+        let txn = self.db()?.begin_read().map_err(io(&self.path))?;
         match txn.open_table(META) {
             Ok(meta) => Ok(meta.len().map_err(io(&self.path))? == 0),
             Err(::redb::TableError::TableDoesNotExist(_)) => Ok(true),
@@ -132,7 +131,7 @@ impl RedbStore {
 
     fn load(&mut self) -> Result<Durable, StoreError> {
         let path = self.path.clone();
-        let txn = self.db.begin_read().map_err(io(&path))?;
+        let txn = self.db()?.begin_read().map_err(io(&path))?;
         let mut durable = Durable::default();
         let meta = match txn.open_table(META) {
             Ok(meta) => meta,
@@ -186,8 +185,28 @@ impl RedbStore {
         Ok(durable)
     }
 
-    /// One write transaction for `batch`; with `whole`, every key's object is written whole.
+    /// The open database, reopened first if a failed commit closed it.
+    fn db(&mut self) -> Result<&Database, StoreError> {
+        if self.db.is_none() {
+            self.db = Some(open_file(&self.path)?);
+        }
+        self.db
+            .as_ref()
+            .ok_or_else(|| corrupt(&self.path, "not open".into()))
+    }
+
+    /// One write transaction for `batch`; a failure closes the file, to be reopened by the
+    /// next commit (after a failed write, redb refuses all further ones on that handle).
     fn write(&mut self, batch: &Batch<'_>, whole: bool) -> Result<(), StoreError> {
+        let result = self.write_once(batch, whole);
+        if result.is_err() {
+            self.db = None;
+        }
+        result
+    }
+
+    /// One write transaction for `batch`; with `whole`, every key's object is written whole.
+    fn write_once(&mut self, batch: &Batch<'_>, whole: bool) -> Result<(), StoreError> {
         let path = self.path.clone();
         let mut per_key: BTreeMap<&str, Vec<&Object>> = BTreeMap::new();
         for (key, delta) in batch.deltas {
@@ -196,7 +215,7 @@ impl RedbStore {
         let mut sizes = BTreeMap::new();
         let mut sequence = self.next_sequence;
         let mut written = 0;
-        let txn = self.db.begin_write().map_err(io(&path))?;
+        let txn = self.db()?.begin_write().map_err(io(&path))?;
         {
             let mut meta = txn.open_table(META).map_err(io(&path))?;
             let mut objects = txn.open_table(OBJECTS).map_err(io(&path))?;
@@ -268,13 +287,31 @@ fn record<T: Serialize + ?Sized>(table: &str, key: &[u8], value: &T) -> Vec<u8> 
     out
 }
 
+/// Opens (or creates) the file; a lock held elsewhere is [`StoreError::Locked`].
+fn open_file(path: &Path) -> Result<Database, StoreError> {
+    Database::create(path).map_err(|e| match e {
+        DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
+            path: path.to_path_buf(),
+        },
+        other => io(path)(other),
+    })
+}
+
 fn read<T: DeserializeOwned>(
     path: &Path,
     table: &str,
     key: &[u8],
     bytes: &[u8],
 ) -> Result<T, StoreError> {
-    let name = || format!("{table}/{}", String::from_utf8_lossy(key));
+    let name = || match table {
+        // A delta's key is the object's key followed by its sequence number.
+        "deltas" if key.len() >= 8 => {
+            let (object, sequence) = key.split_at(key.len() - 8);
+            let sequence = sequence.try_into().map_or(0, u64::from_le_bytes);
+            format!("deltas/{}#{sequence}", String::from_utf8_lossy(object))
+        }
+        _ => format!("{table}/{}", String::from_utf8_lossy(key)),
+    };
     let (sum, payload) = bytes
         .split_first_chunk::<4>()
         .ok_or_else(|| corrupt(path, format!("{}: truncated", name())))?;

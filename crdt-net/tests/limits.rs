@@ -1,0 +1,151 @@
+//! Limits on what a replica accepts: nesting depth (decoded and made locally) and values too
+//! large for a message. Each is refused with a typed error, never a crash, and changes nothing.
+
+use crdt_core::{Dot, ReplicaId};
+use crdt_net::message::DeltaEntry;
+use crdt_net::{Config, Message, Object, Op, ProtocolError, Replica, UpdateError, MAX_DEPTH};
+
+const A: ReplicaId = ReplicaId::new(1);
+const B: ReplicaId = ReplicaId::new(2);
+
+/// An operation writing a counter under `depth - 1` nested maps.
+fn nested_op(depth: usize) -> Op {
+    let mut op = Op::Inc(1);
+    for _ in 1..depth {
+        op = Op::Update("k".into(), Box::new(op));
+    }
+    op
+}
+
+/// A `Deltas` message whose object nests `depth` deep, built from bytes: encoding so deep an
+/// object with serde would itself recurse that deep. Each level adds the same prefix, since a
+/// map's nested value is the last thing it encodes.
+fn deep_deltas(depth: usize) -> Vec<u8> {
+    let message = |object: Object| {
+        Message::Deltas(vec![DeltaEntry {
+            dot: Dot::new(B, 1),
+            key: "deep".into(),
+            delta: object,
+        }])
+        .encode()
+    };
+    let object = |depth: usize| Object::Empty.apply(B, &nested_op(depth)).unwrap();
+    let (one, two) = (message(object(1)), message(object(2)));
+    let header = one.len() - crdt_core::codec::encode(&object(1)).len() + 1;
+    let leaf = &one[header..];
+    let level = &two[header..two.len() - leaf.len()];
+    assert_eq!(
+        message(object(3)).len(),
+        two.len() + level.len(),
+        "a level is a prefix"
+    );
+    let mut bytes = one[..header].to_vec();
+    for _ in 1..depth {
+        bytes.extend_from_slice(level);
+    }
+    bytes.extend_from_slice(leaf);
+    bytes
+}
+
+#[test]
+fn an_object_nested_too_deep_is_refused_when_decoded_not_a_crash() {
+    let mut replica = Replica::new(Config::new(A).with_peer(B));
+    let fits = deep_deltas(MAX_DEPTH);
+    assert_eq!(replica.handle_message(0, B, &fits), Ok(()));
+    assert_eq!(replica.get("deep").map(Object::depth), Some(MAX_DEPTH));
+
+    let mut replica = Replica::new(Config::new(A).with_peer(B));
+    let before = replica.durable().clone();
+    for depth in [MAX_DEPTH + 1, 1_000, 70_000] {
+        let bytes = deep_deltas(depth);
+        assert!(bytes.len() < replica.max_message(), "{} bytes", bytes.len());
+        assert_eq!(
+            replica.handle_message(0, B, &bytes),
+            Err(ProtocolError::Malformed),
+            "depth {depth}"
+        );
+        assert_eq!(replica.durable(), &before);
+    }
+}
+
+#[test]
+fn a_local_update_nested_too_deep_is_refused() {
+    let mut replica = Replica::new(Config::new(A));
+    assert!(replica.update("ok", &nested_op(MAX_DEPTH)).is_ok());
+    assert_eq!(
+        replica.update("deep", &nested_op(MAX_DEPTH + 1)),
+        Err(UpdateError::TooDeep {
+            depth: MAX_DEPTH + 1,
+            max: MAX_DEPTH
+        })
+    );
+    // Measured without recursion: an absurdly deep operation is refused, not a crash.
+    assert!(matches!(
+        replica.update("deep", &nested_op(5_000)),
+        Err(UpdateError::TooDeep { .. })
+    ));
+    assert_eq!(replica.get("deep"), None);
+    // The same through a closure: the object is put back.
+    let me = replica.id();
+    let before = replica.get("ok").cloned();
+    let result = replica.update_with("ok", |object| {
+        object.apply(
+            me,
+            &Op::Update("other".into(), Box::new(nested_op(MAX_DEPTH))),
+        )
+    });
+    assert!(
+        matches!(result, Err(UpdateError::TooDeep { .. })),
+        "{result:?}"
+    );
+    assert_eq!(replica.get("ok").cloned(), before);
+    assert_eq!(
+        replica.seen().vv().get(me),
+        1,
+        "no dot issued for refused updates"
+    );
+}
+
+#[test]
+fn a_value_too_large_for_a_message_is_refused_at_the_writer() {
+    let mut replica = Replica::new(Config::new(A).with_peer(B));
+    let max = replica.largest_value();
+    let big = "x".repeat(1_100_000);
+    let err = replica
+        .update(
+            "k",
+            &Op::Set(crdt_core::HlcTimestamp::new(1, 0), big.clone()),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, UpdateError::TooLarge { max: m, .. } if m == max),
+        "{err}"
+    );
+    assert!(matches!(
+        replica.update("s", &Op::Add(big.clone())),
+        Err(UpdateError::TooLarge { .. })
+    ));
+    assert!(replica.objects().is_empty());
+    // Through a closure too, and the set is put back as it was.
+    replica.update("s", &Op::Add("small".into())).unwrap();
+    let before = replica.get("s").cloned();
+    let result = replica.update_with("s", |object| object.apply(A, &Op::Add(big)));
+    assert!(
+        matches!(result, Err(UpdateError::TooLarge { .. })),
+        "{result:?}"
+    );
+    assert_eq!(replica.get("s").cloned(), before);
+    // Just under the limit is fine, and its delta fits in a message.
+    let fits = "y".repeat(max - 1);
+    replica.update("r", &Op::Write(fits)).unwrap();
+    replica
+        .persist(&mut crdt_net::store::MemStore::default())
+        .unwrap();
+    while let Some(t) = replica.poll_transmit() {
+        assert!(
+            t.payload.len() <= replica.max_message(),
+            "{}",
+            t.payload.len()
+        );
+    }
+}
