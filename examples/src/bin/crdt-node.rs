@@ -113,6 +113,9 @@ async fn run(
     for peer in peers {
         builder = builder.peer(peer);
     }
+    // Handlers first: a signal that arrives while the node starts still closes it cleanly.
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let node = builder.start().await.map_err(|e| e.to_string())?;
     println!("node {} listening on {}", node.id(), node.local_addr());
     println!("type `help` for commands");
@@ -139,8 +142,6 @@ async fn run(
         }
     });
     let interactive = std::io::stdin().is_terminal();
-    let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     loop {
         if interactive {
             print!("> ");
@@ -177,17 +178,18 @@ commands:
   get KEY               show an object
   get --after TOKEN KEY show it once this node has the write TOKEN names
                         (read-your-writes across nodes; waits up to --timeout)
-  get --read N KEY      merge it from N peers first (a quorum read when N + 1 + W > N)
-
-A write prints `ok TOKEN` once it is durable on this node. Before its key, a write takes
-  --ack N | majority | all   wait until N peers (a majority, all) hold it durably too
-  --timeout MS               how long to wait for them (default 5000); on timeout the write
-                             stays and keeps spreading, and the error says who has it
+  get --read N KEY      merge it from N peers first (with writes acknowledged by W
+                        replicas, a quorum read when N + 1 + W exceeds the replicas)
   keys                  list every object
   peers                 known peers, up or down, and how far behind
   status                this node's id, address and traffic
   help                  this text
-  quit                  stop the node";
+  quit                  stop the node
+
+A write prints `ok TOKEN` once it is durable on this node. Before its key, a write takes
+  --ack N | majority | all   wait until N peers (a majority, all) hold it durably too
+  --timeout MS               how long to wait for them (default 5000); on timeout the write
+                             stays and keeps spreading, and the error says who has it";
 
 /// Runs one command line; `Ok(false)` means quit.
 async fn execute(node: &Node, line: &str) -> Result<bool, String> {

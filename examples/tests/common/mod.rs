@@ -112,3 +112,97 @@ pub fn trusting_pair(a: &str, b: &str) -> (String, String) {
     cli(&["trust", &a_id, "--data-dir", b]);
     (a_id, b_id)
 }
+
+/// Initializes data directories whose nodes all trust each other; returns their ids in order.
+pub fn trusting_group(dirs: &[&str]) -> Vec<String> {
+    let ids: Vec<String> = dirs
+        .iter()
+        .map(|dir| {
+            let out = cli(&["init", "--data-dir", dir]);
+            out.trim().strip_prefix("node id: ").unwrap().to_owned()
+        })
+        .collect();
+    for dir in dirs {
+        for id in &ids {
+            cli(&["trust", id, "--data-dir", dir]);
+        }
+    }
+    ids
+}
+
+impl Running {
+    /// Like [`Running::start`], but the node's stderr goes to `stderr` (a log file, say).
+    pub fn start_logged(args: &[&str], stderr: std::fs::File) -> Running {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Writes a line without panicking; `false` if the process no longer reads its stdin.
+    pub fn try_send(&mut self, line: &str) -> bool {
+        writeln!(self.stdin, "{line}").is_ok() && self.stdin.flush().is_ok()
+    }
+
+    /// The next output line within `timeout`. `Err(Disconnected)` once the process closed its
+    /// stdout (it exited) and every line it printed has been read.
+    pub fn next_line(
+        &self,
+        timeout: Duration,
+    ) -> Result<String, std::sync::mpsc::RecvTimeoutError> {
+        self.lines.recv_timeout(timeout)
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Kills the process with SIGKILL, reaps it, and returns the lines it printed that were
+    /// not read yet (waiting at most 5 s for its stdout to close).
+    pub fn kill(mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut rest = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => rest.push(line),
+                Err(_) => break,
+            }
+        }
+        rest
+    }
+}
