@@ -60,20 +60,32 @@ impl CausalContext {
         }
     }
 
-    /// Records the dots `(replica, from..=to)`; returns how many went to the cloud.
-    pub(crate) fn insert_range(&mut self, replica: ReplicaId, from: u64, to: u64) -> u64 {
+    /// Records the dots `(replica, from..=to)`; returns how many went to the cloud, or `None`
+    /// (recording nothing) if that would be more than `budget`: the budget is checked before
+    /// the work.
+    pub(crate) fn insert_range(
+        &mut self,
+        replica: ReplicaId,
+        from: u64,
+        to: u64,
+        budget: u64,
+    ) -> Option<u64> {
         if from > to {
-            return 0;
+            return Some(0);
         }
         if from <= self.vv.get(replica).saturating_add(1) {
             self.vv.raise(replica, to);
             self.compact();
-            return 0;
+            return Some(0);
+        }
+        let count = (to - from).saturating_add(1);
+        if count > budget {
+            return None;
         }
         (from..=to).for_each(|c| {
             self.cloud.insert(Dot::new(replica, c));
         });
-        to - from + 1
+        Some(count)
     }
 
     /// Makes a fresh dot for `replica`, records it and returns it.
@@ -82,15 +94,31 @@ impl CausalContext {
     /// replica restarted from an older state never reuses a dot it has already handed out and
     /// received back from a peer.
     pub fn next_dot(&mut self, replica: ReplicaId) -> Dot {
+        let counter = self.highest(replica).saturating_add(1);
+        let dot = Dot::new(replica, counter);
+        self.insert(dot);
+        dot
+    }
+
+    /// The highest counter of `replica` seen, in the vector or the cloud (0 if none).
+    pub fn highest(&self, replica: ReplicaId) -> u64 {
         let highest_in_cloud = self
             .cloud
             .range(Dot::new(replica, 0)..=Dot::new(replica, u64::MAX))
             .next_back()
             .map_or(0, |d| d.counter);
-        let counter = self.vv.get(replica).max(highest_in_cloud).saturating_add(1);
-        let dot = Dot::new(replica, counter);
-        self.insert(dot);
-        dot
+        self.vv.get(replica).max(highest_in_cloud)
+    }
+
+    /// How many dots lie beyond a gap (in the cloud).
+    pub fn cloud_len(&self) -> usize {
+        self.cloud.len()
+    }
+
+    /// Forgets the dots beyond gaps, keeping the gap-free part: a smaller context that claims
+    /// less (for an estimate that may err low, such as what a peer is known to have).
+    pub fn truncate_cloud(&mut self) {
+        self.cloud.clear();
     }
 
     /// Whether every dot of `other` is in `self`.
@@ -310,7 +338,7 @@ mod tests {
     #[test]
     fn a_huge_gap_costs_only_the_limit() {
         let mut ours = CausalContext::new();
-        ours.insert_range(ReplicaId::new(1), 1, u64::MAX);
+        ours.insert_range(ReplicaId::new(1), 1, u64::MAX, 0);
         assert_eq!(ours.vv().get(ReplicaId::new(1)), u64::MAX);
         assert_eq!(ours.missing_from(&CausalContext::new(), 1000), None);
         assert!(!CausalContext::new().includes(&ours));

@@ -97,6 +97,11 @@ impl<K: Ord, V> OrMap<K, V> {
         self.values.get(key)
     }
 
+    /// The causal context of the keys: every add and remove of a key this map has seen.
+    pub fn context(&self) -> &crate::CausalContext {
+        self.keys.context()
+    }
+
     /// Every value kept, for present and removed keys alike, in key order.
     pub fn values_kept(&self) -> impl Iterator<Item = (&K, &V)> + '_ {
         self.values.iter()

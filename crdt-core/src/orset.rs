@@ -249,10 +249,10 @@ impl<T: Ord> OrSet<T> {
             let mut next = 1;
             let range = Dot::new(replica, 1)..=Dot::new(replica, seen);
             for dot in live.range(range) {
-                budget = budget.checked_sub(dead.insert_range(replica, next, dot.counter - 1))?;
+                budget -= dead.insert_range(replica, next, dot.counter - 1, budget)?;
                 next = dot.counter + 1;
             }
-            budget = budget.checked_sub(dead.insert_range(replica, next, seen))?;
+            budget -= dead.insert_range(replica, next, seen, budget)?;
         }
         for dot in self.ctx.cloud().filter(|d| !live.contains(d)) {
             budget = budget.checked_sub(1)?;
@@ -326,5 +326,31 @@ impl<'de, T: Deserialize<'de> + Ord> Deserialize<'de> for OrSet<T> {
             entries: raw.entries,
             ctx: raw.ctx,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Live dots `(r, 1)` and `(r, 2^40)` in a context that has seen every dot up to there:
+    /// the removed dots between them are too many to list,
+    /// and finding that out must not cost listing them (the budget is checked first).
+    #[test]
+    fn a_huge_gap_between_live_dots_is_not_listed() {
+        let r = ReplicaId::new(7);
+        let far = 1u64 << 40;
+        let mut entries = BTreeMap::new();
+        for (value, counter) in [("a", 1), ("b", far), ("c", far + 1)] {
+            let dots = Dots::from_sorted(alloc::vec![Dot::new(r, counter)]);
+            entries.insert(value, dots.expect("one dot"));
+        }
+        // Every dot up to far + 1 seen: those between are removed adds.
+        let mut ctx = CausalContext::new();
+        ctx.insert_range(r, 1, far + 1, 0);
+        let set = OrSet { entries, ctx };
+        assert!(set.removed_dots().is_none());
+        // Decompose falls back to the whole set.
+        assert_eq!(set.split(1), alloc::vec![set.clone()]);
     }
 }

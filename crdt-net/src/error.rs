@@ -27,9 +27,19 @@ pub enum ProtocolError {
     /// A message claiming to come from this replica itself.
     #[error("message from our own replica id {0}")]
     FromSelf(ReplicaId),
-    /// A delta claiming an update of ours that we never made.
-    #[error("peer sent a delta with our dot {0:?}, which we never issued")]
+    /// A dot, context or progress vector claiming an update of ours that we never made.
+    #[error("peer claims our dot {0:?}, which we never issued")]
     ForgedDot(Dot),
+    /// A counter above [`MAX_COUNTER`](crate::MAX_COUNTER).
+    #[error("counter {0:?} exceeds the limit")]
+    CounterTooLarge(Dot),
+    /// A state transfer whose covers claim updates that nothing it sent (nor anything we
+    /// hold) accounts for.
+    #[error("a state transfer claims updates it did not carry")]
+    UnjustifiedCovers,
+    /// Applying the message would exceed a budget (named).
+    #[error("over budget: {0}")]
+    OverBudget(&'static str),
 }
 
 /// Why a local update was refused. Nothing was recorded and the object is as it was.

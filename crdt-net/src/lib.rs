@@ -44,4 +44,6 @@ pub mod store;
 pub use error::{ProtocolError, UpdateError};
 pub use message::{Message, PeerInfo, PROTOCOL_VERSION};
 pub use object::{Object, Op, TypeMismatch, MAX_DEPTH};
-pub use replica::{Config, Durable, Event, Millis, PeerStatus, Replica, Stats, Transmit};
+pub use replica::{
+    Config, Durable, Event, Millis, PeerStatus, Replica, Stats, Transmit, MAX_COUNTER,
+};

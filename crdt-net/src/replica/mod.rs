@@ -5,6 +5,10 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use crdt_core::{CausalContext, Crdt, Decompose, Dot, Hlc, HlcTimestamp, ReplicaId, VersionVector};
 use serde::{Deserialize, Serialize};
 
+mod validate;
+
+pub use validate::MAX_COUNTER;
+
 use crate::log::DeltaLog;
 use crate::message::{
     DeltaEntry, Digest, Message, PeerInfo, ReadReply, ReadRequest, Resume, StateChunk, StateDone,
@@ -54,6 +58,12 @@ pub struct Config {
     /// anti-entropy once this replica's clock has caught up; so a peer whose clock runs ahead
     /// cannot make its writes win over later writes by more than this. Default 60,000.
     pub max_drift: Millis,
+    /// Most writers the replica's context may name; deltas from further new writers are
+    /// refused. Default 4,096.
+    pub max_writers: usize,
+    /// Most dots the replica's context may hold beyond gaps (received out of order); deltas
+    /// that would add more are refused until anti-entropy fills the gaps. Default 65,536.
+    pub max_cloud: usize,
 }
 
 impl Config {
@@ -73,6 +83,8 @@ impl Config {
             max_peers: 1024,
             seed: id.get(),
             max_drift: 60_000,
+            max_writers: 4096,
+            max_cloud: 1 << 16,
         }
     }
 }
@@ -263,6 +275,8 @@ struct Transfer {
     done: Option<StateDone>,
     /// An entry of it was refused, so its covers cannot be claimed: it never completes.
     refused: bool,
+    /// Bytes of the key ranges in `chunks`.
+    range_bytes: usize,
 }
 
 /// A read asked of peers: who was asked, and what has arrived.
@@ -275,6 +289,11 @@ struct PendingRead {
 
 /// Reads tracked at once; a newer one evicts the oldest.
 const TRACKED_READS: usize = 256;
+
+/// Dots beyond gaps kept per peer in what it is known to have.
+const KNOWN_CLOUD: usize = 4096;
+/// Bytes of key ranges remembered per transfer, to resume it; chunks beyond count without one.
+const RANGE_BYTES: usize = 1 << 20;
 
 /// How many transfers per peer we track at once.
 const TRACKED_TRANSFERS: usize = 4;
@@ -723,11 +742,7 @@ impl Replica {
             return Err(ProtocolError::FromSelf(from));
         }
         let message = Message::decode(bytes, self.config.max_message)?;
-        if let Message::Deltas(entries) = &message {
-            if let Some(e) = entries.iter().find(|e| self.is_forged(e.dot)) {
-                return Err(ProtocolError::ForgedDot(e.dot));
-            }
-        }
+        self.validate(from, &message)?;
         self.heard_from(from);
         match message {
             Message::Digest(digest) => self.on_digest(now, from, digest),
@@ -736,6 +751,10 @@ impl Replica {
             Message::Ack(dots) => {
                 if let Some(peer) = self.peers.get_mut(&from) {
                     peer.known.merge(&dots);
+                    if peer.known.cloud_len() > KNOWN_CLOUD {
+                        // An estimate may err low: forget the scattered part.
+                        peer.known.truncate_cloud();
+                    }
                 }
             }
             Message::State(chunk) => self.on_state(now, from, chunk),
@@ -745,11 +764,6 @@ impl Replica {
             Message::ReadReply(reply) => self.on_read_reply(now, from, reply),
         }
         Ok(())
-    }
-
-    /// A delta claiming to be an update of ours that we never made.
-    fn is_forged(&self, dot: Dot) -> bool {
-        dot.replica == self.config.id && !self.durable.seen.contains(dot)
     }
 
     fn heard_from(&mut self, from: ReplicaId) {
@@ -887,7 +901,8 @@ impl Replica {
 
     fn on_digest(&mut self, now: Millis, from: ReplicaId, digest: Digest) {
         if let Some(peer) = self.peers.get_mut(&from) {
-            peer.known.merge(&digest.seen);
+            // The peer's whole context, newer than anything it acknowledged before.
+            peer.known = digest.seen.clone();
         }
         let sent = digest.want && self.send_missing(from, &digest.seen, digest.resume.as_ref());
         if digest.reply {
@@ -1134,7 +1149,17 @@ impl Replica {
                 transfer.base = chunk.base;
             }
             if transfer.chunks.len() < MAX_CHUNKS {
-                transfer.chunks.insert(chunk.index, chunk.complete);
+                let size = chunk
+                    .complete
+                    .as_ref()
+                    .map_or(0, |(a, b)| a.len() + b.len());
+                let range = if transfer.range_bytes + size <= RANGE_BYTES {
+                    transfer.range_bytes += size;
+                    chunk.complete
+                } else {
+                    None
+                };
+                transfer.chunks.insert(chunk.index, range);
             }
             transfer.refused |= refused;
         });
@@ -1181,7 +1206,10 @@ impl Replica {
         // This transfer supersedes the ones before it.
         let (_, transfer) = incoming.transfers.remove(i);
         incoming.transfers.drain(..i);
-        if let Some(done) = transfer.done.filter(|_| !transfer.refused) {
+        let claims = transfer
+            .done
+            .filter(|d| !transfer.refused && self.justified(&d.covers));
+        if let Some(done) = claims {
             self.durable.seen.merge(&done.covers);
             self.dirty = true;
         }

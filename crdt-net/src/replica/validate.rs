@@ -1,0 +1,212 @@
+//! The validation layer: every message is checked against the replica's state before anything
+//! of it is applied, so a refused message changes nothing.
+//!
+//! What a trusted but faulty (or compromised) peer could otherwise do with one message:
+//! claim dots of this replica that it never issued (its later writes would then reuse them and
+//! be dropped everywhere), claim counters near `u64::MAX` (a writer's later updates would look
+//! seen), complete a state transfer whose covers nothing justifies, or flood the replica's
+//! context with dots from made-up writers until its digests no longer fit in a message.
+
+use std::collections::BTreeSet;
+
+use crdt_core::{CausalContext, Dot, ReplicaId, VersionVector};
+
+use super::Replica;
+use crate::message::{DeltaEntry, Message, StateDone};
+use crate::{Object, ProtocolError};
+
+/// Counters (dot counters, version vector entries, counter contributions) above this are
+/// refused: a million updates a second for eight years stays below it, and no arithmetic on
+/// such counters comes near `u64::MAX`.
+pub const MAX_COUNTER: u64 = 1 << 48;
+
+impl Replica {
+    /// Checks `message` from `from` against this replica's state; `Ok` means applying it is
+    /// safe.
+    pub(super) fn validate(&self, from: ReplicaId, message: &Message) -> Result<(), ProtocolError> {
+        let claims = Claims {
+            me: self.config.id,
+            issued: self.durable.seen.highest(self.config.id),
+        };
+        match message {
+            Message::Digest(digest) => {
+                claims.context(&digest.seen)?;
+                if let Some(resume) = &digest.resume {
+                    claims.vv(&resume.base)?;
+                }
+            }
+            Message::InSync | Message::Peers(_) | Message::Read(_) => {}
+            Message::Deltas(entries) => {
+                for entry in entries {
+                    claims.dot(entry.dot)?;
+                    claims.object(&entry.delta)?;
+                }
+                self.check_growth(entries)?;
+            }
+            Message::Ack(dots) => claims.context(dots)?,
+            Message::State(chunk) => {
+                claims.vv(&chunk.base)?;
+                for entry in &chunk.objects {
+                    claims.vv(&entry.touched)?;
+                    claims.object(&entry.object)?;
+                }
+            }
+            Message::StateDone(done) => {
+                claims.context(&done.covers)?;
+                if self.completes(from, done) && !self.justified(&done.covers) {
+                    return Err(ProtocolError::UnjustifiedCovers);
+                }
+            }
+            Message::ReadReply(reply) => {
+                if let Some(entry) = &reply.entry {
+                    claims.vv(&entry.touched)?;
+                    claims.object(&entry.object)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `covers` claims only what this replica has seen or what the objects it holds
+    /// account for (the chunks of a transfer are merged, their progress included, as they
+    /// arrive).
+    ///
+    /// An honest transfer always passes: every dot of the sender's context updated some key,
+    /// whose per-writer progress (`touched`) reached it; the sender sent that key unless the
+    /// receiver's digest showed it already had it, and the receiver keeps the `touched` of
+    /// every key it merged.
+    pub(super) fn justified(&self, covers: &CausalContext) -> bool {
+        let seen = &self.durable.seen;
+        let beyond_seen = covers.vv().iter().any(|(r, n)| n > seen.vv().get(r))
+            || covers.cloud().any(|d| !seen.contains(d));
+        if !beyond_seen {
+            return true;
+        }
+        let mut reach = VersionVector::default();
+        for touched in self.durable.touched.values() {
+            crdt_core::Crdt::merge(&mut reach, touched);
+        }
+        covers
+            .vv()
+            .iter()
+            .all(|(r, n)| n <= seen.highest(r).max(reach.get(r)))
+            && covers
+                .cloud()
+                .all(|d| seen.contains(d) || d.counter <= reach.get(d.replica))
+    }
+
+    /// Whether `done` completes its transfer from `from` (every chunk has arrived).
+    fn completes(&self, from: ReplicaId, done: &StateDone) -> bool {
+        let chunks = self
+            .incoming
+            .get(&from)
+            .and_then(|i| i.transfers.iter().find(|(t, _)| *t == done.transfer))
+            .map(|(_, t)| &t.chunks);
+        match chunks {
+            Some(chunks) => {
+                chunks.len() == done.chunks as usize && chunks.keys().all(|c| *c < done.chunks)
+            }
+            None => done.chunks == 0,
+        }
+    }
+
+    /// Refuses deltas that would grow the context past its budgets: more writers than
+    /// `max_writers`, or more dots beyond gaps than `max_cloud`.
+    fn check_growth(&self, entries: &[DeltaEntry]) -> Result<(), ProtocolError> {
+        let seen = &self.durable.seen;
+        let mut writers = BTreeSet::new();
+        let mut cloud = 0;
+        for entry in entries.iter().filter(|e| !seen.contains(e.dot)) {
+            let writer = entry.dot.replica;
+            if seen.highest(writer) == 0 {
+                writers.insert(writer);
+            }
+            if entry.dot.counter > seen.vv().get(writer).saturating_add(1) {
+                cloud += 1;
+            }
+        }
+        let known = seen.vv().len()
+            + seen
+                .cloud()
+                .map(|d| d.replica)
+                .collect::<BTreeSet<_>>()
+                .len();
+        if !writers.is_empty() && known + writers.len() > self.config.max_writers {
+            return Err(ProtocolError::OverBudget("writers in the causal context"));
+        }
+        if cloud > 0 && seen.cloud_len() + cloud > self.config.max_cloud {
+            return Err(ProtocolError::OverBudget(
+                "dots beyond gaps in the causal context",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What a peer may claim: no counter above [`MAX_COUNTER`], and no dot of this replica beyond
+/// the last it issued.
+struct Claims {
+    me: ReplicaId,
+    issued: u64,
+}
+
+impl Claims {
+    fn counter(&self, replica: ReplicaId, counter: u64) -> Result<(), ProtocolError> {
+        let dot = Dot::new(replica, counter);
+        if counter > MAX_COUNTER {
+            return Err(ProtocolError::CounterTooLarge(dot));
+        }
+        if replica == self.me && counter > self.issued {
+            return Err(ProtocolError::ForgedDot(dot));
+        }
+        Ok(())
+    }
+
+    fn dot(&self, dot: Dot) -> Result<(), ProtocolError> {
+        self.counter(dot.replica, dot.counter)
+    }
+
+    fn vv(&self, vv: &VersionVector) -> Result<(), ProtocolError> {
+        vv.iter().try_for_each(|(r, n)| self.counter(r, n))
+    }
+
+    fn context(&self, context: &CausalContext) -> Result<(), ProtocolError> {
+        self.vv(context.vv())?;
+        context.cloud().try_for_each(|d| self.dot(d))
+    }
+
+    /// Every context inside `object`, nested maps included; counters' totals are bounded too.
+    fn object(&self, object: &Object) -> Result<(), ProtocolError> {
+        let mut stack = vec![object];
+        while let Some(object) = stack.pop() {
+            match object {
+                Object::Empty | Object::Lww(_) => {}
+                Object::GCounter(c) => self.total(c.contributions())?,
+                Object::PNCounter(c) => {
+                    self.total(c.increments().contributions())?;
+                    self.total(c.decrements().contributions())?;
+                }
+                Object::Set(set) => self.context(set.context())?,
+                Object::Mv(register) => self.context(register.context())?,
+                Object::Map(map) => {
+                    self.context(map.context())?;
+                    stack.extend(map.values_kept().map(|(_, v)| v));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Counter contributions are totals, not dots: only their size is bounded.
+    fn total(
+        &self,
+        contributions: impl Iterator<Item = (ReplicaId, u64)>,
+    ) -> Result<(), ProtocolError> {
+        for (replica, total) in contributions {
+            if total > MAX_COUNTER {
+                return Err(ProtocolError::CounterTooLarge(Dot::new(replica, total)));
+            }
+        }
+        Ok(())
+    }
+}
