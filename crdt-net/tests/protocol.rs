@@ -367,3 +367,33 @@ fn a_write_stamped_too_far_ahead_waits_for_the_clock() {
     // And the clock has moved past it: local stamps come later.
     assert!(a.stamp(now) > future);
 }
+
+/// A counter and a set written under one key at two replicas: the later type wins (merge stays
+/// total), and the receiver counts the conflict and reports it once.
+#[test]
+fn a_type_conflict_is_counted_and_reported_once() {
+    let mut a = Replica::new(Config::new(A).with_peer(B));
+    a.update("k", &Op::Inc(1)).unwrap();
+    transmits(&mut a);
+    let mut b = Replica::new(Config::new(B).with_peer(A));
+    for (i, element) in ["x", "y"].into_iter().enumerate() {
+        let delta = b.update("k", &Op::Add(element.into())).unwrap();
+        let message = Message::Deltas(vec![DeltaEntry {
+            dot: Dot::new(B, i as u64 + 1),
+            key: "k".into(),
+            delta,
+        }]);
+        a.handle_message(0, B, &message.encode()).unwrap();
+    }
+    assert_eq!(
+        a.stats().type_conflicts,
+        1,
+        "the second add merges a set into a set"
+    );
+    transmits(&mut a);
+    let conflicts = std::iter::from_fn(|| a.poll_event())
+        .filter(|e| matches!(e, crdt_net::Event::TypeConflict { key } if key == "k"))
+        .count();
+    assert_eq!(conflicts, 1);
+    assert_eq!(a.get("k").map(|o| o.type_name()), Some("set"));
+}

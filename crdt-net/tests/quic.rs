@@ -126,6 +126,7 @@ async fn an_untrusted_node_can_neither_read_nor_write() {
         builder = builder.trust(node.id()).peer(node.local_addr());
     }
     let outsider = builder.start().await.unwrap();
+    let started = std::time::Instant::now();
     outsider.update("secret", Op::Inc(1)).await.unwrap();
     nodes[0].update("shared", Op::Inc(1)).await.unwrap();
     eventually("the trusted pair syncs", async || {
@@ -153,6 +154,17 @@ async fn an_untrusted_node_can_neither_read_nor_write() {
     // TLS 1.3 lets a client finish its half of the handshake before the server checks the client
     // certificate, so the outsider may list the nodes it dialed; none ever answered it.
     assert!(outsider.peers().await.iter().all(|p| !p.up));
+    // Refused, the outsider backs off (doubling from 200 ms) instead of redialing every 200 ms.
+    let dials = outsider.metrics().await.dials;
+    println!(
+        "the outsider dialed {dials} times in {:?}",
+        started.elapsed()
+    );
+    assert!(
+        dials <= 2 * 7,
+        "{dials} dials to 2 nodes in {:?}",
+        started.elapsed()
+    );
     outsider.shutdown().await;
     for node in nodes {
         node.shutdown().await;

@@ -343,6 +343,7 @@ impl NodeBuilder {
             events,
             dropped: AtomicU64::new(0),
             pending_acks: AtomicU64::new(0),
+            dials: AtomicU64::new(0),
             stop,
             endpoint,
             queue: self.queue,
@@ -355,6 +356,7 @@ impl NodeBuilder {
             store,
             shared: shared.clone(),
             runtime: tokio::runtime::Handle::current(),
+            drift_reported: BTreeSet::new(),
         };
         let owner_span = span.clone();
         std::thread::Builder::new()
@@ -424,6 +426,8 @@ pub struct Metrics {
     pub dropped: u64,
     /// Committed writes whose callers still wait for peers' acknowledgements.
     pub pending_acks: u64,
+    /// Connection attempts this node has made (dials and redials).
+    pub dials: u64,
 }
 
 impl Node {
@@ -633,6 +637,7 @@ impl Node {
             peers,
             dropped: self.shared.dropped.load(Ordering::Relaxed),
             pending_acks: self.shared.pending_acks.load(Ordering::Relaxed),
+            dials: self.shared.dials.load(Ordering::Relaxed),
         }
     }
 
@@ -728,6 +733,7 @@ struct Shared {
     events: broadcast::Sender<Event>,
     dropped: AtomicU64,
     pending_acks: AtomicU64,
+    dials: AtomicU64,
     stop: watch::Sender<bool>,
     endpoint: quinn::Endpoint,
     queue: usize,
@@ -834,32 +840,75 @@ async fn accept_loop(shared: Arc<Shared>) {
     }
 }
 
-/// Keeps a connection to `addr` open, reconnecting with backoff.
+/// Keeps a connection to `addr` open, reconnecting with backoff: doubled after every failed or
+/// short-lived connection (up to a minute, jittered), back to the start after one that lasted.
+/// A peer that refuses us (we are not on its trust list) is logged once, not at every retry.
 async fn dial(shared: Arc<Shared>, addr: SocketAddr) {
     if let Ok(mut dialing) = shared.dialing.lock() {
         dialing.insert(addr);
     }
     let mut stop = shared.stop.subscribe();
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = DIAL_BACKOFF_MIN;
+    let mut told_refused = false;
     loop {
         if *stop.borrow() {
             return;
         }
-        match shared.endpoint.connect(addr, "crdt-node") {
+        shared.dials.fetch_add(1, Ordering::Relaxed);
+        let failure = match shared.endpoint.connect(addr, "crdt-node") {
             Ok(connecting) => match connecting.await {
                 Ok(connection) => {
-                    backoff = Duration::from_millis(200);
-                    serve(shared.clone(), connection, Some(addr)).await;
+                    let started = Instant::now();
+                    serve(shared.clone(), connection.clone(), Some(addr)).await;
+                    let reason = connection.close_reason();
+                    if started.elapsed() >= DIAL_STABLE && !is_refusal(reason.as_ref()) {
+                        backoff = DIAL_BACKOFF_MIN;
+                        told_refused = false;
+                    }
+                    reason
                 }
-                Err(e) => debug!(%addr, error = %e, "connection failed"),
+                Err(e) => Some(e),
             },
-            Err(e) => warn!(%addr, error = %e, "cannot connect"),
+            Err(e) => {
+                warn!(%addr, error = %e, "cannot connect");
+                None
+            }
+        };
+        if is_refusal(failure.as_ref()) {
+            if !std::mem::replace(&mut told_refused, true) {
+                warn!(%addr, "refused: this node is not on that peer's trust list (retrying with backoff)");
+            }
+        } else if let Some(e) = failure {
+            debug!(%addr, error = %e, "connection ended");
         }
+        // Jitter spreads the retries of many dialers.
+        let wait = backoff / 2 + backoff.mul_f64(fastrand::f64() / 2.0);
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => return,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(10));
+        backoff = (backoff * 2).min(DIAL_BACKOFF_MAX);
+    }
+}
+
+/// First wait before redialing.
+const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// Longest wait before redialing.
+const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// A connection that lasted this long was a success: the next failure starts the backoff over.
+const DIAL_STABLE: Duration = Duration::from_secs(5);
+
+/// Whether a connection ended because the peer's TLS refused us (a QUIC crypto error: a TLS
+/// alert, such as the certificate being unknown to its trust list).
+fn is_refusal(reason: Option<&quinn::ConnectionError>) -> bool {
+    match reason {
+        Some(quinn::ConnectionError::ConnectionClosed(close)) => {
+            (0x100..0x200).contains(&u64::from(close.error_code))
+        }
+        Some(quinn::ConnectionError::TransportError(e)) => {
+            (0x100..0x200).contains(&u64::from(e.code))
+        }
+        _ => false,
     }
 }
 

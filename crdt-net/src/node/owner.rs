@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 
 use super::{dial_new_peers, Ack, NodeError, Shared, Token};
 use crate::store::{RedbStore, StoreError};
-use crate::{Object, ProtocolError, Replica};
+use crate::{Event, Object, ProtocolError, Replica};
 
 /// Commands handled per commit at most, so a flood of writes still gets its commits.
 const MAX_BATCH: usize = 4096;
@@ -101,6 +101,8 @@ pub(super) struct Owner {
     pub(super) store: RedbStore,
     pub(super) shared: Arc<Shared>,
     pub(super) runtime: tokio::runtime::Handle,
+    /// Peers whose clock drift has been logged.
+    pub(super) drift_reported: std::collections::BTreeSet<crdt_core::ReplicaId>,
 }
 
 /// The owner's bookkeeping between turns.
@@ -252,6 +254,17 @@ impl Owner {
     fn flush(&mut self) {
         let transmits: Vec<_> = std::iter::from_fn(|| self.replica.poll_transmit()).collect();
         for event in std::iter::from_fn(|| self.replica.poll_event()) {
+            match &event {
+                Event::TypeConflict { key } => {
+                    warn!(%key, "two types were written under this key; the later type won and the other's writes are lost");
+                }
+                Event::ClockDrift { peer, ahead_ms }
+                    if self.drift_reported.len() < 1024 && self.drift_reported.insert(*peer) =>
+                {
+                    warn!(%peer, ahead_ms, "refused writes stamped too far ahead of this clock; check that peer's clock (logged once per peer, counted in metrics)");
+                }
+                _ => {}
+            }
             let _ = self.shared.events.send(event);
         }
         self.shared.send(transmits);

@@ -113,6 +113,12 @@ pub enum Event {
     PeerUp(ReplicaId),
     /// A peer missed `down_after` rounds in a row.
     PeerDown(ReplicaId),
+    /// Two types were written under one key; the later type in [`Object`]'s order won and
+    /// the other's writes are gone. Reported once per key.
+    TypeConflict {
+        /// The key.
+        key: String,
+    },
     /// A peer sent a last-writer-wins write stamped further ahead of this replica's clock
     /// than [`Config::max_drift`]; it was refused. The peer's clock is probably wrong.
     ClockDrift {
@@ -162,6 +168,8 @@ pub struct Stats {
     /// Entries refused because their last-writer-wins timestamp was too far ahead (see
     /// [`Config::max_drift`]).
     pub drift_refused: u64,
+    /// Merges of two different types under one key (the later type won; see [`Object`]).
+    pub type_conflicts: u64,
 }
 
 /// What this replica knows of a peer.
@@ -246,6 +254,8 @@ pub struct Replica {
     rng: fastrand::Rng,
     /// Stamps this replica's last-writer-wins writes; every received stamp advances it.
     clock: Hlc,
+    /// Keys with a type conflict already reported.
+    conflicted: BTreeSet<String>,
     stats: Stats,
 }
 
@@ -290,6 +300,9 @@ struct PendingRead {
 /// Reads tracked at once; a newer one evicts the oldest.
 const TRACKED_READS: usize = 256;
 
+/// Keys whose type conflict is remembered (so reported once); further ones are only counted.
+const MAX_CONFLICTED_KEYS: usize = 1024;
+
 /// Dots beyond gaps kept per peer in what it is known to have.
 const KNOWN_CLOUD: usize = 4096;
 /// Bytes of key ranges remembered per transfer, to resume it; chunks beyond count without one.
@@ -330,6 +343,7 @@ impl Replica {
             .unwrap_or_default();
         let mut replica = Replica {
             clock: Hlc::resume(latest, config.max_drift),
+            conflicted: BTreeSet::new(),
             log: DeltaLog::new(config.max_log_bytes),
             durable,
             peers: BTreeMap::new(),
@@ -1067,21 +1081,7 @@ impl Replica {
             if !self.clock_accepts(now, from, &entry.object) {
                 return; // this peer's answer never completes
             }
-            self.durable
-                .objects
-                .entry(entry.key.clone())
-                .or_default()
-                .merge(&entry.object);
-            self.durable
-                .touched
-                .entry(entry.key.clone())
-                .or_default()
-                .merge(&entry.touched);
-            self.record(&entry.key, &entry.object);
-            self.events.push_back(Event::Changed {
-                key: entry.key.clone(),
-                local: false,
-            });
+            self.merge_remote(&entry.key, &entry.object, Some(&entry.touched));
         }
         if let Some((got, expected)) = self
             .reads
@@ -1103,18 +1103,9 @@ impl Replica {
                 continue; // not acknowledged: it comes again by anti-entropy
             }
             self.acks_due.entry(from).or_default().insert(entry.dot);
-            self.durable
-                .objects
-                .entry(entry.key.clone())
-                .or_default()
-                .merge(&entry.delta);
+            self.merge_remote(&entry.key, &entry.delta, None);
             self.durable.seen.insert(entry.dot);
             self.touch(&entry.key, entry.dot);
-            self.record(&entry.key, &entry.delta);
-            self.events.push_back(Event::Changed {
-                key: entry.key.clone(),
-                local: false,
-            });
             let size = encoded_len(&entry);
             self.log.insert(entry, size);
         }
@@ -1128,21 +1119,7 @@ impl Replica {
                 refused = true;
                 continue;
             }
-            self.durable
-                .objects
-                .entry(entry.key.clone())
-                .or_default()
-                .merge(&entry.object);
-            self.durable
-                .touched
-                .entry(entry.key.clone())
-                .or_default()
-                .merge(&entry.touched);
-            self.record(&entry.key, &entry.object);
-            self.events.push_back(Event::Changed {
-                key: entry.key.clone(),
-                local: false,
-            });
+            self.merge_remote(&entry.key, &entry.object, Some(&entry.touched));
         }
         self.transfer_from(from, chunk.transfer, |transfer| {
             if transfer.chunks.is_empty() {
@@ -1233,6 +1210,40 @@ impl Replica {
                 false
             }
         }
+    }
+
+    /// Merges a peer's delta or state (with its per-writer progress, for state) into the
+    /// object at `key`, to be persisted, and reports the change.
+    ///
+    /// Two types under one key merge by the later variant winning (see [`Object`]): the
+    /// other's writes are lost, so the conflict is counted and reported, once per key.
+    fn merge_remote(&mut self, key: &str, object: &Object, touched: Option<&VersionVector>) {
+        let ours = self.durable.objects.entry(key.to_owned()).or_default();
+        let conflict = *ours != Object::Empty
+            && *object != Object::Empty
+            && ours.type_name() != object.type_name();
+        ours.merge(object);
+        if let Some(touched) = touched {
+            self.durable
+                .touched
+                .entry(key.to_owned())
+                .or_default()
+                .merge(touched);
+        }
+        if conflict {
+            self.stats.type_conflicts += 1;
+            if self.conflicted.len() < MAX_CONFLICTED_KEYS && self.conflicted.insert(key.to_owned())
+            {
+                self.events.push_back(Event::TypeConflict {
+                    key: key.to_owned(),
+                });
+            }
+        }
+        self.record(key, object);
+        self.events.push_back(Event::Changed {
+            key: key.to_owned(),
+            local: false,
+        });
     }
 
     /// Notes a change to persist before anything leaves.

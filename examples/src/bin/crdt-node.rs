@@ -127,6 +127,14 @@ async fn run(
                 Event::Changed { key, local: false } => println!("~ {key} changed by a peer"),
                 Event::PeerUp(id) => println!("~ peer {id} up"),
                 Event::PeerDown(id) => println!("~ peer {id} down"),
+                Event::TypeConflict { key } => {
+                    println!("~ {key}: two types were written under it; the later type won")
+                }
+                Event::ClockDrift { peer, ahead_ms } => {
+                    println!(
+                        "~ refused a write from {peer} stamped {ahead_ms} ms ahead of our clock"
+                    )
+                }
                 _ => {}
             }
         }
@@ -251,7 +259,7 @@ async fn execute(node: &Node, line: &str) -> Result<bool, String> {
         "status" => {
             let m = node.metrics().await;
             println!(
-                "node {} on {}: {} rounds, {} messages / {} bytes sent, {} messages / {} bytes received, {} dropped, {} writes awaiting acknowledgements",
+                "node {} on {}: {} rounds, {} messages / {} bytes sent, {} messages / {} bytes received, {} dropped, {} writes awaiting acknowledgements, {} type conflicts, {} writes refused for clock drift",
                 node.id(),
                 node.local_addr(),
                 m.stats.rounds,
@@ -260,7 +268,9 @@ async fn execute(node: &Node, line: &str) -> Result<bool, String> {
                 m.stats.messages_received,
                 m.stats.bytes_received,
                 m.dropped,
-                m.pending_acks
+                m.pending_acks,
+                m.stats.type_conflicts,
+                m.stats.drift_refused
             );
             return Ok(true);
         }
