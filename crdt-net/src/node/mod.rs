@@ -575,7 +575,7 @@ impl Node {
         self.shared.command(Command::Read {
             key: key.to_owned(),
             peers,
-            deadline: Instant::now() + timeout,
+            deadline: deadline_after(timeout),
             reply,
         })?;
         answer.await.map_err(|_| NodeError::Stopped)?
@@ -597,7 +597,7 @@ impl Node {
         });
         self.shared.command(Command::After {
             dot: token.0,
-            deadline: Instant::now() + timeout,
+            deadline: deadline_after(timeout),
             then,
         })?;
         answer
@@ -744,8 +744,13 @@ struct Shared {
 #[derive(Debug)]
 struct Link {
     queue: mpsc::Sender<Vec<u8>>,
+    /// Bytes waiting in `queue`: a slow or silent peer holds at most [`MAX_QUEUED_BYTES`].
+    queued: Arc<AtomicU64>,
     connection: quinn::Connection,
 }
+
+/// Bytes that may wait for one peer before more messages to it are dropped.
+const MAX_QUEUED_BYTES: u64 = 32 << 20;
 
 impl Shared {
     /// The replica's time: the wall clock in ms since the Unix epoch (its hybrid logical
@@ -776,9 +781,18 @@ impl Shared {
         };
         for t in transmits {
             let sent = !self.is_blocked(t.to)
-                && links
-                    .get(&t.to)
-                    .is_some_and(|link| link.queue.try_send(t.payload).is_ok());
+                && links.get(&t.to).is_some_and(|link| {
+                    let len = t.payload.len() as u64;
+                    if link.queued.load(Ordering::Relaxed) + len > MAX_QUEUED_BYTES {
+                        return false;
+                    }
+                    link.queued.fetch_add(len, Ordering::Relaxed);
+                    let sent = link.queue.try_send(t.payload).is_ok();
+                    if !sent {
+                        link.queued.fetch_sub(len, Ordering::Relaxed);
+                    }
+                    sent
+                });
             if !sent {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
@@ -932,11 +946,13 @@ async fn serve_peer(
     let addr = dialed.unwrap_or_else(|| connection.remote_address());
     info!(%peer, %addr, "connected");
     let (queue, outgoing) = mpsc::channel(shared.queue);
+    let queued = Arc::new(AtomicU64::new(0));
     if let Ok(mut links) = shared.links.lock() {
         links.insert(
             peer,
             Link {
                 queue,
+                queued: queued.clone(),
                 connection: connection.clone(),
             },
         );
@@ -948,7 +964,7 @@ async fn serve_peer(
         addr: dialed.map(|a| a.to_string()),
     };
     let _ = shared.command(Command::With(Box::new(move |r| r.add_peer(info))));
-    let writer = tokio::spawn(write_loop(connection.clone(), outgoing).in_current_span());
+    let writer = tokio::spawn(write_loop(connection.clone(), outgoing, queued).in_current_span());
     let reason = read_loop(&shared, &connection, peer).await;
     writer.abort();
     if let Ok(mut links) = shared.links.lock() {
@@ -962,11 +978,16 @@ async fn serve_peer(
     info!(%peer, %reason, "disconnected");
 }
 
-async fn write_loop(connection: quinn::Connection, mut outgoing: mpsc::Receiver<Vec<u8>>) {
+async fn write_loop(
+    connection: quinn::Connection,
+    mut outgoing: mpsc::Receiver<Vec<u8>>,
+    queued: Arc<AtomicU64>,
+) {
     let Ok(mut stream) = connection.open_uni().await else {
         return;
     };
     while let Some(payload) = outgoing.recv().await {
+        queued.fetch_sub(payload.len() as u64, Ordering::Relaxed);
         let len = (payload.len() as u32).to_le_bytes();
         if stream.write_all(&len).await.is_err() || stream.write_all(&payload).await.is_err() {
             return;
@@ -1107,6 +1128,13 @@ fn open_store(dir: &Path) -> Result<(RedbStore, Durable), NodeError> {
     })?;
     info!(from = %snapshot.display(), keys = durable.objects.len(), "imported the snapshot into the store");
     Ok((store, durable))
+}
+
+/// `timeout` from now; a timeout too large for the clock waits for a year.
+fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
 }
 
 /// Gossip partners are chosen by a seeded generator; seed it from the clock so nodes differ.

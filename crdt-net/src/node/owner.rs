@@ -6,6 +6,7 @@
 //! transaction (group commit), and only then answers the writers and hands the replica's
 //! messages to the peers' queues: nothing leaves before it is durable, by construction.
 
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,9 +82,10 @@ impl Writer {
     }
 }
 
-/// A read waiting for peers' answers.
+/// A read waiting for its turn's commit and, at a level above local, for peers' answers.
 struct Quorum {
-    id: u64,
+    /// The replica's read id, when peers were asked.
+    id: Option<u64>,
     key: String,
     peers: usize,
     deadline: Instant,
@@ -117,9 +119,13 @@ struct Waiting {
     /// `With` commands of this turn, run after its commit.
     after_commit: Vec<Job>,
     stop: Option<oneshot::Sender<()>>,
-    /// Whether the last commit failed (the failure is logged once per streak).
-    failing: bool,
+    /// The last commit's failure and when it happened, while the store is failing.
+    failing: Option<(Arc<StoreError>, Instant)>,
 }
+
+/// While the store fails, a new commit is tried at most this often; in between, updates are
+/// refused at once and peers' messages dropped (anti-entropy brings them again).
+const RETRY_STORE: Duration = Duration::from_secs(1);
 
 impl Owner {
     /// Runs until stopped or every sender is gone.
@@ -170,6 +176,10 @@ impl Owner {
                 timeout,
                 reply,
             } => {
+                if let Some(e) = waiting.store_down() {
+                    let _ = reply.send(Err(NodeError::Store(e)));
+                    return;
+                }
                 let made = change(&mut self.replica).and_then(|delta| {
                     let dot = self.replica.last_local_dot().ok_or(NodeError::Stopped)?;
                     Ok((dot, delta))
@@ -179,7 +189,7 @@ impl Owner {
                         dot,
                         delta,
                         ack,
-                        deadline: Instant::now() + timeout,
+                        deadline: super::deadline_after(timeout),
                         reply,
                     }),
                     Err(e) => {
@@ -188,6 +198,12 @@ impl Owner {
                 }
             }
             Command::Message { peer, bytes, reply } => {
+                if waiting.store_down().is_some() {
+                    // Nothing could be committed: drop it; anti-entropy brings it again.
+                    self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
                 let result = self.replica.handle_message(self.shared.now(), peer, &bytes);
                 let _ = reply.send(result);
             }
@@ -206,28 +222,26 @@ impl Owner {
                 peers,
                 deadline,
                 reply,
-            } => {
-                if peers == 0 {
-                    let _ = reply.send(Ok(self.replica.get(&key).cloned()));
-                } else {
-                    waiting.quorums.push(Quorum {
-                        id: self.replica.start_read(&key),
-                        key,
-                        peers,
-                        deadline,
-                        reply,
-                    });
-                }
-            }
+            } => waiting.quorums.push(Quorum {
+                id: (peers > 0).then(|| self.replica.start_read(&key)),
+                key,
+                peers,
+                deadline,
+                reply,
+            }),
             Command::Stop(reply) => waiting.stop = Some(reply),
         }
     }
 
     /// One commit for everything this turn changed; then the writers hear of it.
+    ///
+    /// A failed commit is undone: the replica restarts from what the store holds, so no read
+    /// shows, and no later commit makes durable, a write whose caller was told it failed (the
+    /// caller may retry it safely). Peers' changes lost with it come again by anti-entropy.
     fn commit(&mut self, waiting: &mut Waiting) {
         match self.replica.persist(&mut self.store) {
             Ok(()) => {
-                if std::mem::take(&mut waiting.failing) {
+                if waiting.failing.take().is_some() {
                     info!("the store accepts writes again");
                 }
                 for writer in waiting.committing.drain(..) {
@@ -239,12 +253,22 @@ impl Owner {
                 }
             }
             Err(e) => {
-                if !std::mem::replace(&mut waiting.failing, true) {
+                let e = Arc::new(e);
+                if waiting.failing.is_none() {
                     error!(error = %e, "cannot write the store; updates fail and nothing is sent until it can");
                 }
-                let e = Arc::new(e);
+                waiting.failing = Some((e.clone(), Instant::now()));
                 for writer in waiting.committing.drain(..) {
                     let _ = writer.reply.send(Err(NodeError::Store(e.clone())));
+                }
+                match self.store.reload() {
+                    Ok(durable) => {
+                        let config = self.replica.config().clone();
+                        self.replica = Replica::restore(config, durable);
+                    }
+                    Err(e) => {
+                        error!(error = %e, "cannot read the store back either; uncommitted changes stay in memory, unsent");
+                    }
                 }
             }
         }
@@ -274,11 +298,22 @@ impl Owner {
     /// readers whose token has arrived or whose time is up.
     fn settle(&mut self, waiting: &mut Waiting) {
         let now = Instant::now();
-        let peers = self.replica.peers().count();
+        // The cluster is the trusted peers: ids merely heard of (say, from a peer exchange
+        // flooded with made-up ones) neither count towards a level nor make it unreachable.
+        let trust = &self.shared.trust;
+        let peers = self
+            .replica
+            .peers()
+            .filter(|p| trust.contains(p.info.id))
+            .count();
         let mut still = Vec::new();
         for writer in waiting.acking.drain(..) {
             let wanted = writer.ack.peers_needed(peers);
-            let acked = self.replica.holders(writer.dot).count();
+            let acked = self
+                .replica
+                .holders(writer.dot)
+                .filter(|id| trust.contains(*id))
+                .count();
             if acked >= wanted {
                 writer.done();
             } else if now >= writer.deadline {
@@ -309,14 +344,17 @@ impl Owner {
         waiting.reading = still;
         let mut still = Vec::new();
         for quorum in waiting.quorums.drain(..) {
-            let answered = self.replica.read_answers(quorum.id);
-            if answered >= quorum.peers {
-                self.replica.end_read(quorum.id);
+            let answered = quorum.id.map_or(0, |id| self.replica.read_answers(id));
+            let done = answered >= quorum.peers;
+            let over = now >= quorum.deadline || quorum.reply.is_closed();
+            if let Some(id) = quorum.id.filter(|_| done || over) {
+                self.replica.end_read(id);
+            }
+            if done {
                 let _ = quorum
                     .reply
                     .send(Ok(self.replica.get(&quorum.key).cloned()));
-            } else if now >= quorum.deadline || quorum.reply.is_closed() {
-                self.replica.end_read(quorum.id);
+            } else if over {
                 let _ = quorum.reply.send(Err(NodeError::ReadTimeout {
                     answered: answered + 1,
                     wanted: quorum.peers + 1,
@@ -343,6 +381,14 @@ impl Owner {
             .chain(waiting.reading.iter().map(|r| r.deadline))
             .chain(waiting.quorums.iter().map(|q| q.deadline))
             .fold(round, Instant::min)
+    }
+}
+
+impl Waiting {
+    /// The store's failure, if it failed less than [`RETRY_STORE`] ago.
+    fn store_down(&self) -> Option<Arc<StoreError>> {
+        let (e, at) = self.failing.as_ref()?;
+        (at.elapsed() < RETRY_STORE).then(|| e.clone())
     }
 }
 

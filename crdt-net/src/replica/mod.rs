@@ -170,6 +170,8 @@ pub struct Stats {
     pub drift_refused: u64,
     /// Merges of two different types under one key (the later type won; see [`Object`]).
     pub type_conflicts: u64,
+    /// Reads from peers left unanswered because the peer had used its budget for the round.
+    pub reads_refused: u64,
 }
 
 /// What this replica knows of a peer.
@@ -241,6 +243,8 @@ pub struct Replica {
     incoming: BTreeMap<ReplicaId, Incoming>,
     /// Reads waiting for peers' answers, by id.
     reads: BTreeMap<u64, PendingRead>,
+    /// Bytes of read answers sent to each peer this round (estimated).
+    reads_served: BTreeMap<ReplicaId, usize>,
     outbox: VecDeque<Transmit>,
     events: VecDeque<Event>,
     /// What changed since the last commit, in order (see [`Replica::persist`]).
@@ -256,6 +260,12 @@ pub struct Replica {
     clock: Hlc,
     /// Keys with a type conflict already reported.
     conflicted: BTreeSet<String>,
+    /// The dot of the latest local update.
+    last_local: Option<Dot>,
+    /// Transfers in a row that could not complete because an entry was refused, and the
+    /// round before which no pull starts (backing off from them).
+    refused_pulls: u32,
+    pull_not_before: u64,
     stats: Stats,
 }
 
@@ -296,6 +306,9 @@ struct PendingRead {
     /// Per peer asked: the pieces of its answer received, and how many it has.
     answers: BTreeMap<ReplicaId, (BTreeSet<u32>, Option<u32>)>,
 }
+
+/// Bytes of read answers per peer per round, in messages of the largest size.
+const READ_BYTES_PER_ROUND: usize = 4;
 
 /// Reads tracked at once; a newer one evicts the oldest.
 const TRACKED_READS: usize = 256;
@@ -344,6 +357,9 @@ impl Replica {
         let mut replica = Replica {
             clock: Hlc::resume(latest, config.max_drift),
             conflicted: BTreeSet::new(),
+            last_local: None,
+            refused_pulls: 0,
+            pull_not_before: 0,
             log: DeltaLog::new(config.max_log_bytes),
             durable,
             peers: BTreeMap::new(),
@@ -351,6 +367,7 @@ impl Replica {
             acks_due: BTreeMap::new(),
             incoming: BTreeMap::new(),
             reads: BTreeMap::new(),
+            reads_served: BTreeMap::new(),
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             unpersisted: Vec::new(),
@@ -480,6 +497,7 @@ impl Replica {
     /// Tags a local change with the next dot and queues it for the store and the peers.
     fn record_local(&mut self, key: &str, delta: Object) -> Object {
         let dot = self.durable.seen.next_dot(self.config.id);
+        self.last_local = Some(dot);
         self.touch(key, dot);
         self.record(key, &delta);
         if let Some(stamp) = delta.latest_stamp() {
@@ -531,11 +549,15 @@ impl Replica {
         !self.dirty
     }
 
-    /// The dot of this replica's latest local update, if it made any: what a write's
-    /// acknowledgement is counted against.
+    /// The dot of this replica's latest local update since it started, if it made any: what a
+    /// write's acknowledgement is counted against.
     pub fn last_local_dot(&self) -> Option<Dot> {
-        let counter = self.durable.seen.vv().get(self.config.id);
-        (counter > 0).then(|| Dot::new(self.config.id, counter))
+        self.last_local
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// The peers known to hold `dot`: those that acknowledged it, or whose digest covered it.
@@ -803,6 +825,7 @@ impl Replica {
 
     fn start_round(&mut self, now: Millis) {
         self.stats.rounds += 1;
+        self.reads_served.clear();
         let round = self.stats.rounds;
         let mut went_down = Vec::new();
         for (id, peer) in &mut self.peers {
@@ -858,6 +881,9 @@ impl Replica {
     /// again (anyone, the same peer included) only once the last request has finished or made
     /// no progress for a round: asking twice would have a transfer sent twice.
     fn start_pull(&mut self, peer: ReplicaId, now: Millis) -> bool {
+        if self.stats.rounds < self.pull_not_before {
+            return false;
+        }
         let free = match self.pull {
             None => true,
             Some((_, progress)) => now >= progress.saturating_add(self.config.round_interval),
@@ -1041,6 +1067,17 @@ impl Replica {
         };
         let touched = self.durable.touched.get(&key).cloned().unwrap_or_default();
         let entry_overhead = encoded_len(&key) + encoded_len(&touched) + MESSAGE_OVERHEAD;
+        // Answers to one peer are bounded per round, so small requests cannot make this
+        // replica queue unbounded bytes; a read beyond it goes unanswered (the reader's
+        // level times out).
+        let budget = READ_BYTES_PER_ROUND * self.config.max_message;
+        let served = self.reads_served.entry(from).or_default();
+        let size = estimated_len(object);
+        if *served + size > budget {
+            self.stats.reads_refused += 1;
+            return;
+        }
+        *served += size;
         let pieces = fit(
             object,
             self.config.max_message.saturating_sub(entry_overhead),
@@ -1173,9 +1210,9 @@ impl Replica {
             return;
         };
         let complete = incoming.transfers.get(i).is_some_and(|(_, t)| {
-            t.done.as_ref().is_some_and(|d| {
-                t.chunks.len() == d.chunks as usize && t.chunks.keys().all(|c| *c < d.chunks)
-            })
+            t.done
+                .as_ref()
+                .is_some_and(|d| all_chunks(&t.chunks, d.chunks))
         });
         if !complete {
             return;
@@ -1189,6 +1226,12 @@ impl Replica {
         if let Some(done) = claims {
             self.durable.seen.merge(&done.covers);
             self.dirty = true;
+            self.refused_pulls = 0;
+        } else if transfer.refused {
+            // Its covers cannot land while an entry stays refused (a write stamped beyond the
+            // drift bound): pulling again at once would fetch the same state every round.
+            self.refused_pulls = self.refused_pulls.saturating_add(1);
+            self.pull_not_before = self.stats.rounds + (1 << self.refused_pulls.min(5));
         }
         self.pull_finished(peer);
     }
@@ -1388,6 +1431,11 @@ impl ChunkBuilder {
         }
         (self.done, self.entries)
     }
+}
+
+/// Whether chunks `0..count` have all arrived (and no other).
+fn all_chunks<T>(chunks: &BTreeMap<u32, T>, count: u32) -> bool {
+    chunks.len() == count as usize && chunks.keys().all(|c| *c < count)
 }
 
 /// `object` whole if it encodes within `budget`, else cut into pieces that do (as far as its

@@ -103,9 +103,7 @@ impl Replica {
             .and_then(|i| i.transfers.iter().find(|(t, _)| *t == done.transfer))
             .map(|(_, t)| &t.chunks);
         match chunks {
-            Some(chunks) => {
-                chunks.len() == done.chunks as usize && chunks.keys().all(|c| *c < done.chunks)
-            }
+            Some(chunks) => super::all_chunks(chunks, done.chunks),
             None => done.chunks == 0,
         }
     }

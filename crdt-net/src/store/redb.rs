@@ -94,6 +94,16 @@ impl RedbStore {
         Ok((store, durable))
     }
 
+    /// Closes and reopens the file and reads back everything committed: what a replica whose
+    /// commit failed restarts from.
+    pub fn reload(&mut self) -> Result<Durable, StoreError> {
+        self.db = None;
+        self.sizes.clear();
+        self.next_sequence = 0;
+        self.db()?;
+        self.load()
+    }
+
     /// Whether the store holds nothing yet (a fresh file).
     pub fn is_empty(&mut self) -> Result<bool, StoreError> {
         let txn = self.db()?.begin_read().map_err(io(&self.path))?;
@@ -289,7 +299,15 @@ fn record<T: Serialize + ?Sized>(table: &str, key: &[u8], value: &T) -> Vec<u8> 
 
 /// Opens (or creates) the file; a lock held elsewhere is [`StoreError::Locked`].
 fn open_file(path: &Path) -> Result<Database, StoreError> {
-    Database::create(path).map_err(|e| match e {
+    // redb asserts on some damage (a file truncated below its header's layout) instead of
+    // returning an error: that is a damaged file too, not a reason to abort.
+    let opened = std::panic::catch_unwind(|| Database::create(path)).map_err(|_| {
+        corrupt(
+            path,
+            "the file is damaged (the database engine could not open it)".into(),
+        )
+    })?;
+    opened.map_err(|e| match e {
         DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
             path: path.to_path_buf(),
         },
