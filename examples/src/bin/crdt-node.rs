@@ -62,6 +62,10 @@ enum Command {
         /// Milliseconds between anti-entropy rounds.
         #[arg(long, default_value_t = 1000)]
         gossip_ms: u64,
+        /// Run this node's clock this many milliseconds ahead of the system clock (negative:
+        /// behind). For testing what skewed clocks do.
+        #[arg(long, default_value_t = 0, allow_hyphen_values = true, hide = true)]
+        clock_offset_ms: i64,
     },
 }
 
@@ -81,7 +85,8 @@ async fn main() -> ExitCode {
             peers,
             data_dir,
             gossip_ms,
-        } => run(listen, peers, data_dir, gossip_ms).await,
+            clock_offset_ms,
+        } => run(listen, peers, data_dir, gossip_ms, clock_offset_ms).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -106,10 +111,12 @@ async fn run(
     peers: Vec<SocketAddr>,
     data_dir: PathBuf,
     gossip_ms: u64,
+    clock_offset_ms: i64,
 ) -> Result<(), String> {
     let mut builder = NodeBuilder::new(&data_dir)
         .listen(listen)
-        .gossip_interval(Duration::from_millis(gossip_ms.max(10)));
+        .gossip_interval(Duration::from_millis(gossip_ms.max(10)))
+        .clock_offset(clock_offset_ms);
     for peer in peers {
         builder = builder.peer(peer);
     }
