@@ -773,6 +773,14 @@ impl Shared {
             .unwrap_or(false)
     }
 
+    /// Closes the connection to `peer`, if any (its dialer, if we have one, reconnects).
+    fn close_link(&self, peer: ReplicaId) {
+        let link = self.links.lock().ok().and_then(|mut l| l.remove(&peer));
+        if let Some(link) = link {
+            link.connection.close(4u32.into(), b"peer down");
+        }
+    }
+
     /// Puts messages on their peers' queues; a full queue or a missing connection drops the
     /// message (anti-entropy repairs it later).
     fn send(&self, transmits: Vec<Transmit>) {

@@ -21,6 +21,8 @@ use crate::{Event, Object, ProtocolError, Replica};
 
 /// Commands handled per commit at most, so a flood of writes still gets its commits.
 const MAX_BATCH: usize = 4096;
+/// How long a turn under load waits for more commands before its commit.
+const LINGER: Duration = Duration::from_micros(500);
 
 /// What other tasks ask of the owner.
 pub(super) enum Command {
@@ -133,21 +135,34 @@ impl Owner {
         let _runtime = self.runtime.enter();
         let mut waiting = Waiting::default();
         let mut rounds = self.replica.stats().rounds;
+        // Whether the last turn took several commands: under load, a turn lingers briefly for
+        // more, since the writers the last commit answered are sending their next updates.
+        let mut busy = false;
         while waiting.stop.is_none() {
             let wait = self
                 .next_wakeup(&waiting)
                 .saturating_duration_since(Instant::now());
+            let mut handled = 0;
             match commands.recv_timeout(wait) {
-                Ok(command) => self.handle(command, &mut waiting),
+                Ok(command) => {
+                    self.handle(command, &mut waiting);
+                    handled += 1;
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            for command in commands.try_iter().take(MAX_BATCH) {
-                self.handle(command, &mut waiting);
-                if waiting.stop.is_some() {
-                    break;
+            let linger = Instant::now() + if busy { LINGER } else { Duration::ZERO };
+            while handled > 0 && handled < MAX_BATCH && waiting.stop.is_none() {
+                let left = linger.saturating_duration_since(Instant::now());
+                match commands.recv_timeout(left) {
+                    Ok(command) => {
+                        self.handle(command, &mut waiting);
+                        handled += 1;
+                    }
+                    Err(_) => break,
                 }
             }
+            busy = handled > 1;
             self.replica.handle_timeout(self.shared.now());
             self.commit(&mut waiting);
             for f in waiting.after_commit.drain(..) {
@@ -279,6 +294,9 @@ impl Owner {
         let transmits: Vec<_> = std::iter::from_fn(|| self.replica.poll_transmit()).collect();
         for event in std::iter::from_fn(|| self.replica.poll_event()) {
             match &event {
+                // A peer that stopped answering may sit behind a dead connection (a killed
+                // process, a new address): close it, so a dialer reconnects.
+                Event::PeerDown(peer) => self.shared.close_link(*peer),
                 Event::TypeConflict { key } => {
                     warn!(%key, "two types were written under this key; the later type won and the other's writes are lost");
                 }

@@ -246,9 +246,17 @@ impl RedbStore {
                     let object = batch.objects.get(key).cloned().unwrap_or_default();
                     let bytes = record("objects", key.as_bytes(), &object);
                     objects.insert(key, bytes.as_slice()).map_err(io(&path))?;
-                    deltas
-                        .retain_in((key, 0)..=(key, u64::MAX), |_, _| false)
+                    // One removal per record: redb's range deletion copies a page path per
+                    // record (slow and file-bloating for tens of thousands of them).
+                    let sequences = deltas
+                        .range((key, 0)..=(key, u64::MAX))
+                        .map_err(io(&path))?
+                        .map(|row| row.map(|(k, _)| k.value().1))
+                        .collect::<Result<Vec<u64>, _>>()
                         .map_err(io(&path))?;
+                    for sequence in sequences {
+                        deltas.remove((key, sequence)).map_err(io(&path))?;
+                    }
                     written += bytes.len() as u64;
                     sizes.insert(key.to_owned(), (bytes.len() as u64, 0));
                 } else {
