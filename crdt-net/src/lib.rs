@@ -17,7 +17,7 @@
 //!
 //! | module | what |
 //! | --- | --- |
-//! | `replica` | [`Replica`], [`Config`], [`Durable`] (what a store keeps), events and stats |
+//! | `replica` | [`Replica`], [`Config`], [`Durable`] (what a store keeps), events and stats; `replica::validate`, the checks every message passes first |
 //! | `message` | [`Message`] and its versioned encoding |
 //! | `object` | [`Object`] (one enum over the crdt-core types) and [`Op`] |
 //! | `log` | the bounded delta buffer |
