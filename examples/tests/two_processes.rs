@@ -46,3 +46,32 @@ fn two_nodes_see_each_others_edits() {
     first.quit();
     second.quit();
 }
+
+/// A second process on a data directory in use is refused with a clear error and a non-zero
+/// exit, and the first keeps its data (two processes sharing one identity would issue the same
+/// dots).
+#[test]
+fn a_second_process_on_one_data_directory_is_refused() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let dir = dir.path().to_str().unwrap();
+    common::cli(&["init", "--data-dir", dir]);
+    let run = ["run", "--listen", "127.0.0.1:0", "--data-dir", dir];
+    let mut first = Running::start(&run);
+    first.expect(|l| l.contains("listening on"));
+    first.send("add kept a");
+    first.expect(|l| l.starts_with("ok "));
+
+    let second = std::process::Command::new(common::BIN)
+        .args(run)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "the second process ran");
+    assert!(
+        stderr.contains("in use by another process"),
+        "unclear error: {stderr}"
+    );
+    first.wait_for("kept", "{\"a\"}");
+    first.quit();
+}
