@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crdt_core::{Hlc, ReplicaId};
-use crdt_net::node::{testing, Identity, Node, NodeBuilder};
+use crdt_net::node::{testing, Fingerprint, Identity, Node, NodeBuilder};
 use crdt_net::{Message, Object, Op};
 use tempfile::TempDir;
 
@@ -22,16 +22,16 @@ async fn cluster_with(
     configure: impl Fn(usize, NodeBuilder) -> NodeBuilder,
 ) -> (Vec<Node>, Vec<TempDir>) {
     let dirs: Vec<TempDir> = (0..n).map(|_| TempDir::new().unwrap()).collect();
-    let ids: Vec<ReplicaId> = dirs
+    let keys: Vec<Fingerprint> = dirs
         .iter()
-        .map(|d| Identity::load_or_create(d.path()).unwrap().id())
+        .map(|d| Identity::load_or_create(d.path()).unwrap().fingerprint().unwrap())
         .collect();
     let mut nodes: Vec<Node> = Vec::new();
     for (i, dir) in dirs.iter().enumerate() {
         let mut builder = NodeBuilder::new(dir.path()).gossip_interval(Duration::from_millis(100));
-        for (j, id) in ids.iter().enumerate() {
+        for (j, key) in keys.iter().enumerate() {
             if j != i {
-                builder = builder.trust(*id);
+                builder = builder.trust_key(*key);
             }
         }
         for node in &nodes {

@@ -56,6 +56,11 @@ impl Identity {
         self.id
     }
 
+    /// The SHA-256 of the public key: what peers pin in their trust lists.
+    pub fn fingerprint(&self) -> Result<Fingerprint, NodeError> {
+        fingerprint(&self.cert)
+    }
+
     pub(crate) fn key_der(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(self.key.clone_key())
     }
@@ -141,15 +146,75 @@ fn read_if_present(path: &Path) -> Result<Option<Vec<u8>>, NodeError> {
     }
 }
 
-/// The id a certificate's public key stands for.
+/// The id a certificate's public key stands for: the first 8 bytes of its fingerprint.
 pub fn node_id(cert: &CertificateDer<'_>) -> Result<ReplicaId, NodeError> {
+    fingerprint(cert).map(|f| f.id())
+}
+
+/// The SHA-256 of a certificate's public key (its DER subject public key info).
+pub fn fingerprint(cert: &CertificateDer<'_>) -> Result<Fingerprint, NodeError> {
     let parsed = webpki::EndEntityCert::try_from(cert)
         .map_err(|e| NodeError::Identity(format!("unreadable certificate: {e}")))?;
     let spki = parsed.subject_public_key_info();
     let digest = ring::digest::digest(&ring::digest::SHA256, spki.as_ref());
-    let mut first = [0u8; 8];
-    first.copy_from_slice(digest.as_ref().get(..8).unwrap_or(&[0; 8]));
-    Ok(ReplicaId::new(u64::from_be_bytes(first)))
+    let bytes: [u8; 32] = digest
+        .as_ref()
+        .try_into()
+        .map_err(|_| NodeError::Identity("SHA-256 is not 32 bytes".into()))?;
+    Ok(Fingerprint(bytes))
+}
+
+/// The SHA-256 of a node's public key: what a trust list pins. Printed and parsed as 64 hex
+/// digits; its first 16 are the node id.
+///
+/// ```
+/// use crdt_net::node::Fingerprint;
+///
+/// let text = "1f2e3d4c5b6a79880000000000000000000000000000000000000000000000ff";
+/// let fingerprint: Fingerprint = text.parse().unwrap();
+/// assert_eq!(fingerprint.to_string(), text);
+/// assert_eq!(fingerprint.id().to_string(), "1f2e3d4c5b6a7988");
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    /// The node id: the first 8 bytes.
+    pub fn id(&self) -> ReplicaId {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(self.0.get(..8).unwrap_or(&[0; 8]));
+        ReplicaId::new(u64::from_be_bytes(first))
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({self})")
+    }
+}
+
+impl std::str::FromStr for Fingerprint {
+    type Err = NodeError;
+
+    fn from_str(text: &str) -> Result<Self, NodeError> {
+        let text = text.trim();
+        let bad = || NodeError::BadNodeId(text.to_owned());
+        if text.len() != 64 || !text.is_ascii() {
+            return Err(bad());
+        }
+        let mut bytes = [0u8; 32];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            let pair = text.get(2 * i..2 * i + 2).ok_or_else(bad)?;
+            *byte = u8::from_str_radix(pair, 16).map_err(|_| bad())?;
+        }
+        Ok(Fingerprint(bytes))
+    }
 }
 
 /// Parses a node id as printed (16 hex digits).
@@ -163,63 +228,128 @@ pub fn parse_node_id(text: &str) -> Result<ReplicaId, NodeError> {
         .map_err(|_| NodeError::BadNodeId(text.to_owned()))
 }
 
-/// The ids a node accepts as peers, backed by a file (`trusted` in the data directory: one id
-/// per line, `#` starts a comment).
+/// The peers a node accepts, backed by a file (`trusted` in the data directory: one entry per
+/// line, `#` starts a comment).
+///
+/// An entry is a key's [`Fingerprint`] (64 hex digits), which pins that one key; or, as
+/// earlier versions wrote, a node id (16 hex digits), which admits any key whose fingerprint
+/// starts with it: 64 bits, which a determined attacker could match. `crdt-node trust` and
+/// [`NodeBuilder::trust_key`](super::NodeBuilder::trust_key) write fingerprints.
 #[derive(Clone, Debug)]
 pub struct TrustList {
-    ids: Arc<RwLock<BTreeSet<ReplicaId>>>,
+    entries: Arc<RwLock<Entries>>,
     file: PathBuf,
+}
+
+/// What a trust list holds.
+#[derive(Debug, Default)]
+struct Entries {
+    keys: BTreeSet<Fingerprint>,
+    /// Trusted by id only (the format of earlier versions).
+    ids: BTreeSet<ReplicaId>,
+}
+
+impl Entries {
+    fn admits(&self, fingerprint: &Fingerprint) -> bool {
+        self.keys.contains(fingerprint) || self.ids.contains(&fingerprint.id())
+    }
+
+    fn to_text(&self) -> String {
+        let keys = self.keys.iter().map(|k| format!("{k}\n"));
+        let ids = self.ids.iter().map(|id| format!("{id}\n"));
+        keys.chain(ids).collect()
+    }
 }
 
 impl TrustList {
     /// Reads the trust file in `dir` (an absent file is an empty list).
     pub fn load(dir: &Path) -> Result<TrustList, NodeError> {
         let file = dir.join(TRUST_FILE);
-        let mut ids = BTreeSet::new();
+        let mut entries = Entries::default();
         if file.exists() {
             let text = std::fs::read_to_string(&file).map_err(io(&file))?;
             for line in text.lines() {
                 let line = line.split('#').next().unwrap_or("").trim();
-                if !line.is_empty() {
-                    ids.insert(parse_node_id(line)?);
+                if line.len() == 64 {
+                    entries.keys.insert(line.parse()?);
+                } else if !line.is_empty() {
+                    entries.ids.insert(parse_node_id(line)?);
                 }
             }
         }
+        if !entries.ids.is_empty() {
+            tracing::warn!(
+                file = %file.display(),
+                "the trust list names peers by id only (64 bits); trust their fingerprints instead (`crdt-node trust FINGERPRINT`)"
+            );
+        }
         Ok(TrustList {
-            ids: Arc::new(RwLock::new(ids)),
+            entries: Arc::new(RwLock::new(entries)),
             file,
         })
     }
 
-    /// Whether `id` may connect.
+    /// Whether the node with `id` may connect (by a pinned key with that id, or the id).
     pub fn contains(&self, id: ReplicaId) -> bool {
-        self.ids
+        self.entries
             .read()
-            .map(|ids| ids.contains(&id))
+            .map(|e| e.ids.contains(&id) || e.keys.iter().any(|k| k.id() == id))
             .unwrap_or(false)
     }
 
-    /// Every trusted id.
-    pub fn ids(&self) -> Vec<ReplicaId> {
-        self.ids
+    /// Whether the key with `fingerprint` may connect.
+    pub fn admits(&self, fingerprint: &Fingerprint) -> bool {
+        self.entries
             .read()
-            .map(|ids| ids.iter().copied().collect())
+            .map(|e| e.admits(fingerprint))
+            .unwrap_or(false)
+    }
+
+    /// Every trusted id (of pinned keys and of id-only entries).
+    pub fn ids(&self) -> Vec<ReplicaId> {
+        self.entries
+            .read()
+            .map(|e| {
+                let ids: BTreeSet<ReplicaId> =
+                    e.keys.iter().map(Fingerprint::id).chain(e.ids.iter().copied()).collect();
+                ids.into_iter().collect()
+            })
             .unwrap_or_default()
     }
 
-    /// Adds (`trusted`) or removes an id, and rewrites the file.
+    /// Pins (`trusted`) or unpins the key with `fingerprint`, and rewrites the file.
+    pub fn set_key(&self, fingerprint: Fingerprint, trusted: bool) -> Result<(), NodeError> {
+        self.edit(|e| {
+            if trusted {
+                e.keys.insert(fingerprint);
+            } else {
+                e.keys.remove(&fingerprint);
+            }
+        })
+    }
+
+    /// Adds (`trusted`) or removes an id-only entry (see the type's docs: prefer
+    /// [`set_key`](TrustList::set_key)), and rewrites the file. Removing an id also unpins
+    /// every key with that id.
     pub fn set(&self, id: ReplicaId, trusted: bool) -> Result<(), NodeError> {
+        self.edit(|e| {
+            if trusted {
+                e.ids.insert(id);
+            } else {
+                e.ids.remove(&id);
+                e.keys.retain(|k| k.id() != id);
+            }
+        })
+    }
+
+    fn edit(&self, change: impl FnOnce(&mut Entries)) -> Result<(), NodeError> {
         let text = {
-            let mut ids = self
-                .ids
+            let mut entries = self
+                .entries
                 .write()
                 .map_err(|_| NodeError::Identity("trust list lock poisoned".into()))?;
-            if trusted {
-                ids.insert(id);
-            } else {
-                ids.remove(&id);
-            }
-            ids.iter().map(|id| format!("{id}\n")).collect::<String>()
+            change(&mut entries);
+            entries.to_text()
         };
         std::fs::write(&self.file, text).map_err(io(&self.file))
     }
@@ -243,12 +373,12 @@ impl TrustVerifier {
     }
 
     fn admit(&self, cert: &CertificateDer<'_>) -> Result<(), rustls::Error> {
-        let id = node_id(cert)
+        let key = fingerprint(cert)
             .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        if self.trust.contains(id) {
+        if self.trust.admits(&key) {
             Ok(())
         } else {
-            tracing::warn!(peer = %id, "refused a peer that is not on the trust list");
+            tracing::debug!(peer = %key.id(), fingerprint = %key, "refused a peer that is not on the trust list");
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::ApplicationVerificationFailure,
             ))
@@ -406,3 +536,34 @@ fn sync_dir(dir: &Path) -> Result<(), NodeError> {
 fn sync_dir(_dir: &Path) -> Result<(), NodeError> {
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pinned key admits that key only: another key with the same 64-bit id (made up here;
+    /// finding one takes about 2^32 tries of key generation) is refused.
+    #[test]
+    fn a_pinned_key_admits_that_key_only() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let trust = TrustList::load(dir.path()).expect("an empty list");
+        let pinned: Fingerprint = format!("{}{}", "ab".repeat(8), "01".repeat(24))
+            .parse()
+            .expect("64 hex digits");
+        let same_id: Fingerprint = format!("{}{}", "ab".repeat(8), "02".repeat(24))
+            .parse()
+            .expect("64 hex digits");
+        assert_eq!(pinned.id(), same_id.id());
+        trust.set_key(pinned, true).expect("written");
+        assert!(trust.admits(&pinned));
+        assert!(!trust.admits(&same_id), "a key is pinned, not its id");
+        assert!(trust.contains(pinned.id()));
+        // The file holds the fingerprint and reads back the same.
+        let again = TrustList::load(dir.path()).expect("read back");
+        assert!(again.admits(&pinned) && !again.admits(&same_id));
+        // An id-only entry (earlier versions) admits any key with that id.
+        again.set(same_id.id(), true).expect("written");
+        assert!(again.admits(&same_id));
+    }
+}
+

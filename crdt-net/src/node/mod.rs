@@ -47,7 +47,7 @@ use crdt_core::{Dot, ReplicaId};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, info, info_span, warn, Instrument};
 
-pub use identity::{node_id, parse_node_id, Identity, TrustList};
+pub use identity::{fingerprint, node_id, parse_node_id, Fingerprint, Identity, TrustList};
 
 use self::owner::{Change, Command, Owner};
 use crate::replica::{Config, Durable, Event, PeerStatus, Replica, Stats, Transmit};
@@ -210,6 +210,7 @@ pub struct NodeBuilder {
     listen: SocketAddr,
     peers: Vec<SocketAddr>,
     trust: Vec<ReplicaId>,
+    trust_keys: Vec<Fingerprint>,
     round_interval: Duration,
     fanout: usize,
     queue: usize,
@@ -237,6 +238,7 @@ impl NodeBuilder {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             peers: Vec::new(),
             trust: Vec::new(),
+            trust_keys: Vec::new(),
             round_interval: Duration::from_secs(1),
             fanout: 2,
             queue: DEFAULT_QUEUE,
@@ -265,9 +267,16 @@ impl NodeBuilder {
         self
     }
 
-    /// Trusts `id` in addition to the trust file.
+    /// Trusts the node with `id` in addition to the trust file: any key whose fingerprint
+    /// starts with it (64 bits; prefer [`trust_key`](NodeBuilder::trust_key)).
     pub fn trust(mut self, id: ReplicaId) -> Self {
         self.trust.push(id);
+        self
+    }
+
+    /// Pins the key with `fingerprint` in addition to the trust file.
+    pub fn trust_key(mut self, fingerprint: Fingerprint) -> Self {
+        self.trust_keys.push(fingerprint);
         self
     }
 
@@ -319,6 +328,9 @@ impl NodeBuilder {
         let trust = TrustList::load(&self.data_dir)?;
         for id in &self.trust {
             trust.set(*id, true)?;
+        }
+        for key in &self.trust_keys {
+            trust.set_key(*key, true)?;
         }
         let mut config = Config::new(identity.id());
         config.round_interval = self.round_interval.as_millis().max(1) as u64;
@@ -382,6 +394,7 @@ impl NodeBuilder {
             .map(Mdns);
 
         Ok(Node {
+            fingerprint: identity.fingerprint()?,
             shared,
             tasks,
             local_addr,
@@ -396,6 +409,7 @@ impl NodeBuilder {
 #[derive(Debug)]
 pub struct Node {
     shared: Arc<Shared>,
+    fingerprint: Fingerprint,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     local_addr: SocketAddr,
     trust: TrustList,
@@ -434,6 +448,12 @@ impl Node {
     /// This node's id.
     pub fn id(&self) -> ReplicaId {
         self.shared.id
+    }
+
+    /// The SHA-256 of this node's public key: what peers pin to trust it
+    /// ([`NodeBuilder::trust_key`], `crdt-node trust`).
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
     }
 
     /// The address it listens on.
