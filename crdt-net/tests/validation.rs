@@ -160,3 +160,40 @@ fn counters_near_the_top_of_u64_are_refused() {
         ProtocolError::CounterTooLarge(Dot::new(C, MAX_COUNTER + 1)),
     );
 }
+
+/// A transfer whose only account of a writer is an entry stamped beyond the drift bound: the
+/// entry is refused, so the transfer's covers cannot be claimed, and that is no reason to
+/// refuse the honest peer's `StateDone` (which would cut the link).
+#[test]
+fn a_transfer_with_a_refused_entry_is_not_a_protocol_error() {
+    let mut r = replica();
+    let now = 1_700_000_000_000;
+    let future = crdt_core::HlcTimestamp::new(now + 600_000, 0);
+    let register = Object::Empty
+        .apply(C, &Op::Set(future, "ahead".into()))
+        .unwrap();
+    let chunk = Message::State(StateChunk {
+        transfer: 5,
+        index: 0,
+        base: VersionVector::default(),
+        complete: Some(("clock".into(), "clock".into())),
+        objects: vec![StateEntry {
+            key: "clock".into(),
+            touched: VersionVector::single(C, 1),
+            object: register,
+        }],
+    });
+    r.handle_message(now, B, &chunk.encode()).unwrap();
+    let covers: CausalContext = [Dot::new(C, 1)].into_iter().collect();
+    let done = Message::StateDone(StateDone {
+        transfer: 5,
+        chunks: 1,
+        covers,
+    });
+    assert_eq!(r.handle_message(now, B, &done.encode()), Ok(()));
+    assert!(
+        !r.seen().contains(Dot::new(C, 1)),
+        "covers of a refused entry landed"
+    );
+    assert_eq!(r.stats().drift_refused, 1);
+}

@@ -53,7 +53,7 @@ impl Replica {
             }
             Message::StateDone(done) => {
                 claims.context(&done.covers)?;
-                if self.completes(from, done) && !self.justified(&done.covers) {
+                if self.claims_on_arrival(from, done) && !self.justified(&done.covers) {
                     return Err(ProtocolError::UnjustifiedCovers);
                 }
             }
@@ -71,7 +71,8 @@ impl Replica {
     /// account for (the chunks of a transfer are merged, their progress included, as they
     /// arrive).
     ///
-    /// An honest transfer always passes: every dot of the sender's context updated some key,
+    /// An honest transfer always passes (one with an entry refused for clock drift never
+    /// claims its covers, so it is not checked): every dot of the sender's context updated some key,
     /// whose per-writer progress (`touched`) reached it; the sender sent that key unless the
     /// receiver's digest showed it already had it, and the receiver keeps the `touched` of
     /// every key it merged.
@@ -95,15 +96,17 @@ impl Replica {
                 .all(|d| seen.contains(d) || d.counter <= reach.get(d.replica))
     }
 
-    /// Whether `done` completes its transfer from `from` (every chunk has arrived).
-    fn completes(&self, from: ReplicaId, done: &StateDone) -> bool {
-        let chunks = self
+    /// Whether `done` completes its transfer from `from` (every chunk has arrived) and its
+    /// covers would then be merged: not when an entry of the transfer was refused (a write
+    /// stamped beyond the drift bound, whose progress is missing on purpose).
+    fn claims_on_arrival(&self, from: ReplicaId, done: &StateDone) -> bool {
+        let transfer = self
             .incoming
             .get(&from)
             .and_then(|i| i.transfers.iter().find(|(t, _)| *t == done.transfer))
-            .map(|(_, t)| &t.chunks);
-        match chunks {
-            Some(chunks) => super::all_chunks(chunks, done.chunks),
+            .map(|(_, t)| t);
+        match transfer {
+            Some(t) => !t.refused && super::all_chunks(&t.chunks, done.chunks),
             None => done.chunks == 0,
         }
     }
