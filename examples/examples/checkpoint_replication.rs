@@ -33,7 +33,9 @@ use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use crdt_core::ReplicaId;
-use crdt_net::node::{parse_node_id, Ack, Identity, Node, NodeBuilder, NodeError, Token};
+use crdt_net::node::{
+    parse_node_id, Ack, Fingerprint, Identity, Node, NodeBuilder, NodeError, Token,
+};
 use crdt_net::{Object, Op};
 use tokio::sync::mpsc;
 
@@ -101,6 +103,8 @@ async fn run() -> Result<bool, Box<dyn std::error::Error>> {
     // Identities first, so every node knows whom to trust before it starts.
     let dir = |name: &str| root.path().join(name);
     let id_of = |name: &str| Identity::load_or_create(&dir(name)).map(|i| i.id());
+    // Trust pins keys: each node's fingerprint.
+    let key_of = |name: &str| Identity::load_or_create(&dir(name))?.fingerprint();
     let (a_id, s1_id, s3_id, f1_id, f2_id) = (
         id_of("A")?,
         id_of("S1")?,
@@ -111,13 +115,25 @@ async fn run() -> Result<bool, Box<dyn std::error::Error>> {
     let s2_dir = dir("S2");
     let s2_dir_arg = s2_dir.to_string_lossy().into_owned();
     let s2_out = cli(&bin, &["init", "--data-dir", &s2_dir_arg])?;
-    let s2_id = s2_out
-        .trim()
-        .strip_prefix("node id: ")
-        .ok_or_else(|| format!("unexpected output of `crdt-node init`: {s2_out:?}"))?;
-    let s2_id = parse_node_id(s2_id)?;
+    let field = |name: &str| {
+        s2_out
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .ok_or_else(|| format!("unexpected output of `crdt-node init`: {s2_out:?}"))
+    };
+    let s2_id = parse_node_id(field("node id: ")?)?;
+    let s2_key: Fingerprint = field("fingerprint: ")?.parse()?;
     let storage = [s1_id, s2_id, s3_id];
     let everyone = [a_id, s1_id, s2_id, s3_id, f1_id, f2_id];
+    let storage_keys = [key_of("S1")?, s2_key, key_of("S3")?];
+    let everyone_keys = [
+        key_of("A")?,
+        storage_keys[0],
+        s2_key,
+        storage_keys[2],
+        key_of("F1")?,
+        key_of("F2")?,
+    ];
     let names = ["A", "S1", "S2", "S3", "F1", "F2"];
     let name_of = |id: ReplicaId| -> String {
         everyone
@@ -126,8 +142,11 @@ async fn run() -> Result<bool, Box<dyn std::error::Error>> {
             .map_or_else(|| id.to_string(), |i| names[i].to_owned())
     };
     // Storage nodes trust everyone.
-    for id in everyone.iter().filter(|&&id| id != s2_id) {
-        cli(&bin, &["trust", &id.to_string(), "--data-dir", &s2_dir_arg])?;
+    for key in everyone_keys.iter().filter(|&&key| key != s2_key) {
+        cli(
+            &bin,
+            &["trust", &key.to_string(), "--data-dir", &s2_dir_arg],
+        )?;
     }
 
     println!(
@@ -135,8 +154,8 @@ async fn run() -> Result<bool, Box<dyn std::error::Error>> {
          this process"
     );
     // S3 dials S1.
-    let s1 = start_node(&dir("S1"), &everyone, &[]).await?;
-    let s3 = start_node(&dir("S3"), &everyone, &[s1.local_addr()]).await?;
+    let s1 = start_node(&dir("S1"), &everyone_keys, &[]).await?;
+    let s3 = start_node(&dir("S3"), &everyone_keys, &[s1.local_addr()]).await?;
     // S2 listens on a fixed port, so it comes back at the same address after its restart, and
     // dials S1 and S3 itself (at once, also after its restart); it is given no other address.
     let s2_addr = SocketAddr::from(([127, 0, 0, 1], free_udp_port()?));
@@ -157,9 +176,9 @@ async fn run() -> Result<bool, Box<dyn std::error::Error>> {
     let mut s2 = Some(NodeProcess::start(&bin, &s2_args).await?);
     // A trusts and dials only the storage nodes; the followers trust only them and dial them.
     let storage_addrs = [s1.local_addr(), s2_addr, s3.local_addr()];
-    let a = start_node(&dir("A"), &storage, &storage_addrs).await?;
-    let f1 = start_node(&dir("F1"), &storage, &storage_addrs).await?;
-    let f2 = start_node(&dir("F2"), &storage, &storage_addrs).await?;
+    let a = start_node(&dir("A"), &storage_keys, &storage_addrs).await?;
+    let f1 = start_node(&dir("F1"), &storage_keys, &storage_addrs).await?;
+    let f2 = start_node(&dir("F2"), &storage_keys, &storage_addrs).await?;
     let roles = [
         "trainer's node; trusts and dials S1, S2, S3",
         "storage, in process; trusts everyone",
@@ -439,16 +458,17 @@ async fn hello(node: &Node, peers: usize) -> Result<Token, NodeError> {
         .await
 }
 
-/// Starts an in-process node in `dir` that trusts `trusted` (itself left out) and dials `dials`.
+/// Starts an in-process node in `dir` that pins the keys `trusted` (its own left out) and
+/// dials `dials`.
 async fn start_node(
     dir: &Path,
-    trusted: &[ReplicaId],
+    trusted: &[Fingerprint],
     dials: &[SocketAddr],
 ) -> Result<Node, NodeError> {
-    let me = Identity::load_or_create(dir)?.id();
+    let me = Identity::load_or_create(dir)?.fingerprint()?;
     let mut builder = NodeBuilder::new(dir).gossip_interval(GOSSIP);
-    for &id in trusted.iter().filter(|&&id| id != me) {
-        builder = builder.trust(id);
+    for &key in trusted.iter().filter(|&&key| key != me) {
+        builder = builder.trust_key(key);
     }
     for &addr in dials {
         builder = builder.peer(addr);

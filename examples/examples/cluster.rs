@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use crdt_core::{Hlc, ReplicaId};
-use crdt_net::node::{Identity, Node, NodeBuilder};
+use crdt_net::node::{Fingerprint, Identity, Node, NodeBuilder};
 use crdt_net::Op;
 
 const NODES: usize = 5;
@@ -37,17 +37,19 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let dirs: Vec<tempfile::TempDir> = (0..NODES)
         .map(|_| tempfile::TempDir::new())
         .collect::<Result<_, _>>()?;
-    let ids: Vec<ReplicaId> = dirs
+    // Each node pins the others' keys.
+    let keys: Vec<Fingerprint> = dirs
         .iter()
-        .map(|d| Identity::load_or_create(d.path()).map(|i| i.id()))
+        .map(|d| Identity::load_or_create(d.path())?.fingerprint())
         .collect::<Result<_, _>>()?;
+    let ids: Vec<ReplicaId> = keys.iter().map(Fingerprint::id).collect();
     println!("[1/5] starting {NODES} nodes on loopback QUIC, each trusting the other four");
     let mut nodes: Vec<Node> = Vec::new();
     for (i, dir) in dirs.iter().enumerate() {
         let mut builder = NodeBuilder::new(dir.path()).gossip_interval(Duration::from_millis(200));
-        for (j, id) in ids.iter().enumerate() {
+        for (j, key) in keys.iter().enumerate() {
             if i != j {
-                builder = builder.trust(*id);
+                builder = builder.trust_key(*key);
             }
         }
         for earlier in &nodes {

@@ -297,7 +297,7 @@ async fn start(
         NodeBuilder::new(dirs[index].path()).gossip_interval(Duration::from_millis(200));
     for (j, dir) in dirs.iter().enumerate() {
         if j != index {
-            builder = builder.trust(Identity::load_or_create(dir.path())?.id());
+            builder = builder.trust_key(Identity::load_or_create(dir.path())?.fingerprint()?);
         }
     }
     for addr in peers {

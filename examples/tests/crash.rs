@@ -16,7 +16,7 @@ use std::process::Command;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{trusting_group, Running};
+use common::{is_ok, parse_set, trusting_group, Running};
 
 /// The set the crash test writes to.
 const KEY: &str = "crash";
@@ -178,30 +178,6 @@ impl Node {
             running.quit();
         }
     }
-}
-
-/// Parses `KEY = {"e0", "e1"}` (the Display of a set object) or `KEY is not set`.
-fn parse_set(key: &str, line: &str) -> Option<BTreeSet<u64>> {
-    if line == format!("{key} is not set") {
-        return Some(BTreeSet::new());
-    }
-    let body = line.strip_prefix(&format!("{key} = "))?;
-    if body == "(empty)" {
-        return Some(BTreeSet::new());
-    }
-    let inner = body.strip_prefix('{')?.strip_suffix('}')?.trim();
-    if inner.is_empty() {
-        return Some(BTreeSet::new());
-    }
-    inner
-        .split(", ")
-        .map(|e| e.strip_prefix("\"e")?.strip_suffix('"')?.parse().ok())
-        .collect()
-}
-
-/// Whether a prompt line acknowledges a write: `ok`, or `ok <token>`.
-fn is_ok(line: &str) -> bool {
-    line == "ok" || line.starts_with("ok ")
 }
 
 /// Streams `add KEY e<i>` into a node, a few ahead of their acknowledgements.

@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{trusting_pair, Running, BIN};
+use common::{cannot_make_namespaces, skipped, trusting_pair, Running, BIN};
 
 /// Namespaces and a veth pair made for this test, removed on drop.
 struct Net {
@@ -74,31 +73,10 @@ impl Drop for Net {
     }
 }
 
-/// Why namespaces cannot be made here, if they cannot: tried for real, then removed.
-fn cannot_make_namespaces() -> Option<String> {
-    let probe = format!("crdt-probe-{}", std::process::id() % 100_000);
-    match Command::new("ip").args(["netns", "add", &probe]).output() {
-        Ok(out) if out.status.success() => {
-            let _ = Command::new("ip").args(["netns", "del", &probe]).status();
-            None
-        }
-        Ok(out) => Some(format!(
-            "`ip netns add` failed (root needed): {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-        Err(e) => Some(format!("no `ip` command: {e}")),
-    }
-}
-
-/// Says on the terminal itself, not in the captured output, that the test did not run.
-fn skipped(why: &str) {
-    let _ = writeln!(std::io::stderr().lock(), "SKIPPED netns_partition: {why}");
-}
-
 #[test]
 fn writes_on_both_sides_of_a_downed_link_converge_when_it_comes_back() {
     if let Some(why) = cannot_make_namespaces() {
-        skipped(&why);
+        skipped("netns_partition", &why);
         return;
     }
     let net = Net::new();

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use crdt_net::node::{
-    parse_node_id, Ack, Identity, Node, NodeBuilder, ReadLevel, Token, TrustList,
+    parse_node_id, Ack, Fingerprint, Identity, Node, NodeBuilder, NodeError, ReadLevel, Token,
+    TrustList,
 };
 use crdt_net::{Event, Op};
 use tokio::signal::unix::{signal, SignalKind};
@@ -40,9 +41,10 @@ enum Command {
         #[arg(long)]
         data_dir: PathBuf,
     },
-    /// Allow the node with this id to connect.
+    /// Allow a peer to connect: pin its key's fingerprint (or, weaker, trust its id).
     Trust {
-        /// The peer's id, as `init` printed it (16 hex digits).
+        /// The peer's fingerprint, as its `init` printed it (64 hex digits); or its node id
+        /// (16 hex digits), which admits any key with that id.
         id: String,
         /// The node's data directory.
         #[arg(long)]
@@ -76,9 +78,7 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().command {
-        Command::Init { data_dir } => Identity::load_or_create(&data_dir)
-            .map(|identity| println!("node id: {}", identity.id()))
-            .map_err(|e| e.to_string()),
+        Command::Init { data_dir } => init(&data_dir),
         Command::Trust { id, data_dir } => trust(&id, &data_dir),
         Command::Run {
             listen,
@@ -97,12 +97,26 @@ async fn main() -> ExitCode {
     }
 }
 
-fn trust(id: &str, data_dir: &std::path::Path) -> Result<(), String> {
-    let id = parse_node_id(id).map_err(|e| e.to_string())?;
-    TrustList::load(data_dir)
-        .and_then(|t| t.set(id, true))
-        .map_err(|e| e.to_string())?;
-    println!("trusted {id}");
+/// Makes (or reads) the identity; prints the node id and the fingerprint peers pin.
+fn init(data_dir: &std::path::Path) -> Result<(), String> {
+    let identity = Identity::load_or_create(data_dir).map_err(|e| e.to_string())?;
+    let fingerprint = identity.fingerprint().map_err(|e| e.to_string())?;
+    println!("node id: {}", identity.id());
+    println!("fingerprint: {fingerprint}");
+    Ok(())
+}
+
+fn trust(peer: &str, data_dir: &std::path::Path) -> Result<(), String> {
+    let trust = TrustList::load(data_dir).map_err(|e| e.to_string())?;
+    if peer.trim().len() == 64 {
+        let key: Fingerprint = peer.parse().map_err(|e: NodeError| e.to_string())?;
+        trust.set_key(key, true).map_err(|e| e.to_string())?;
+        println!("trusted the key {key} (node {})", key.id());
+    } else {
+        let id = parse_node_id(peer).map_err(|e| e.to_string())?;
+        trust.set(id, true).map_err(|e| e.to_string())?;
+        println!("trusted {id} (by id only: prefer its fingerprint, which pins its key)");
+    }
     Ok(())
 }
 

@@ -31,12 +31,17 @@ impl Running {
     }
 
     /// Starts `command` (for example `ip netns exec NS crdt-node`) with `args`.
-    pub fn start_command(mut command: Command, args: &[&str]) -> Running {
+    pub fn start_command(command: Command, args: &[&str]) -> Running {
+        Running::spawn(command, args, Stdio::null())
+    }
+
+    /// Starts `command` with `args` and its stderr going to `stderr`; reads its stdout lines.
+    fn spawn(mut command: Command, args: &[&str], stderr: Stdio) -> Running {
         let mut child = command
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let stdin = child.stdin.take().unwrap();
@@ -103,58 +108,44 @@ impl Running {
     }
 }
 
-/// Initializes two data directories whose nodes trust each other; returns their ids.
+/// Initializes two data directories whose nodes trust each other (each pins the other's key);
+/// returns their ids.
 pub fn trusting_pair(a: &str, b: &str) -> (String, String) {
-    let id = |out: String| out.trim().strip_prefix("node id: ").unwrap().to_owned();
-    let a_id = id(cli(&["init", "--data-dir", a]));
-    let b_id = id(cli(&["init", "--data-dir", b]));
-    cli(&["trust", &b_id, "--data-dir", a]);
-    cli(&["trust", &a_id, "--data-dir", b]);
-    (a_id, b_id)
+    let ids = trusting_group(&[a, b]);
+    (ids[0].clone(), ids[1].clone())
 }
 
-/// Initializes data directories whose nodes all trust each other; returns their ids in order.
+/// Initializes data directories whose nodes all trust each other (each pins the others'
+/// keys); returns their ids in order.
 pub fn trusting_group(dirs: &[&str]) -> Vec<String> {
-    let ids: Vec<String> = dirs
-        .iter()
-        .map(|dir| {
-            let out = cli(&["init", "--data-dir", dir]);
-            out.trim().strip_prefix("node id: ").unwrap().to_owned()
-        })
-        .collect();
-    for dir in dirs {
-        for id in &ids {
-            cli(&["trust", id, "--data-dir", dir]);
+    let identities: Vec<(String, String)> = dirs.iter().map(|dir| init(dir)).collect();
+    for (i, dir) in dirs.iter().enumerate() {
+        for (j, (_, fingerprint)) in identities.iter().enumerate() {
+            if i != j {
+                cli(&["trust", fingerprint, "--data-dir", dir]);
+            }
         }
     }
-    ids
+    identities.into_iter().map(|(id, _)| id).collect()
+}
+
+/// Runs `crdt-node init` in `dir`; returns the node id and the key fingerprint it printed.
+pub fn init(dir: &str) -> (String, String) {
+    let out = cli(&["init", "--data-dir", dir]);
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("`init` printed no {name:?}: {out}"))
+            .trim()
+            .to_owned()
+    };
+    (field("node id: "), field("fingerprint: "))
 }
 
 impl Running {
     /// Like [`Running::start`], but the node's stderr goes to `stderr` (a log file, say).
     pub fn start_logged(args: &[&str], stderr: std::fs::File) -> Running {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Running {
-            child,
-            stdin,
-            lines,
-        }
+        Running::spawn(Command::new(BIN), args, Stdio::from(stderr))
     }
 
     /// The process id.
@@ -205,4 +196,59 @@ impl Running {
         }
         rest
     }
+}
+
+impl Running {
+    /// Like [`Running::start_command`] (for example `ip netns exec NS crdt-node`), but the
+    /// process's stderr goes to `stderr` (a log file, say).
+    pub fn start_command_logged(command: Command, args: &[&str], stderr: std::fs::File) -> Running {
+        Running::spawn(command, args, Stdio::from(stderr))
+    }
+}
+
+/// Parses `KEY = {"e0", "e1"}` (the Display of a set of `e<n>` elements) or `KEY is not set`
+/// into the numbers.
+pub fn parse_set(key: &str, line: &str) -> Option<std::collections::BTreeSet<u64>> {
+    use std::collections::BTreeSet;
+    if line == format!("{key} is not set") {
+        return Some(BTreeSet::new());
+    }
+    let body = line.strip_prefix(&format!("{key} = "))?;
+    if body == "(empty)" {
+        return Some(BTreeSet::new());
+    }
+    let inner = body.strip_prefix('{')?.strip_suffix('}')?.trim();
+    if inner.is_empty() {
+        return Some(BTreeSet::new());
+    }
+    inner
+        .split(", ")
+        .map(|e| e.strip_prefix("\"e")?.strip_suffix('"')?.parse().ok())
+        .collect()
+}
+
+/// Whether a prompt line acknowledges a write: `ok`, or `ok <token>`.
+pub fn is_ok(line: &str) -> bool {
+    line == "ok" || line.starts_with("ok ")
+}
+
+/// Why network namespaces cannot be made here, if they cannot: tried for real, then removed.
+pub fn cannot_make_namespaces() -> Option<String> {
+    let probe = format!("crdt-probe-{}", std::process::id());
+    match Command::new("ip").args(["netns", "add", &probe]).output() {
+        Ok(out) if out.status.success() => {
+            let _ = Command::new("ip").args(["netns", "del", &probe]).status();
+            None
+        }
+        Ok(out) => Some(format!(
+            "`ip netns add` failed (root needed): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Some(format!("no `ip` command: {e}")),
+    }
+}
+
+/// Says on the terminal itself, past the test harness's capture, that `test` did not run.
+pub fn skipped(test: &str, why: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {why}");
 }
