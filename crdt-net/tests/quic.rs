@@ -24,7 +24,12 @@ async fn cluster_with(
     let dirs: Vec<TempDir> = (0..n).map(|_| TempDir::new().unwrap()).collect();
     let keys: Vec<Fingerprint> = dirs
         .iter()
-        .map(|d| Identity::load_or_create(d.path()).unwrap().fingerprint().unwrap())
+        .map(|d| {
+            Identity::load_or_create(d.path())
+                .unwrap()
+                .fingerprint()
+                .unwrap()
+        })
         .collect();
     let mut nodes: Vec<Node> = Vec::new();
     for (i, dir) in dirs.iter().enumerate() {

@@ -310,8 +310,12 @@ impl TrustList {
         self.entries
             .read()
             .map(|e| {
-                let ids: BTreeSet<ReplicaId> =
-                    e.keys.iter().map(Fingerprint::id).chain(e.ids.iter().copied()).collect();
+                let ids: BTreeSet<ReplicaId> = e
+                    .keys
+                    .iter()
+                    .map(Fingerprint::id)
+                    .chain(e.ids.iter().copied())
+                    .collect();
                 ids.into_iter().collect()
             })
             .unwrap_or_default()
@@ -566,4 +570,3 @@ mod tests {
         assert!(again.admits(&same_id));
     }
 }
-
