@@ -126,14 +126,17 @@ impl Replica {
                 cloud += 1;
             }
         }
-        let known = seen.vv().len()
-            + seen
-                .cloud()
-                .map(|d| d.replica)
-                .collect::<BTreeSet<_>>()
-                .len();
-        if !writers.is_empty() && known + writers.len() > self.config.max_writers {
-            return Err(ProtocolError::OverBudget("writers in the causal context"));
+        if !writers.is_empty() {
+            // Only when new writers come: listing the known ones walks the cloud.
+            let known: BTreeSet<ReplicaId> = seen
+                .vv()
+                .iter()
+                .map(|(r, _)| r)
+                .chain(seen.cloud().map(|d| d.replica))
+                .collect();
+            if known.len() + writers.len() > self.config.max_writers {
+                return Err(ProtocolError::OverBudget("writers in the causal context"));
+            }
         }
         if cloud > 0 && seen.cloud_len() + cloud > self.config.max_cloud {
             return Err(ProtocolError::OverBudget(
