@@ -23,7 +23,9 @@ use std::process::Command;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{cannot_make_namespaces, is_ok, parse_set, skipped, trusting_group, Running, BIN};
+use common::{
+    cannot_make_namespaces, is_ok, parse_set, report, skipped, trusting_group, Running, BIN,
+};
 
 /// Number of nodes.
 const NODES: usize = 5;
@@ -768,14 +770,14 @@ fn five_nodes_under_partitions_kills_and_skewed_clocks_lose_no_acknowledged_writ
         converged_in.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
-    println!(
-        "writes {}, acknowledged {}, kills {}, partitions {}, lost {}",
+    report(&format!(
+        "chaos (seed {seed}): writes {}, acknowledged {}, kills {}, partitions {}, lost {}",
         tally.writes,
         tally.acked.len(),
         tally.kills,
         tally.partitions,
         lost.len()
-    );
+    ));
 
     for (node, set) in nodes.iter().zip(&sets) {
         if let Some(phantom) = set.range(tally.writes..).next() {

@@ -16,7 +16,7 @@ use std::process::Command;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{is_ok, parse_set, trusting_group, Running};
+use common::{is_ok, parse_set, report, trusting_group, Running};
 
 /// The set the crash test writes to.
 const KEY: &str = "crash";
@@ -390,13 +390,13 @@ fn sigkill_loses_no_acknowledged_write() {
     for set in std::iter::once(&at_a).chain(&sets) {
         missing.extend(writer.acked.difference(set).copied());
     }
-    println!(
-        "writes {}, acknowledged {}, kills {kills}, lost {} ({:.1} s)",
+    report(&format!(
+        "crash (seed {seed}): writes {}, acknowledged {}, kills {kills}, lost {} ({:.1} s)",
         writer.next,
         writer.acked.len(),
         missing.len(),
         started.elapsed().as_secs_f64()
-    );
+    ));
     if !converged {
         let diff: Vec<String> = ["b", "c"]
             .iter()

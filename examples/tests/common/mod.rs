@@ -252,3 +252,9 @@ pub fn cannot_make_namespaces() -> Option<String> {
 pub fn skipped(test: &str, why: &str) {
     let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {why}");
 }
+
+/// Prints a test's figures on the terminal itself, past the harness's capture, so a passing
+/// run shows them in CI logs too.
+pub fn report(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
