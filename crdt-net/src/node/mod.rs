@@ -769,6 +769,9 @@ struct Link {
     connection: quinn::Connection,
 }
 
+/// Bytes a peer may have in flight to us on one stream (a message and its length, with room).
+const RECEIVE_WINDOW: u32 = (1 << 20) + (1 << 18);
+
 /// Bytes that may wait for one peer before more messages to it are dropped.
 const MAX_QUEUED_BYTES: u64 = 32 << 20;
 
@@ -1116,6 +1119,12 @@ fn endpoint(
         .map_err(|e| transport_error(&e))?;
 
     let mut transport = quinn::TransportConfig::default();
+    // A peer uses one stream each way per connection; flow control lets it park no more than
+    // a couple of messages' worth of bytes with us (quinn's defaults allow 100 streams).
+    transport.max_concurrent_uni_streams(4u8.into());
+    transport.max_concurrent_bidi_streams(0u8.into());
+    transport.stream_receive_window(quinn::VarInt::from_u32(RECEIVE_WINDOW));
+    transport.receive_window(quinn::VarInt::from_u32(2 * RECEIVE_WINDOW));
     transport.keep_alive_interval(Some(Duration::from_secs(5)));
     transport.max_idle_timeout(Some(
         quinn::IdleTimeout::try_from(Duration::from_secs(30)).map_err(|e| transport_error(&e))?,

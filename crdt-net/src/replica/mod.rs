@@ -254,7 +254,9 @@ pub struct Replica {
     next_round: Millis,
     /// The peer we last asked for what we lack, and when it last made progress: we ask no other
     /// until a round passes without progress.
-    pull: Option<(ReplicaId, Millis)>,
+    pull: Option<(ReplicaId, Millis, Millis)>,
+    /// The peer whose last pull did not finish, and until when others are asked first.
+    stalled: Option<(ReplicaId, Millis)>,
     rng: fastrand::Rng,
     /// Stamps this replica's last-writer-wins writes; every received stamp advances it.
     clock: Hlc,
@@ -316,6 +318,10 @@ const TRACKED_READS: usize = 256;
 /// Keys whose type conflict is remembered (so reported once); further ones are only counted.
 const MAX_CONFLICTED_KEYS: usize = 1024;
 
+/// Rounds one pull may last, progress or not, before another may start; and rounds a peer
+/// whose pull did not finish waits before it is asked again.
+const PULL_ROUNDS: u64 = 4;
+
 /// Dots beyond gaps kept per peer in what it is known to have.
 const KNOWN_CLOUD: usize = 4096;
 /// Bytes of key ranges remembered per transfer, to resume it; chunks beyond count without one.
@@ -374,6 +380,7 @@ impl Replica {
             dirty: false,
             next_round,
             pull: None,
+            stalled: None,
             rng,
             stats: Stats::default(),
             config,
@@ -784,13 +791,18 @@ impl Replica {
             Message::Digest(digest) => self.on_digest(now, from, digest),
             Message::InSync => self.pull_finished(from),
             Message::Deltas(entries) => self.on_deltas(now, from, entries),
-            Message::Ack(dots) => {
+            Message::Ack(mut dots) => {
+                let max_writers = self.config.max_writers;
                 if let Some(peer) = self.peers.get_mut(&from) {
-                    peer.known.merge(&dots);
-                    if peer.known.cloud_len() > KNOWN_CLOUD {
-                        // An estimate may err low: forget the scattered part.
-                        peer.known.truncate_cloud();
+                    // An estimate may err low: the scattered part, and an ack naming more
+                    // writers than a context may hold, are not kept.
+                    if dots.cloud_len() > KNOWN_CLOUD {
+                        dots.truncate_cloud();
                     }
+                    if dots.vv().len() <= max_writers {
+                        peer.known.merge(&dots);
+                    }
+                    bound_known(&mut peer.known, max_writers);
                 }
             }
             Message::State(chunk) => self.on_state(now, from, chunk),
@@ -884,18 +896,44 @@ impl Replica {
         if self.stats.rounds < self.pull_not_before {
             return false;
         }
+        let round = self.config.round_interval;
+        if self
+            .stalled
+            .is_some_and(|(p, until)| p == peer && now < until)
+        {
+            return false;
+        }
         let free = match self.pull {
             None => true,
-            Some((_, progress)) => now >= progress.saturating_add(self.config.round_interval),
+            // A peer that keeps sending chunks (of any transfer: made-up ones too) holds the
+            // pull for at most PULL_ROUNDS rounds.
+            Some((holder, progress, started)) => {
+                let over = now >= progress.saturating_add(round)
+                    || now >= started.saturating_add(round.saturating_mul(PULL_ROUNDS));
+                if over {
+                    // It did not finish: the next pulls go to others first, so a peer that
+                    // claims to have something and never delivers cannot keep the pull.
+                    let until = now.saturating_add(round.saturating_mul(PULL_ROUNDS));
+                    self.stalled = Some((holder, until));
+                }
+                over
+            }
         };
+        if free
+            && self
+                .stalled
+                .is_some_and(|(p, until)| p == peer && now < until)
+        {
+            return false;
+        }
         if free {
-            self.pull = Some((peer, now));
+            self.pull = Some((peer, now, now));
         }
         free
     }
 
     fn pull_progressed(&mut self, peer: ReplicaId, now: Millis) {
-        if let Some((p, progress)) = &mut self.pull {
+        if let Some((p, progress, _)) = &mut self.pull {
             if *p == peer {
                 *progress = now;
             }
@@ -903,7 +941,7 @@ impl Replica {
     }
 
     fn pull_finished(&mut self, peer: ReplicaId) {
-        if self.pull.is_some_and(|(p, _)| p == peer) {
+        if self.pull.is_some_and(|(p, _, _)| p == peer) {
             self.pull = None;
         }
     }
@@ -940,9 +978,11 @@ impl Replica {
     }
 
     fn on_digest(&mut self, now: Millis, from: ReplicaId, digest: Digest) {
+        let max_writers = self.config.max_writers;
         if let Some(peer) = self.peers.get_mut(&from) {
             // The peer's whole context, newer than anything it acknowledged before.
             peer.known = digest.seen.clone();
+            bound_known(&mut peer.known, max_writers);
         }
         let sent = digest.want && self.send_missing(from, &digest.seen, digest.resume.as_ref());
         if digest.reply {
@@ -1009,16 +1049,24 @@ impl Replica {
             .saturating_sub(MESSAGE_OVERHEAD + encoded_len(&base))
             .max(1);
         let mut chunks = ChunkBuilder::new(transfer, base, budget);
+        // What they have, and what they have in the key ranges an earlier transfer delivered:
+        // computed once, not per key (a digest may name many writers).
+        let covered = theirs.vv();
+        let resumed = resume.map(|r| {
+            let mut vv = covered.clone();
+            vv.merge(&r.base);
+            (r, vv)
+        });
         for (key, touched) in &self.durable.touched {
-            let mut covered = theirs.vv().clone();
-            let in_range = |r: &&Resume| {
+            let in_range = |(r, _): &&(&Resume, VersionVector)| {
                 r.ranges
                     .iter()
                     .any(|(first, last)| first <= key && key <= last)
             };
-            if let Some(r) = resume.filter(in_range) {
-                covered.merge(&r.base);
-            }
+            let covered = resumed
+                .as_ref()
+                .filter(in_range)
+                .map_or(covered, |(_, vv)| vv);
             if covered.dominates(touched) {
                 continue;
             }
@@ -1430,6 +1478,18 @@ impl ChunkBuilder {
             self.seal();
         }
         (self.done, self.entries)
+    }
+}
+
+/// Keeps what a peer is known to have within budget: the scattered part beyond
+/// [`KNOWN_CLOUD`] dots is forgotten, and a context naming more than `max_writers` writers is
+/// forgotten whole (the estimate may err low, never high).
+fn bound_known(known: &mut CausalContext, max_writers: usize) {
+    if known.cloud_len() > KNOWN_CLOUD {
+        known.truncate_cloud();
+    }
+    if known.vv().len() > max_writers {
+        *known = CausalContext::new();
     }
 }
 

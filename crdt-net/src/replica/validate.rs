@@ -53,8 +53,11 @@ impl Replica {
             }
             Message::StateDone(done) => {
                 claims.context(&done.covers)?;
-                if self.claims_on_arrival(from, done) && !self.justified(&done.covers) {
-                    return Err(ProtocolError::UnjustifiedCovers);
+                if self.claims_on_arrival(from, done) {
+                    if !self.justified(&done.covers) {
+                        return Err(ProtocolError::UnjustifiedCovers);
+                    }
+                    self.check_context_growth(&done.covers)?;
                 }
             }
             Message::ReadReply(reply) => {
@@ -139,6 +142,31 @@ impl Replica {
             }
         }
         if cloud > 0 && seen.cloud_len() + cloud > self.config.max_cloud {
+            return Err(ProtocolError::OverBudget(
+                "dots beyond gaps in the causal context",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Replica {
+    /// Refuses covers that would take the context past its budgets (writers, dots beyond
+    /// gaps), as [`check_growth`](Replica::check_growth) does for deltas.
+    fn check_context_growth(&self, covers: &CausalContext) -> Result<(), ProtocolError> {
+        let seen = &self.durable.seen;
+        let new_writers = covers
+            .vv()
+            .iter()
+            .map(|(r, _)| r)
+            .chain(covers.cloud().map(|d| d.replica))
+            .filter(|r| seen.highest(*r) == 0)
+            .collect::<BTreeSet<_>>()
+            .len();
+        if new_writers > 0 && seen.vv().len() + new_writers > self.config.max_writers {
+            return Err(ProtocolError::OverBudget("writers in the causal context"));
+        }
+        if seen.cloud_len() + covers.cloud_len() > self.config.max_cloud {
             return Err(ProtocolError::OverBudget(
                 "dots beyond gaps in the causal context",
             ));
