@@ -278,7 +278,9 @@ impl Owner {
                 }
                 match self.store.reload() {
                     Ok(durable) => {
-                        let config = self.replica.config().clone();
+                        let mut config = self.replica.config().clone();
+                        // A fresh seed: transfer ids must not repeat those already sent.
+                        config.seed = super::seed_from_clock(config.id);
                         self.replica = Replica::restore(config, durable);
                     }
                     Err(e) => {
