@@ -16,15 +16,13 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::fs::File;
 use std::io::Write as _;
-use std::path::PathBuf;
 use std::process::Command;
-use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{
-    cannot_make_namespaces, is_ok, parse_set, report, skipped, trusting_group, Running, BIN,
+    cannot_make_namespaces, env_u64, is_ok, parse_set, report, skipped, trusting_group,
+    LoggedProcess, Rng, Running, BIN,
 };
 
 /// Number of nodes.
@@ -50,41 +48,13 @@ const ANSWER: Duration = Duration::from_secs(20);
 /// How long the healed cluster may take to converge.
 const CONVERGE: Duration = Duration::from_secs(60);
 
-/// SplitMix64: a small deterministic generator (no random crate is a dependency here).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+/// A clock offset: none a third of the time, else up to [`MAX_SKEW_MS`] either way.
+fn skew(rng: &mut Rng) -> i64 {
+    if rng.below(3) == 0 {
+        0
+    } else {
+        rng.below(2 * MAX_SKEW_MS + 1) as i64 - MAX_SKEW_MS as i64
     }
-
-    /// Uniform in `0..n` (near enough); `n` > 0.
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// A clock offset: none a third of the time, else up to [`MAX_SKEW_MS`] either way.
-    fn skew(&mut self) -> i64 {
-        if self.below(3) == 0 {
-            0
-        } else {
-            self.below(2 * MAX_SKEW_MS + 1) as i64 - MAX_SKEW_MS as i64
-        }
-    }
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    let value = std::env::var(name).ok()?;
-    Some(
-        value
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={value:?} is not a number")),
-    )
 }
 
 /// Runs `ip ARGS`; the error names the command and what it said.
@@ -225,13 +195,12 @@ enum Pending {
 /// its stderr is appended to a log that failures quote. Dropping it kills the process.
 struct Node {
     index: usize,
+    process: LoggedProcess,
     ns: String,
     dir: String,
-    log: PathBuf,
     peers: Vec<String>,
     /// Its clock offset (ms) in the current (or last) run.
     offset_ms: i64,
-    running: Option<Running>,
     pending: VecDeque<Pending>,
     /// Which end of its link is down, if it is cut off, and the step that heals it.
     cut: Option<(Side, u64)>,
@@ -240,23 +209,18 @@ struct Node {
 }
 
 impl Node {
-    fn name(&self) -> String {
-        format!("n{}", self.index)
+    fn name(&self) -> &str {
+        &self.process.name
     }
 
     fn is_up(&self) -> bool {
-        self.running.is_some()
+        self.process.running.is_some()
     }
 
     /// Starts the process with clock offset `offset_ms` and waits (bounded) for its prompt.
     fn start(&mut self, offset_ms: i64) {
-        assert!(self.running.is_none(), "{} is already running", self.name());
+        let mut log = self.process.start_log();
         self.offset_ms = offset_ms;
-        let mut log = File::options()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
         let _ = writeln!(log, "=== chaos: start, clock offset {offset_ms} ms ===");
         let offset = offset_ms.to_string();
         let listen = Net::addr_of(self.index);
@@ -270,80 +234,20 @@ impl Node {
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "warn");
         }
-        self.running = Some(Running::start_command_logged(command, &args, log));
-        self.line(|l| l.contains("listening on"));
-        self.line(|l| l.starts_with("type `help`"));
-    }
-
-    fn running(&mut self) -> &mut Running {
-        match self.running.as_mut() {
-            Some(running) => running,
-            None => panic!("n{} is not running", self.index),
-        }
-    }
-
-    /// The last lines of the node's stderr, for failure messages.
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let from = lines.len().saturating_sub(30);
-        format!(
-            "--- last lines of {} ---\n{}",
-            self.log.display(),
-            lines.get(from..).unwrap_or_default().join("\n")
-        )
-    }
-
-    fn fail(&self, what: &str) -> ! {
-        panic!("{}: {what}\n{}", self.name(), self.log_tail());
-    }
-
-    /// The next output line within `timeout`; `None` on timeout. Fails if the process exited.
-    fn next_line(&mut self, timeout: Duration) -> Option<String> {
-        match self.running().next_line(timeout) {
-            Ok(line) => Some(line),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => self.fail("the process exited unexpectedly"),
-        }
-    }
-
-    /// The next line satisfying `want`, within [`ANSWER`].
-    fn line(&mut self, want: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + ANSWER;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.next_line(left) {
-                Some(line) if want(&line) => return line,
-                Some(_) => {}
-                None => break,
-            }
-        }
-        self.fail(&format!("no expected output line within {ANSWER:?}"))
-    }
-
-    fn send(&mut self, line: &str) {
-        if !self.running().try_send(line) {
-            self.fail(&format!("cannot write {line:?} to its stdin"));
-        }
-    }
-
-    /// Kills the process with SIGKILL; returns the output lines it left unread.
-    fn kill(&mut self) -> Vec<String> {
-        match self.running.take() {
-            Some(running) => running.kill(),
-            None => Vec::new(),
-        }
+        self.process
+            .started(Running::start_command_logged(command, &args, log));
     }
 
     /// Asks it to quit; [`Node::wait_quit`] then waits for it.
     fn ask_quit(&mut self) {
-        if let Some(running) = self.running.as_mut() {
+        if let Some(running) = self.process.running.as_mut() {
             let _ = running.try_send("quit");
         }
     }
 
     /// Waits (bounded) for the clean exit `quit` asked for.
     fn wait_quit(&mut self) {
-        let Some(mut running) = self.running.take() else {
+        let Some(mut running) = self.process.running.take() else {
             return;
         };
         match running.wait_exit(ANSWER) {
@@ -356,6 +260,8 @@ impl Node {
         }
     }
 }
+
+common::deref_to_process!(Node);
 
 impl Drop for Node {
     fn drop(&mut self) {
@@ -549,12 +455,15 @@ fn five_nodes_under_partitions_kills_and_skewed_clocks_lose_no_acknowledged_writ
             let peers = (1..=count).map(|d| Net::addr_of((i + d) % NODES)).collect();
             Node {
                 index: i,
+                process: LoggedProcess::new(
+                    format!("n{i}"),
+                    root.path().join(format!("n{i}.log")),
+                    ANSWER,
+                ),
                 ns: net.nodes[i].clone(),
                 dir: dir.to_str().unwrap().to_owned(),
-                log: root.path().join(format!("n{i}.log")),
                 peers,
                 offset_ms: 0,
-                running: None,
                 pending: VecDeque::new(),
                 cut: None,
                 restart_at: 0,
@@ -564,7 +473,7 @@ fn five_nodes_under_partitions_kills_and_skewed_clocks_lose_no_acknowledged_writ
     let dirs: Vec<&str> = nodes.iter().map(|n| n.dir.as_str()).collect();
     trusting_group(&dirs);
     for node in nodes.iter_mut() {
-        let offset = rng.skew();
+        let offset = skew(&mut rng);
         node.start(offset);
     }
     let offsets: Vec<String> = nodes
@@ -595,7 +504,7 @@ fn five_nodes_under_partitions_kills_and_skewed_clocks_lose_no_acknowledged_writ
                 }
             }
             if !node.is_up() && node.restart_at <= step {
-                let offset = Rng(seed ^ step).skew();
+                let offset = skew(&mut Rng(seed ^ step));
                 node.start(offset);
                 tally.restarts += 1;
                 println!("{at:6.1} s: restart n{i}, clock {:+} s", offset / 1000);
@@ -714,7 +623,7 @@ fn five_nodes_under_partitions_kills_and_skewed_clocks_lose_no_acknowledged_writ
             net.link(i, side, true);
         }
         if !node.is_up() {
-            let offset = rng.skew();
+            let offset = skew(&mut rng);
             node.start(offset);
             tally.restarts += 1;
         }

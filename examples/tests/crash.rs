@@ -9,14 +9,12 @@
 mod common;
 
 use std::collections::{BTreeSet, VecDeque};
-use std::fs::File;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{is_ok, parse_set, report, trusting_group, Running};
+use common::{env_u64, is_ok, parse_set, report, trusting_group, LoggedProcess, Rng, Running};
 
 /// The set the crash test writes to.
 const KEY: &str = "crash";
@@ -29,42 +27,12 @@ const ANSWER: Duration = Duration::from_secs(10);
 /// How long writes may take to reach the other nodes.
 const SPREAD: Duration = Duration::from_secs(20);
 
-/// SplitMix64: a small deterministic generator (fastrand is not a dependency of this crate).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..=max` (near enough).
-    fn up_to(&mut self, max: u64) -> u64 {
-        self.next() % (max + 1)
-    }
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    let value = std::env::var(name).ok()?;
-    Some(
-        value
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={value:?} is not a number")),
-    )
-}
-
 /// A `crdt-node` process that can be killed and restarted on the same data directory, its
 /// stderr appended to a log file that failures quote.
 struct Node {
-    name: &'static str,
+    process: LoggedProcess,
     dir: String,
-    log: PathBuf,
     peers: Vec<String>,
-    running: Option<Running>,
     /// Its address once started.
     addr: String,
 }
@@ -74,84 +42,24 @@ impl Node {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         Node {
-            name,
+            process: LoggedProcess::new(name.to_owned(), root.join(format!("{name}.log")), ANSWER),
             dir: dir.to_str().unwrap().to_owned(),
-            log: root.join(format!("{name}.log")),
             peers,
-            running: None,
             addr: String::new(),
         }
     }
 
     /// Starts the process and waits (bounded) for its banner; returns its address.
     fn start(&mut self) -> String {
-        assert!(self.running.is_none(), "{} is already running", self.name);
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
+        let log = self.process.start_log();
         let mut args = vec!["run", "--listen", "127.0.0.1:0", "--data-dir", &self.dir];
         for peer in &self.peers {
             args.extend(["--peer", peer.as_str()]);
         }
         args.extend(["--gossip-ms", "100"]);
-        self.running = Some(Running::start_logged(&args, log));
-        let banner = self.line(|l| l.contains("listening on"));
-        self.line(|l| l.starts_with("type `help`"));
+        let banner = self.process.started(Running::start_logged(&args, log));
         self.addr = banner.rsplit(' ').next().unwrap().to_owned();
         self.addr.clone()
-    }
-
-    fn running(&mut self) -> &mut Running {
-        match self.running.as_mut() {
-            Some(running) => running,
-            None => panic!("{} is not running", self.name),
-        }
-    }
-
-    /// The last lines of the node's stderr, for failure messages.
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let from = lines.len().saturating_sub(30);
-        format!(
-            "--- last lines of {} ---\n{}",
-            self.log.display(),
-            lines.get(from..).unwrap_or_default().join("\n")
-        )
-    }
-
-    fn fail(&self, what: &str) -> ! {
-        panic!("{}: {what}\n{}", self.name, self.log_tail());
-    }
-
-    /// The next output line within `timeout`; `None` on timeout. Fails if the process exited.
-    fn next_line(&mut self, timeout: Duration) -> Option<String> {
-        match self.running().next_line(timeout) {
-            Ok(line) => Some(line),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => self.fail("the process exited unexpectedly"),
-        }
-    }
-
-    /// The next line satisfying `want`, within [`ANSWER`].
-    fn line(&mut self, want: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + ANSWER;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.next_line(left) {
-                Some(line) if want(&line) => return line,
-                Some(_) => {}
-                None => break,
-            }
-        }
-        self.fail(&format!("no expected output line within {ANSWER:?}"))
-    }
-
-    fn send(&mut self, line: &str) {
-        if !self.running().try_send(line) {
-            self.fail(&format!("cannot write {line:?} to its stdin"));
-        }
     }
 
     /// The elements `e<i>` of the set at `key`, as numbers. Only for a node with no writes
@@ -165,20 +73,14 @@ impl Node {
         }
     }
 
-    /// Kills the process with SIGKILL; returns the output lines it left unread.
-    fn kill(&mut self) -> Vec<String> {
-        match self.running.take() {
-            Some(running) => running.kill(),
-            None => Vec::new(),
-        }
-    }
-
     fn quit(&mut self) {
-        if let Some(running) = self.running.take() {
+        if let Some(running) = self.process.running.take() {
             running.quit();
         }
     }
 }
+
+common::deref_to_process!(Node);
 
 /// Streams `add KEY e<i>` into a node, a few ahead of their acknowledgements.
 #[derive(Default)]
@@ -462,7 +364,7 @@ fn sigterm_loses_nothing() {
             a.fail("still running 5 s after SIGTERM")
         }
     }
-    a.running = None;
+    a.process.running = None;
 
     a.start();
     let held = a.get_set("term");

@@ -796,14 +796,6 @@ impl Shared {
             .unwrap_or(false)
     }
 
-    /// Closes the connection to `peer`, if any (its dialer, if we have one, reconnects).
-    fn close_link(&self, peer: ReplicaId) {
-        let link = self.links.lock().ok().and_then(|mut l| l.remove(&peer));
-        if let Some(link) = link {
-            link.connection.close(4u32.into(), b"peer down");
-        }
-    }
-
     /// Puts messages on their peers' queues; a full queue or a missing connection drops the
     /// message (anti-entropy repairs it later).
     fn send(&self, transmits: Vec<Transmit>) {
@@ -1127,7 +1119,9 @@ fn endpoint(
     transport.receive_window(quinn::VarInt::from_u32(2 * RECEIVE_WINDOW));
     transport.keep_alive_interval(Some(Duration::from_secs(5)));
     transport.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(Duration::from_secs(30)).map_err(|e| transport_error(&e))?,
+        // Keep-alives every 5 s: a peer silent for 10 s (killed, or gone from its address) is
+        // dropped, and a dialer reconnects.
+        quinn::IdleTimeout::try_from(Duration::from_secs(10)).map_err(|e| transport_error(&e))?,
     ));
     let transport = Arc::new(transport);
 

@@ -296,9 +296,6 @@ impl Owner {
         let transmits: Vec<_> = std::iter::from_fn(|| self.replica.poll_transmit()).collect();
         for event in std::iter::from_fn(|| self.replica.poll_event()) {
             match &event {
-                // A peer that stopped answering may sit behind a dead connection (a killed
-                // process, a new address): close it, so a dialer reconnects.
-                Event::PeerDown(peer) => self.shared.close_link(*peer),
                 Event::TypeConflict { key } => {
                     warn!(%key, "two types were written under this key; the later type won and the other's writes are lost");
                 }

@@ -258,3 +258,162 @@ pub fn skipped(test: &str, why: &str) {
 pub fn report(line: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
+
+/// The number in the environment variable `name`, if it is set; panics if it is not a number.
+pub fn env_u64(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok()?;
+    Some(
+        value
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value:?} is not a number")),
+    )
+}
+
+/// SplitMix64: a small deterministic generator (no random crate is a dependency here), so a
+/// seed replays a test's schedule.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (near enough); `n` > 0.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// Uniform in `0..=max` (near enough).
+    pub fn up_to(&mut self, max: u64) -> u64 {
+        self.below(max + 1)
+    }
+}
+
+/// A named `crdt-node` process that can be killed and restarted, with its stderr appended to
+/// a log file that failures quote. `running` is `None` while it is down.
+pub struct LoggedProcess {
+    pub name: String,
+    pub log: std::path::PathBuf,
+    pub running: Option<Running>,
+    /// How long any one answer may take.
+    pub answer: Duration,
+}
+
+impl LoggedProcess {
+    pub fn new(name: String, log: std::path::PathBuf, answer: Duration) -> LoggedProcess {
+        LoggedProcess {
+            name,
+            log,
+            running: None,
+            answer,
+        }
+    }
+
+    /// Its log file, opened for appending, for the process about to start; it must be down.
+    pub fn start_log(&self) -> std::fs::File {
+        assert!(self.running.is_none(), "{} is already running", self.name);
+        std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap()
+    }
+
+    /// Takes the process just started and waits (bounded) for its banner; returns the
+    /// `listening on` line.
+    pub fn started(&mut self, running: Running) -> String {
+        self.running = Some(running);
+        let banner = self.line(|l| l.contains("listening on"));
+        self.line(|l| l.starts_with("type `help`"));
+        banner
+    }
+
+    pub fn running(&mut self) -> &mut Running {
+        match self.running.as_mut() {
+            Some(running) => running,
+            None => panic!("{} is not running", self.name),
+        }
+    }
+
+    /// The last lines of the process's stderr, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let from = lines.len().saturating_sub(30);
+        format!(
+            "--- last lines of {} ---\n{}",
+            self.log.display(),
+            lines.get(from..).unwrap_or_default().join("\n")
+        )
+    }
+
+    pub fn fail(&self, what: &str) -> ! {
+        panic!("{}: {what}\n{}", self.name, self.log_tail());
+    }
+
+    /// The next output line within `timeout`; `None` on timeout. Fails if the process exited.
+    pub fn next_line(&mut self, timeout: Duration) -> Option<String> {
+        use std::sync::mpsc::RecvTimeoutError;
+        match self.running().next_line(timeout) {
+            Ok(line) => Some(line),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => self.fail("the process exited unexpectedly"),
+        }
+    }
+
+    /// The next line satisfying `want`, within `answer`.
+    pub fn line(&mut self, want: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + self.answer;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.next_line(left) {
+                Some(line) if want(&line) => return line,
+                Some(_) => {}
+                None => break,
+            }
+        }
+        self.fail(&format!("no expected output line within {:?}", self.answer))
+    }
+
+    pub fn send(&mut self, line: &str) {
+        if !self.running().try_send(line) {
+            self.fail(&format!("cannot write {line:?} to its stdin"));
+        }
+    }
+
+    /// Kills the process with SIGKILL; returns the output lines it left unread.
+    pub fn kill(&mut self) -> Vec<String> {
+        match self.running.take() {
+            Some(running) => running.kill(),
+            None => Vec::new(),
+        }
+    }
+}
+
+/// Gives a test's node type, a struct with a `process: LoggedProcess` field, the
+/// [`LoggedProcess`] methods (`send`, `line`, `fail`, `kill`, ...) and fields through
+/// `Deref`/`DerefMut`.
+#[allow(unused_macros)] // Like the rest, unused by some test binaries.
+macro_rules! deref_to_process {
+    ($node:ty) => {
+        impl std::ops::Deref for $node {
+            type Target = $crate::common::LoggedProcess;
+
+            fn deref(&self) -> &$crate::common::LoggedProcess {
+                &self.process
+            }
+        }
+
+        impl std::ops::DerefMut for $node {
+            fn deref_mut(&mut self) -> &mut $crate::common::LoggedProcess {
+                &mut self.process
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use deref_to_process;
