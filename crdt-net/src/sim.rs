@@ -59,6 +59,10 @@ pub struct SimConfig {
     /// How long after a change a replica commits it (and may send what depends on it), in ms.
     /// A crash in between loses the change. 0 commits at once.
     pub commit_latency: Millis,
+    /// Bytes that may be in flight on one link before a state transfer on it waits (the
+    /// replicas' credit, as a driver sets it from its send queue); so a transfer's pace is
+    /// this window per delivery delay.
+    pub send_window: usize,
 }
 
 impl SimConfig {
@@ -77,6 +81,7 @@ impl SimConfig {
             max_log_bytes: 8 << 20,
             wide_ids: false,
             commit_latency: 0,
+            send_window: 4 << 20,
         }
     }
 
@@ -132,6 +137,8 @@ pub struct SimStats {
     pub commits: u64,
     /// Updates lost to a crash before they were committed (never acknowledged).
     pub lost_unacknowledged: u64,
+    /// The most bytes ever in flight on one link: what a sender queued for one peer.
+    pub peak_in_flight: u64,
 }
 
 /// A simulated cluster.
@@ -143,6 +150,8 @@ pub struct Sim {
     /// Replica id to node index.
     index: BTreeMap<ReplicaId, usize>,
     queue: BinaryHeap<Reverse<InFlight>>,
+    /// Bytes in `queue` per link (from, to).
+    in_flight: BTreeMap<(usize, usize), usize>,
     sequence: u64,
     rng: fastrand::Rng,
     /// Partition group of each node; messages cross only within a group.
@@ -204,6 +213,7 @@ impl Sim {
             groups: vec![0; config.replicas],
             nodes,
             queue: BinaryHeap::new(),
+            in_flight: BTreeMap::new(),
             sequence: 0,
             now: 0,
             truth,
@@ -403,6 +413,9 @@ impl Sim {
     }
 
     fn deliver(&mut self, m: InFlight) {
+        if let Some(bytes) = self.in_flight.get_mut(&(m.from, m.to)) {
+            *bytes = bytes.saturating_sub(m.payload.len());
+        }
         let reachable = self.groups.get(m.from) == self.groups.get(m.to);
         let now = self.now;
         let from_id = self.config.id(m.from);
@@ -445,6 +458,7 @@ impl Sim {
             }
         }
         for from in 0..self.nodes.len() {
+            self.grant_credit(from);
             while let Some(t) = self
                 .nodes
                 .get_mut(from)
@@ -453,6 +467,20 @@ impl Sim {
             {
                 self.schedule(from, t.to, t.payload);
             }
+        }
+    }
+
+    /// Tells `from`'s replica how much each peer it is transferring state to can take: the
+    /// window less what is in flight to it.
+    fn grant_credit(&mut self, from: usize) {
+        let Some(replica) = self.nodes.get_mut(from).and_then(|n| n.replica.as_mut()) else {
+            return;
+        };
+        let pending: Vec<ReplicaId> = replica.transfers_pending().collect();
+        for peer in pending {
+            let to = self.index.get(&peer).copied().unwrap_or(usize::MAX);
+            let busy = self.in_flight.get(&(from, to)).copied().unwrap_or(0);
+            replica.set_credit(peer, self.config.send_window.saturating_sub(busy));
         }
     }
 
@@ -477,6 +505,9 @@ impl Sim {
             let (lo, hi) = self.config.delay;
             let at = self.now + self.rng.u64(lo..=hi.max(lo));
             self.sequence += 1;
+            let busy = self.in_flight.entry((from, to)).or_default();
+            *busy += payload.len();
+            self.stats.peak_in_flight = self.stats.peak_in_flight.max(*busy as u64);
             self.queue.push(Reverse(InFlight {
                 at,
                 sequence: self.sequence,
@@ -539,6 +570,7 @@ pub fn chaos(seed: u64) -> Result<ChaosReport, String> {
         max_log_bytes: rng.choice([2048, 64 << 10, 8 << 20]).unwrap_or(2048),
         wide_ids: rng.bool(),
         commit_latency: rng.choice([0, 1, 5, 20]).unwrap_or(0),
+        send_window: rng.choice([1, 64 << 10, 4 << 20]).unwrap_or(1),
     };
     let mut sim = Sim::new(config.clone());
     let mut clocks: Vec<crdt_core::Hlc> =

@@ -1,7 +1,11 @@
-//! A state transfer cut off by a partition resumes where it stopped instead of starting over.
+//! State transfers: produced a chunk at a time as the peer takes them, and resumed where they
+//! stopped when a partition cuts them off.
 
+use crdt_core::{CausalContext, ReplicaId};
+use crdt_net::message::Digest;
 use crdt_net::sim::{Sim, SimConfig};
-use crdt_net::{Config, Durable, Op, Replica};
+use crdt_net::store::MemStore;
+use crdt_net::{Config, Durable, Message, Op, Replica, Transmit};
 
 const KEYS: usize = 2_000;
 
@@ -13,6 +17,17 @@ fn many_keys() -> Durable {
         replica.update(&format!("k{k:05}"), &Op::Inc(1)).unwrap();
     }
     replica.durable().clone()
+}
+
+/// A cluster where the first replica holds `state` and the others nothing.
+fn first_holds(config: SimConfig, state: &Durable) -> Sim {
+    Sim::with_states(config, |i| {
+        if i == 0 {
+            state.clone()
+        } else {
+            Durable::default()
+        }
+    })
 }
 
 #[test]
@@ -27,13 +42,7 @@ fn an_interrupted_transfer_resumes() {
         eager_push: false,
         ..SimConfig::new(11)
     };
-    let mut sim = Sim::with_states(config, |i| {
-        if i == 0 {
-            state.clone()
-        } else {
-            Durable::default()
-        }
-    });
+    let mut sim = first_holds(config, &state);
     let received = |s: &Sim| s.replica(1).map_or(0, |r| r.objects().len());
     sim.run_until(10_000, |s| received(s) >= KEYS * 3 / 4)
         .expect("the transfer starts");
@@ -55,5 +64,120 @@ fn an_interrupted_transfer_resumes() {
     assert!(
         sent <= KEYS + lost + 300,
         "{sent} objects sent for {lost} lost: the transfer started over"
+    );
+}
+
+/// A replica with `keys` keys of about `value` bytes each, in a cluster with peer 2.
+fn big_replica(keys: usize, value: usize) -> Replica {
+    let mut config = Config::new(ReplicaId::new(1)).with_peer(ReplicaId::new(2));
+    config.eager_push = false;
+    config.max_log_bytes = 0; // no delta buffer: a peer that lacks anything gets state
+    let mut replica = Replica::new(config);
+    for k in 0..keys {
+        let value = format!("{k:0value$}");
+        replica
+            .update(&format!("k{k:05}"), &Op::Add(value))
+            .unwrap();
+    }
+    replica.persist(&mut MemStore::default()).unwrap();
+    while replica.poll_transmit().is_some() {}
+    replica
+}
+
+fn want_everything() -> Vec<u8> {
+    Message::Digest(Digest {
+        seen: CausalContext::new(),
+        reply: false,
+        want: true,
+        resume: None,
+    })
+    .encode()
+}
+
+/// The old replica built a whole state transfer into its outbox when a 10-byte digest asked
+/// for it (here 8 MB for one request; the whole keyspace in general). Now the transfer is cut
+/// a chunk at a time, as the peer's credit allows.
+#[test]
+fn a_transfer_is_produced_as_the_peer_takes_it() {
+    let (a, b) = (ReplicaId::new(1), ReplicaId::new(2));
+    let mut sender = big_replica(8_000, 1_000);
+    sender.set_credit(b, 0);
+    sender.handle_message(0, b, &want_everything()).unwrap();
+    let state_messages = |t: &[Transmit]| {
+        t.iter()
+            .filter(|t| matches!(Message::decode(&t.payload, 1 << 20), Ok(Message::State(_))))
+            .count()
+    };
+    let taken: Vec<Transmit> = std::iter::from_fn(|| sender.poll_transmit()).collect();
+    assert_eq!(state_messages(&taken), 0, "no credit, no chunk");
+    assert_eq!(sender.transfers_pending().collect::<Vec<_>>(), vec![b]);
+
+    // A chunk starts while any credit is left, and charges its size.
+    sender.set_credit(b, 1);
+    let mut taken: Vec<Transmit> = std::iter::from_fn(|| sender.poll_transmit()).collect();
+    assert_eq!(state_messages(&taken), 1);
+    sender.set_credit(b, 2 << 20);
+    taken.extend(std::iter::from_fn(|| sender.poll_transmit()));
+    assert_eq!(
+        state_messages(&taken),
+        1 + 3,
+        "chunks just under 1 MiB each"
+    );
+
+    // Asking again while it runs does not start it over.
+    sender.handle_message(0, b, &want_everything()).unwrap();
+    sender.set_credit(b, 0);
+    assert_eq!(std::iter::from_fn(|| sender.poll_transmit()).count(), 0);
+
+    // The rest, a window at a time, reaches a fresh replica whole.
+    let mut receiver = Replica::new(Config::new(b).with_peer(a));
+    let mut store = MemStore::default();
+    let mut received = taken;
+    let mut turns = 0;
+    loop {
+        for t in received.drain(..) {
+            receiver.handle_message(0, a, &t.payload).unwrap();
+        }
+        if sender.transfers_pending().next().is_none() {
+            break;
+        }
+        turns += 1;
+        sender.set_credit(b, 2 << 20);
+        received.extend(std::iter::from_fn(|| sender.poll_transmit()));
+    }
+    receiver.persist(&mut store).unwrap();
+    assert!(turns >= 2, "{turns} turns: the transfer came in pieces");
+    assert_eq!(receiver.objects(), sender.objects());
+    assert!(receiver.seen().includes(sender.seen()));
+}
+
+/// On a slow link (a small window per delivery delay) a transfer takes longer but never
+/// queues more than the window for its peer; before, the whole state was in flight at once.
+#[test]
+fn a_slow_link_holds_no_more_than_its_window() {
+    let state = big_replica(2_000, 1_000).durable().clone();
+    let config = SimConfig {
+        replicas: 2,
+        max_message: 16 << 10,
+        max_log_bytes: 0,
+        delay: (20, 40),
+        send_window: 64 << 10,
+        eager_push: false,
+        ..SimConfig::new(5)
+    };
+    let mut sim = first_holds(config, &state);
+    sim.run_until_converged(120_000)
+        .expect("the transfer completes");
+    let stats = sim.stats();
+    println!(
+        "2 MB over a 64 KiB window: peak {} bytes in flight on one link, {} messages",
+        stats.peak_in_flight, stats.messages
+    );
+    assert_eq!(stats.protocol_errors, 0);
+    // The window, one chunk started with credit left, and the small messages around them.
+    assert!(
+        stats.peak_in_flight <= (64 << 10) + (16 << 10) + (8 << 10),
+        "{} bytes in flight",
+        stats.peak_in_flight
     );
 }

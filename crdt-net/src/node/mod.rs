@@ -775,6 +775,9 @@ const RECEIVE_WINDOW: u32 = (1 << 20) + (1 << 18);
 /// Bytes that may wait for one peer before more messages to it are dropped.
 const MAX_QUEUED_BYTES: u64 = 32 << 20;
 
+/// Messages of the largest size that may wait for a peer before its state transfer pauses.
+const TRANSFER_WINDOW: usize = 4;
+
 impl Shared {
     /// The replica's time: the wall clock in ms since the Unix epoch (its hybrid logical
     /// clock's physical time), plus any configured offset.
@@ -794,6 +797,19 @@ impl Shared {
             .lock()
             .map(|b| b.contains(&id))
             .unwrap_or(false)
+    }
+
+    /// How many bytes of state transfer `peer`'s queue can take now: a transfer is produced
+    /// as the queue drains (see [`Replica::set_credit`]), never queued whole.
+    fn room(&self, peer: ReplicaId) -> usize {
+        let window = self.max_message.saturating_mul(TRANSFER_WINDOW) as u64;
+        let queued = self.links.lock().ok().and_then(|links| {
+            let link = links.get(&peer)?;
+            Some(link.queued.load(Ordering::Relaxed))
+        });
+        // No connection: nothing to send it on; the transfer waits (and is dropped once the
+        // peer is marked down).
+        queued.map_or(0, |q| window.saturating_sub(q) as usize)
     }
 
     /// Puts messages on their peers' queues; a full queue or a missing connection drops the
@@ -987,7 +1003,9 @@ async fn serve_peer(
         addr: dialed.map(|a| a.to_string()),
     };
     let _ = shared.command(Command::With(Box::new(move |r| r.add_peer(info))));
-    let writer = tokio::spawn(write_loop(connection.clone(), outgoing, queued).in_current_span());
+    let writer = tokio::spawn(
+        write_loop(shared.clone(), connection.clone(), outgoing, queued).in_current_span(),
+    );
     let reason = read_loop(&shared, &connection, peer).await;
     writer.abort();
     if let Ok(mut links) = shared.links.lock() {
@@ -1002,6 +1020,7 @@ async fn serve_peer(
 }
 
 async fn write_loop(
+    shared: Arc<Shared>,
     connection: quinn::Connection,
     mut outgoing: mpsc::Receiver<Vec<u8>>,
     queued: Arc<AtomicU64>,
@@ -1009,8 +1028,14 @@ async fn write_loop(
     let Ok(mut stream) = connection.open_uni().await else {
         return;
     };
+    // Below this the owner is woken to produce more of a state transfer.
+    let low = (shared.max_message.saturating_mul(TRANSFER_WINDOW) / 2) as u64;
     while let Some(payload) = outgoing.recv().await {
-        queued.fetch_sub(payload.len() as u64, Ordering::Relaxed);
+        let len = payload.len() as u64;
+        let before = queued.fetch_sub(len, Ordering::Relaxed);
+        if before >= low && before.saturating_sub(len) < low {
+            let _ = shared.command(Command::Wake);
+        }
         let len = (payload.len() as u32).to_le_bytes();
         if stream.write_all(&len).await.is_err() || stream.write_all(&payload).await.is_err() {
             return;

@@ -56,6 +56,8 @@ pub(super) enum Command {
         deadline: Instant,
         reply: oneshot::Sender<Result<Option<Object>, NodeError>>,
     },
+    /// A peer's queue has drained: the turn sends more of a state transfer to it.
+    Wake,
     /// Commit, close the store and stop; answered once the store is closed.
     Stop(oneshot::Sender<()>),
 }
@@ -244,6 +246,7 @@ impl Owner {
                 deadline,
                 reply,
             }),
+            Command::Wake => {}
             Command::Stop(reply) => waiting.stop = Some(reply),
         }
     }
@@ -293,6 +296,10 @@ impl Owner {
 
     /// Moves the replica's messages onto the peers' queues and its events out.
     fn flush(&mut self) {
+        let pending: Vec<_> = self.replica.transfers_pending().collect();
+        for peer in pending {
+            self.replica.set_credit(peer, self.shared.room(peer));
+        }
         let transmits: Vec<_> = std::iter::from_fn(|| self.replica.poll_transmit()).collect();
         for event in std::iter::from_fn(|| self.replica.poll_event()) {
             match &event {

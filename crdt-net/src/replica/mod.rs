@@ -2,18 +2,22 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use crdt_core::{CausalContext, Crdt, Decompose, Dot, Hlc, HlcTimestamp, ReplicaId, VersionVector};
+use crdt_core::{CausalContext, Crdt, Dot, Hlc, HlcTimestamp, ReplicaId, VersionVector};
 use serde::{Deserialize, Serialize};
 
+mod membership;
+mod read;
+mod transfer;
 mod validate;
 
 pub use validate::MAX_COUNTER;
 
+use membership::{bound_known, Peer, KNOWN_CLOUD};
+use read::PendingRead;
+use transfer::{fit, Incoming, Outgoing};
+
 use crate::log::DeltaLog;
-use crate::message::{
-    DeltaEntry, Digest, Message, PeerInfo, ReadReply, ReadRequest, Resume, StateChunk, StateDone,
-    StateEntry,
-};
+use crate::message::{DeltaEntry, Digest, Message, PeerInfo, Resume};
 use crate::store::{Batch, Store, StoreError};
 use crate::{Object, Op, ProtocolError, UpdateError, MAX_DEPTH};
 
@@ -240,7 +244,12 @@ pub struct Replica {
     fresh: Vec<(DeltaEntry, usize)>,
     /// Dots received per peer, to acknowledge.
     acks_due: BTreeMap<ReplicaId, CausalContext>,
+    /// State transfers from each peer, as they arrive.
     incoming: BTreeMap<ReplicaId, Incoming>,
+    /// The state transfer under way to each peer, produced as its link has room.
+    outgoing: BTreeMap<ReplicaId, Outgoing>,
+    /// The peer that last got a chunk: the next goes to the one after it.
+    last_served: Option<ReplicaId>,
     /// Reads waiting for peers' answers, by id.
     reads: BTreeMap<u64, PendingRead>,
     /// Bytes of read answers sent to each peer this round (estimated).
@@ -271,50 +280,6 @@ pub struct Replica {
     stats: Stats,
 }
 
-#[derive(Debug)]
-struct Peer {
-    info: PeerInfo,
-    /// What it has seen, as far as we know.
-    known: CausalContext,
-    awaiting_reply: bool,
-    missed: u32,
-    down: bool,
-    retry_round: u64,
-    backoff: u64,
-}
-
-/// Progress of state transfers from one peer: the few most recent, latest last.
-#[derive(Debug, Default)]
-struct Incoming {
-    transfers: Vec<(u64, Transfer)>,
-}
-
-#[derive(Debug, Default)]
-struct Transfer {
-    base: VersionVector,
-    /// Received chunk indices and each one's range of whole keys.
-    chunks: BTreeMap<u32, Option<(String, String)>>,
-    done: Option<StateDone>,
-    /// An entry of it was refused, so its covers cannot be claimed: it never completes.
-    refused: bool,
-    /// Bytes of the key ranges in `chunks`.
-    range_bytes: usize,
-}
-
-/// A read asked of peers: who was asked, and what has arrived.
-#[derive(Debug)]
-struct PendingRead {
-    key: String,
-    /// Per peer asked: the pieces of its answer received, and how many it has.
-    answers: BTreeMap<ReplicaId, (BTreeSet<u32>, Option<u32>)>,
-}
-
-/// Bytes of read answers per peer per round, in messages of the largest size.
-const READ_BYTES_PER_ROUND: usize = 4;
-
-/// Reads tracked at once; a newer one evicts the oldest.
-const TRACKED_READS: usize = 256;
-
 /// Keys whose type conflict is remembered (so reported once); further ones are only counted.
 const MAX_CONFLICTED_KEYS: usize = 1024;
 
@@ -322,16 +287,6 @@ const MAX_CONFLICTED_KEYS: usize = 1024;
 /// whose pull did not finish waits before it is asked again.
 const PULL_ROUNDS: u64 = 4;
 
-/// Dots beyond gaps kept per peer in what it is known to have.
-const KNOWN_CLOUD: usize = 4096;
-/// Bytes of key ranges remembered per transfer, to resume it; chunks beyond count without one.
-const RANGE_BYTES: usize = 1 << 20;
-
-/// How many transfers per peer we track at once.
-const TRACKED_TRANSFERS: usize = 4;
-/// Chunks tracked per transfer (64 GiB at the default message size): a peer sending more is
-/// not describing a real transfer, and its chunks stop counting.
-const MAX_CHUNKS: usize = 1 << 16;
 /// Room left in a message for everything but its entries.
 const MESSAGE_OVERHEAD: usize = 64;
 
@@ -372,6 +327,8 @@ impl Replica {
             fresh: Vec::new(),
             acks_due: BTreeMap::new(),
             incoming: BTreeMap::new(),
+            outgoing: BTreeMap::new(),
+            last_served: None,
             reads: BTreeMap::new(),
             reads_served: BTreeMap::new(),
             outbox: VecDeque::new(),
@@ -567,14 +524,6 @@ impl Replica {
         &self.config
     }
 
-    /// The peers known to hold `dot`: those that acknowledged it, or whose digest covered it.
-    pub fn holders(&self, dot: Dot) -> impl Iterator<Item = ReplicaId> + '_ {
-        self.peers
-            .iter()
-            .filter(move |(_, p)| p.known.contains(dot))
-            .map(|(id, _)| *id)
-    }
-
     /// A fresh hybrid-logical-clock reading for a last-writer-wins write made now: later
     /// than every stamp this replica has issued or received.
     ///
@@ -590,55 +539,6 @@ impl Replica {
     /// ```
     pub fn stamp(&mut self, now: Millis) -> HlcTimestamp {
         self.clock.now(now)
-    }
-
-    /// Asks every peer that is up for the object at `key`; their answers are merged as they
-    /// arrive. [`read_answers`](Replica::read_answers) counts the peers that have answered
-    /// whole; [`end_read`](Replica::end_read) stops tracking. A read at level `Peers(n)` is
-    /// done when `n` have answered: merged with them, this replica's object includes every
-    /// write acknowledged by `W` replicas whenever `n + 1 + W` exceeds the replicas holding
-    /// the key.
-    pub fn start_read(&mut self, key: &str) -> u64 {
-        let id = self.rng.u64(..);
-        let asked: Vec<ReplicaId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| !p.down)
-            .map(|(id, _)| *id)
-            .collect();
-        if self.reads.len() >= TRACKED_READS {
-            self.reads.pop_first();
-        }
-        self.reads.insert(
-            id,
-            PendingRead {
-                key: key.to_owned(),
-                answers: asked.iter().map(|p| (*p, Default::default())).collect(),
-            },
-        );
-        let request = Message::Read(ReadRequest {
-            id,
-            key: key.to_owned(),
-        });
-        for peer in asked {
-            self.send(peer, &request);
-        }
-        id
-    }
-
-    /// How many peers have answered read `id` whole (0 for an unknown read).
-    pub fn read_answers(&self, id: u64) -> usize {
-        self.reads.get(&id).map_or(0, |read| {
-            read.answers
-                .values()
-                .filter(|(got, parts)| parts.is_some_and(|n| got.len() == n as usize))
-                .count()
-        })
-    }
-
-    /// Stops tracking read `id`; later answers are ignored.
-    pub fn end_read(&mut self, id: u64) {
-        self.reads.remove(&id);
     }
 
     /// The object at `key`.
@@ -671,58 +571,6 @@ impl Replica {
         &self.stats
     }
 
-    /// The peers this replica knows, with liveness and lag.
-    pub fn peers(&self) -> impl Iterator<Item = PeerStatus> + '_ {
-        self.peers.values().map(|p| PeerStatus {
-            info: p.info.clone(),
-            up: !p.down,
-            lag: self
-                .durable
-                .seen
-                .vv()
-                .iter()
-                .map(|(r, n)| n.saturating_sub(p.known.vv().get(r)))
-                .sum(),
-        })
-    }
-
-    /// Learns of a peer (from configuration, discovery or peer exchange).
-    pub fn add_peer(&mut self, info: PeerInfo) {
-        if info.id == self.config.id {
-            return;
-        }
-        let full = self.peers.len() >= self.config.max_peers;
-        match self.peers.get_mut(&info.id) {
-            Some(peer) => {
-                if info.addr.is_some() {
-                    peer.info.addr = info.addr;
-                }
-            }
-            None if full => {}
-            None => {
-                self.peers.insert(
-                    info.id,
-                    Peer {
-                        info,
-                        known: CausalContext::new(),
-                        awaiting_reply: false,
-                        missed: 0,
-                        down: false,
-                        retry_round: 0,
-                        backoff: 1,
-                    },
-                );
-            }
-        }
-    }
-
-    /// Forgets a peer (for example one removed from the trust list).
-    pub fn remove_peer(&mut self, id: ReplicaId) {
-        self.peers.remove(&id);
-        self.incoming.remove(&id);
-        self.acks_due.remove(&id);
-    }
-
     /// When [`handle_timeout`](Replica::handle_timeout) next needs calling.
     pub fn poll_timeout(&self) -> Option<Millis> {
         Some(self.next_round)
@@ -744,7 +592,7 @@ impl Replica {
         }
         self.flush_fresh();
         self.flush_acks();
-        let t = self.outbox.pop_front()?;
+        let t = self.outbox.pop_front().or_else(|| self.poll_chunk())?;
         self.stats.messages_sent += 1;
         self.stats.bytes_sent += t.payload.len() as u64;
         Some(t)
@@ -814,56 +662,12 @@ impl Replica {
         Ok(())
     }
 
-    fn heard_from(&mut self, from: ReplicaId) {
-        if !self.peers.contains_key(&from) {
-            self.add_peer(PeerInfo {
-                id: from,
-                addr: None,
-            });
-            if self.peers.contains_key(&from) {
-                self.events.push_back(Event::PeerUp(from));
-            }
-        }
-        if let Some(peer) = self.peers.get_mut(&from) {
-            peer.awaiting_reply = false;
-            peer.missed = 0;
-            peer.backoff = 1;
-            if peer.down {
-                peer.down = false;
-                self.events.push_back(Event::PeerUp(from));
-            }
-        }
-    }
-
     fn start_round(&mut self, now: Millis) {
         self.stats.rounds += 1;
         self.reads_served.clear();
         let round = self.stats.rounds;
-        let mut went_down = Vec::new();
-        for (id, peer) in &mut self.peers {
-            if !std::mem::take(&mut peer.awaiting_reply) {
-                continue;
-            }
-            peer.missed += 1;
-            if peer.down {
-                peer.backoff = (peer.backoff * 2).min(self.config.max_backoff_rounds.max(1));
-                peer.retry_round = round + peer.backoff;
-            } else if peer.missed >= self.config.down_after {
-                peer.down = true;
-                peer.backoff = 1;
-                peer.retry_round = round + 1;
-                went_down.push(*id);
-            }
-        }
-        self.events
-            .extend(went_down.into_iter().map(Event::PeerDown));
-
-        let mut candidates: Vec<ReplicaId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| !p.down || p.retry_round <= round)
-            .map(|(id, _)| *id)
-            .collect();
+        self.note_silent_peers(round);
+        let mut candidates = self.reachable_peers(round);
         self.rng.shuffle(&mut candidates);
         candidates.truncate(self.config.fanout);
         for &to in &candidates {
@@ -955,28 +759,6 @@ impl Replica {
         })
     }
 
-    /// What arrived of the latest unfinished transfer from `peer`: the key ranges of the chunks
-    /// received, as many as fit in a quarter of a message.
-    fn resume_point(&self, peer: ReplicaId) -> Option<Resume> {
-        let (_, transfer) = self.incoming.get(&peer)?.transfers.last()?;
-        let mut room = self.config.max_message / 4;
-        let ranges: Vec<(String, String)> = transfer
-            .chunks
-            .values()
-            .flatten()
-            .take_while(|(first, last)| {
-                let size = first.len() + last.len() + 4;
-                room = room.saturating_sub(size);
-                room > 0
-            })
-            .cloned()
-            .collect();
-        (!ranges.is_empty()).then(|| Resume {
-            ranges,
-            base: transfer.base.clone(),
-        })
-    }
-
     fn on_digest(&mut self, now: Millis, from: ReplicaId, digest: Digest) {
         let max_writers = self.config.max_writers;
         if let Some(peer) = self.peers.get_mut(&from) {
@@ -984,6 +766,7 @@ impl Replica {
             peer.known = digest.seen.clone();
             bound_known(&mut peer.known, max_writers);
         }
+        self.drop_needless_transfer(from, &digest.seen);
         let sent = digest.want && self.send_missing(from, &digest.seen, digest.resume.as_ref());
         if digest.reply {
             if !self.durable.seen.includes(&digest.seen) {
@@ -1037,147 +820,6 @@ impl Replica {
             .collect()
     }
 
-    /// Sends the objects `theirs` may lack, in key order, in chunks of bounded size.
-    fn send_state(&mut self, to: ReplicaId, theirs: &CausalContext, resume: Option<&Resume>) {
-        // Random, not sequential: ids must not repeat across restarts of this replica, or a
-        // peer could count chunks of an old transfer towards a new one.
-        let transfer = self.rng.u64(..);
-        let base = self.durable.seen.vv().clone();
-        let budget = self
-            .config
-            .max_message
-            .saturating_sub(MESSAGE_OVERHEAD + encoded_len(&base))
-            .max(1);
-        let mut chunks = ChunkBuilder::new(transfer, base, budget);
-        // What they have, and what they have in the key ranges an earlier transfer delivered:
-        // computed once, not per key (a digest may name many writers).
-        let covered = theirs.vv();
-        let resumed = resume.map(|r| {
-            let mut vv = covered.clone();
-            vv.merge(&r.base);
-            (r, vv)
-        });
-        for (key, touched) in &self.durable.touched {
-            let in_range = |(r, _): &&(&Resume, VersionVector)| {
-                r.ranges
-                    .iter()
-                    .any(|(first, last)| first <= key && key <= last)
-            };
-            let covered = resumed
-                .as_ref()
-                .filter(in_range)
-                .map_or(covered, |(_, vv)| vv);
-            if covered.dominates(touched) {
-                continue;
-            }
-            let Some(object) = self.durable.objects.get(key) else {
-                continue;
-            };
-            let entry_overhead = encoded_len(key) + encoded_len(touched);
-            let pieces = fit(object, budget.saturating_sub(entry_overhead));
-            let count = pieces.len();
-            for (i, (piece, size)) in pieces.into_iter().enumerate() {
-                let entry = StateEntry {
-                    key: key.clone(),
-                    touched: touched.clone(),
-                    object: piece,
-                };
-                let size = size + entry_overhead;
-                chunks.push(entry, size, i == 0, i + 1 == count);
-            }
-        }
-        let (messages, sent) = chunks.finish();
-        self.stats.state_entries_sent += sent;
-        let count = messages.len() as u32;
-        for m in messages {
-            self.send(to, &Message::State(m));
-        }
-        let done = StateDone {
-            transfer,
-            chunks: count,
-            covers: self.durable.seen.clone(),
-        };
-        self.send(to, &Message::StateDone(done));
-    }
-
-    /// Answers a read with the object, cut to fit in messages.
-    fn on_read(&mut self, from: ReplicaId, request: ReadRequest) {
-        let ReadRequest { id, key } = request;
-        let Some(object) = self.durable.objects.get(&key) else {
-            let empty = ReadReply {
-                id,
-                part: 0,
-                parts: 1,
-                entry: None,
-            };
-            self.send(from, &Message::ReadReply(empty));
-            return;
-        };
-        let touched = self.durable.touched.get(&key).cloned().unwrap_or_default();
-        let entry_overhead = encoded_len(&key) + encoded_len(&touched) + MESSAGE_OVERHEAD;
-        // Answers to one peer are bounded per round, so small requests cannot make this
-        // replica queue unbounded bytes; a read beyond it goes unanswered (the reader's
-        // level times out).
-        let budget = READ_BYTES_PER_ROUND * self.config.max_message;
-        let served = self.reads_served.entry(from).or_default();
-        let size = estimated_len(object);
-        if *served + size > budget {
-            self.stats.reads_refused += 1;
-            return;
-        }
-        *served += size;
-        let pieces = fit(
-            object,
-            self.config.max_message.saturating_sub(entry_overhead),
-        );
-        let parts = pieces.len() as u32;
-        for (part, (piece, _)) in pieces.into_iter().enumerate() {
-            let reply = ReadReply {
-                id,
-                part: part as u32,
-                parts,
-                entry: Some(StateEntry {
-                    key: key.clone(),
-                    touched: touched.clone(),
-                    object: piece,
-                }),
-            };
-            self.send(from, &Message::ReadReply(reply));
-        }
-    }
-
-    /// Merges a piece of an answer to one of our reads; answers we did not ask for, or for
-    /// another key, are ignored.
-    fn on_read_reply(&mut self, now: Millis, from: ReplicaId, reply: ReadReply) {
-        let Some(read) = self.reads.get(&reply.id) else {
-            return;
-        };
-        let Some((_, expected)) = read.answers.get(&from) else {
-            return;
-        };
-        let consistent = reply.part < reply.parts
-            && (reply.parts as usize) <= MAX_CHUNKS
-            && expected.is_none_or(|n| n == reply.parts)
-            && reply.entry.as_ref().is_none_or(|e| e.key == read.key);
-        if !consistent {
-            return;
-        }
-        if let Some(entry) = &reply.entry {
-            if !self.clock_accepts(now, from, &entry.object) {
-                return; // this peer's answer never completes
-            }
-            self.merge_remote(&entry.key, &entry.object, Some(&entry.touched));
-        }
-        if let Some((got, expected)) = self
-            .reads
-            .get_mut(&reply.id)
-            .and_then(|r| r.answers.get_mut(&from))
-        {
-            got.insert(reply.part);
-            *expected = Some(reply.parts);
-        }
-    }
-
     fn on_deltas(&mut self, now: Millis, from: ReplicaId, entries: Vec<DeltaEntry>) {
         for entry in entries {
             if self.durable.seen.contains(entry.dot) {
@@ -1194,94 +836,6 @@ impl Replica {
             let size = encoded_len(&entry);
             self.log.insert(entry, size);
         }
-    }
-
-    fn on_state(&mut self, now: Millis, from: ReplicaId, chunk: StateChunk) {
-        self.pull_progressed(from, now);
-        let mut refused = false;
-        for entry in &chunk.objects {
-            if !self.clock_accepts(now, from, &entry.object) {
-                refused = true;
-                continue;
-            }
-            self.merge_remote(&entry.key, &entry.object, Some(&entry.touched));
-        }
-        self.transfer_from(from, chunk.transfer, |transfer| {
-            if transfer.chunks.is_empty() {
-                transfer.base = chunk.base;
-            }
-            if transfer.chunks.len() < MAX_CHUNKS {
-                let size = chunk
-                    .complete
-                    .as_ref()
-                    .map_or(0, |(a, b)| a.len() + b.len());
-                let range = if transfer.range_bytes + size <= RANGE_BYTES {
-                    transfer.range_bytes += size;
-                    chunk.complete
-                } else {
-                    None
-                };
-                transfer.chunks.insert(chunk.index, range);
-            }
-            transfer.refused |= refused;
-        });
-        self.try_complete(from, chunk.transfer);
-    }
-
-    fn on_state_done(&mut self, from: ReplicaId, done: StateDone) {
-        let id = done.transfer;
-        self.transfer_from(from, id, |transfer| transfer.done = Some(done));
-        self.try_complete(from, id);
-    }
-
-    /// The progress record of transfer `id` from `peer`, made the latest; only the latest few
-    /// are tracked.
-    fn transfer_from(&mut self, peer: ReplicaId, id: u64, update: impl FnOnce(&mut Transfer)) {
-        let transfers = &mut self.incoming.entry(peer).or_default().transfers;
-        let mut record = match transfers.iter().position(|(t, _)| *t == id) {
-            Some(i) => transfers.remove(i).1,
-            None => Transfer::default(),
-        };
-        if transfers.len() >= TRACKED_TRANSFERS {
-            transfers.remove(0);
-        }
-        update(&mut record);
-        transfers.push((id, record));
-    }
-
-    /// Once every chunk of a transfer has arrived, its sender's context is ours too.
-    fn try_complete(&mut self, peer: ReplicaId, id: u64) {
-        let Some(incoming) = self.incoming.get_mut(&peer) else {
-            return;
-        };
-        let Some(i) = incoming.transfers.iter().position(|(t, _)| *t == id) else {
-            return;
-        };
-        let complete = incoming.transfers.get(i).is_some_and(|(_, t)| {
-            t.done
-                .as_ref()
-                .is_some_and(|d| all_chunks(&t.chunks, d.chunks))
-        });
-        if !complete {
-            return;
-        }
-        // This transfer supersedes the ones before it.
-        let (_, transfer) = incoming.transfers.remove(i);
-        incoming.transfers.drain(..i);
-        let claims = transfer
-            .done
-            .filter(|d| !transfer.refused && self.justified(&d.covers));
-        if let Some(done) = claims {
-            self.durable.seen.merge(&done.covers);
-            self.dirty = true;
-            self.refused_pulls = 0;
-        } else if transfer.refused {
-            // Its covers cannot land while an entry stays refused (a write stamped beyond the
-            // drift bound): pulling again at once would fetch the same state every round.
-            self.refused_pulls = self.refused_pulls.saturating_add(1);
-            self.pull_not_before = self.stats.rounds + (1 << self.refused_pulls.min(5));
-        }
-        self.pull_finished(peer);
     }
 
     /// Whether `object`'s last-writer-wins stamps are within the drift bound of `now`; if so
@@ -1357,12 +911,7 @@ impl Replica {
             return;
         }
         let fresh = std::mem::take(&mut self.fresh);
-        let up: Vec<ReplicaId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| !p.down)
-            .map(|(id, _)| *id)
-            .collect();
+        let up = self.peers_up();
         self.send_deltas(&up, fresh);
     }
 
@@ -1408,116 +957,6 @@ impl Replica {
             payload: message.encode(),
         });
     }
-}
-
-/// Packs state entries into chunks of at most `budget` bytes, in order.
-struct ChunkBuilder {
-    transfer: u64,
-    base: VersionVector,
-    budget: usize,
-    done: Vec<StateChunk>,
-    current: Vec<StateEntry>,
-    current_bytes: usize,
-    /// The first and last keys whose every piece is in the current chunk.
-    whole: Option<(String, String)>,
-    /// Whether the current chunk holds the first piece of the key being pushed.
-    started_here: bool,
-    entries: u64,
-}
-
-impl ChunkBuilder {
-    fn new(transfer: u64, base: VersionVector, budget: usize) -> Self {
-        ChunkBuilder {
-            transfer,
-            base,
-            budget,
-            done: Vec::new(),
-            current: Vec::new(),
-            current_bytes: 0,
-            whole: None,
-            started_here: false,
-            entries: 0,
-        }
-    }
-
-    fn push(&mut self, entry: StateEntry, size: usize, first_piece: bool, last_piece: bool) {
-        // The chunk's `complete` range may end (and start) with this key: leave room for it.
-        let reserve = 2 * encoded_len(&entry.key) + 1;
-        if !self.current.is_empty() && self.current_bytes + size + reserve > self.budget {
-            self.seal();
-        }
-        if first_piece {
-            self.started_here = true;
-        }
-        if last_piece && self.started_here {
-            match &mut self.whole {
-                Some((_, last)) => *last = entry.key.clone(),
-                None => self.whole = Some((entry.key.clone(), entry.key.clone())),
-            }
-        }
-        self.current.push(entry);
-        self.current_bytes += size;
-        self.entries += 1;
-    }
-
-    fn seal(&mut self) {
-        self.done.push(StateChunk {
-            transfer: self.transfer,
-            index: self.done.len() as u32,
-            base: self.base.clone(),
-            complete: self.whole.take(),
-            objects: std::mem::take(&mut self.current),
-        });
-        self.current_bytes = 0;
-        // A key cut here continues in the next chunk, where it is not whole.
-        self.started_here = false;
-    }
-
-    fn finish(mut self) -> (Vec<StateChunk>, u64) {
-        if !self.current.is_empty() {
-            self.seal();
-        }
-        (self.done, self.entries)
-    }
-}
-
-/// Keeps what a peer is known to have within budget: the scattered part beyond
-/// [`KNOWN_CLOUD`] dots is forgotten, and a context naming more than `max_writers` writers is
-/// forgotten whole (the estimate may err low, never high).
-fn bound_known(known: &mut CausalContext, max_writers: usize) {
-    if known.cloud_len() > KNOWN_CLOUD {
-        known.truncate_cloud();
-    }
-    if known.vv().len() > max_writers {
-        *known = CausalContext::new();
-    }
-}
-
-/// Whether chunks `0..count` have all arrived (and no other).
-fn all_chunks<T>(chunks: &BTreeMap<u32, T>, count: u32) -> bool {
-    chunks.len() == count as usize && chunks.keys().all(|c| *c < count)
-}
-
-/// `object` whole if it encodes within `budget`, else cut into pieces that do (as far as its
-/// type can be cut), each with its encoded size.
-fn fit(object: &Object, budget: usize) -> Vec<(Object, usize)> {
-    let size = encoded_len(object);
-    let entries = object.entries();
-    if size <= budget || entries <= 1 {
-        return vec![(object.clone(), size)];
-    }
-    let parts = size.div_ceil(budget.max(1)) + 1;
-    let per_piece = entries.div_ceil(parts).max(1);
-    let mut out = Vec::new();
-    for piece in object.split(per_piece) {
-        let piece_size = encoded_len(&piece);
-        if piece_size > budget && piece.entries() > 1 && piece.entries() < entries {
-            out.extend(fit(&piece, budget));
-        } else {
-            out.push((piece, piece_size));
-        }
-    }
-    out
 }
 
 /// A cheap upper estimate of an object's encoded size, to weigh deltas against state.

@@ -109,7 +109,7 @@ impl Replica {
             .and_then(|i| i.transfers.iter().find(|(t, _)| *t == done.transfer))
             .map(|(_, t)| t);
         match transfer {
-            Some(t) => !t.refused && super::all_chunks(&t.chunks, done.chunks),
+            Some(t) => !t.refused && super::transfer::all_chunks(&t.chunks, done.chunks),
             None => done.chunks == 0,
         }
     }
