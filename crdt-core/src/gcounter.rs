@@ -2,9 +2,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Crdt, ReplicaId, VersionVector};
+use crate::{Crdt, ReplicaId, Reset, VersionVector};
 
 /// A counter that only grows: each replica counts its own increments, the value is the sum.
+///
+/// It grows until [`reset`](Reset::reset), which a map does when its key is removed: a reset
+/// records each replica's total as it observed it (a *floor*), and the value counts only what
+/// lies above the floors, so increments the reset did not observe survive it.
 ///
 /// ```
 /// use crdt_core::{Crdt, GCounter, ReplicaId};
@@ -18,10 +22,11 @@ use crate::{Crdt, ReplicaId, VersionVector};
 /// assert_eq!(x.value(), 7);
 /// ```
 #[derive(Clone, Default, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
-#[serde(transparent)]
 pub struct GCounter {
     // Per-replica totals merge by maximum, which is exactly a version vector's join.
     counts: VersionVector,
+    /// Per replica, its total when the counter was last reset (as far as this state knows).
+    floors: VersionVector,
 }
 
 impl GCounter {
@@ -29,6 +34,7 @@ impl GCounter {
     pub const fn new() -> Self {
         GCounter {
             counts: VersionVector::new(),
+            floors: VersionVector::new(),
         }
     }
 
@@ -39,27 +45,53 @@ impl GCounter {
         let total = self.counts.add(replica, n);
         GCounter {
             counts: VersionVector::single(replica, total),
+            floors: VersionVector::new(),
         }
     }
 
-    /// The sum of all replicas' increments, saturating at `u64::MAX`.
+    /// The sum of all replicas' increments since the last reset, saturating at `u64::MAX`.
     pub fn value(&self) -> u64 {
-        self.counts.total()
+        if self.floors.is_empty() {
+            return self.counts.total();
+        }
+        self.contributions()
+            .fold(0u64, |sum, (_, n)| sum.saturating_add(n))
     }
 
-    /// The total contributed by `replica`.
+    /// What `replica` has added since the last reset.
     pub fn contribution(&self, replica: ReplicaId) -> u64 {
-        self.counts.get(replica)
+        self.counts
+            .get(replica)
+            .saturating_sub(self.floors.get(replica))
     }
 
-    /// Each replica's total, in replica order.
-    pub fn contributions(&self) -> impl ExactSizeIterator<Item = (ReplicaId, u64)> + '_ {
-        self.counts.iter()
+    /// What each replica has added since the last reset, in replica order; replicas with
+    /// nothing since are left out.
+    pub fn contributions(&self) -> impl Iterator<Item = (ReplicaId, u64)> + '_ {
+        self.counts
+            .iter()
+            .map(|(r, n)| (r, n.saturating_sub(self.floors.get(r))))
+            .filter(|(_, n)| *n > 0)
     }
 }
 
 impl Crdt for GCounter {
     fn merge(&mut self, other: &Self) {
         self.counts.merge(&other.counts);
+        if !other.floors.is_empty() {
+            self.floors.merge(&other.floors);
+        }
+    }
+}
+
+impl Reset for GCounter {
+    /// Raises every floor to the replica's total: the value drops to 0, and increments made
+    /// elsewhere that this state has not seen count again once merged.
+    fn reset(&mut self) -> GCounter {
+        self.floors.merge(&self.counts);
+        GCounter {
+            counts: VersionVector::new(),
+            floors: self.counts.clone(),
+        }
     }
 }

@@ -35,7 +35,7 @@ use serde::Serialize;
 
 use crate::{
     codec, Crdt, Decompose, GCounter, HlcTimestamp, LwwRegister, MvRegister, OrMap, OrSet,
-    PNCounter, ReplicaId,
+    PNCounter, ReplicaId, Reset,
 };
 
 /// Declares one property test per `name: Type` pair, each running [`check`] on arbitrary
@@ -114,6 +114,14 @@ pub trait Subject: Crdt + Decompose + Serialize + DeserializeOwned {
 
     /// The value a replica must show after seeing exactly `events` (in a causal order).
     fn expected(events: &[&Event<Self::Op>]) -> Self::Value;
+
+    /// The value after seeing `survivors` and `removed`, where a [`Reset`] (the removal of
+    /// the key holding this value in a map) observed exactly the events in `removed`. By
+    /// default a reset is exact: the value of the survivors alone.
+    fn expected_reset(survivors: &[&Event<Self::Op>], removed: &[&Event<Self::Op>]) -> Self::Value {
+        let _ = removed;
+        Self::expected(survivors)
+    }
 }
 
 /// An operation as it happened: who did it, and which events it had seen.
@@ -588,9 +596,17 @@ impl Subject for LwwRegister<u8> {
     }
     /// The write with the greatest (timestamp, replica), then value.
     fn expected(events: &[&Event<LwwSet>]) -> Option<u8> {
-        events
+        Self::expected_reset(events, &[])
+    }
+
+    /// A reset hides every write stamped at or below the latest one it observed: of the
+    /// others, the greatest.
+    fn expected_reset(survivors: &[&Event<LwwSet>], removed: &[&Event<LwwSet>]) -> Option<u8> {
+        let floor = removed.iter().map(|e| (e.op.time, e.replica)).max();
+        survivors
             .iter()
             .map(|e| ((e.op.time, e.replica), e.op.value))
+            .filter(|(stamp, _)| Some(*stamp) > floor)
             .max()
             .map(|w| w.1)
     }
@@ -636,7 +652,7 @@ pub enum MapOp<Op> {
     Remove(u8),
 }
 
-impl<V: Subject> Subject for OrMap<u8, V> {
+impl<V: Subject + Reset> Subject for OrMap<u8, V> {
     type Op = MapOp<V::Op>;
     type Value = BTreeMap<u8, V::Value>;
 
@@ -648,40 +664,59 @@ impl<V: Subject> Subject for OrMap<u8, V> {
             MapOp::Update(key, V::arbitrary_op(u)?)
         })
     }
+
     fn apply(&mut self, replica: ReplicaId, op: &Self::Op) -> Self {
         match op {
             MapOp::Update(key, op) => self.update(replica, *key, |v| v.apply(replica, op)),
             MapOp::Remove(key) => self.remove(key),
         }
     }
+
     fn value(&self) -> Self::Value {
         self.iter().map(|(k, v)| (*k, v.value())).collect()
     }
-    /// Keys are add-wins; a present key's value is the nested oracle over every update of it.
+
     fn expected(events: &[&Event<Self::Op>]) -> Self::Value {
+        Self::expected_reset(events, &[])
+    }
+
+    /// Observed-remove: a key's updates seen by a remove of the key (or by a reset of the
+    /// whole map) are discarded; the key is present iff an update of it survives, and its
+    /// value is the nested oracle over the survivors, told which updates were discarded.
+    fn expected_reset(survivors: &[&Event<Self::Op>], removed: &[&Event<Self::Op>]) -> Self::Value {
         let mut out = BTreeMap::new();
         for key in 0..=3u8 {
-            let updates: Vec<Event<V::Op>> = events
-                .iter()
-                .filter_map(|e| match &e.op {
-                    MapOp::Update(k, op) if *k == key => Some(Event {
-                        id: e.id,
-                        replica: e.replica,
-                        op: op.clone(),
-                        past: e.past,
-                    }),
-                    _ => None,
-                })
-                .collect();
-            let removed = |u: &Event<V::Op>| {
-                events.iter().any(|r| {
+            let updates = |events: &[&Event<Self::Op>]| -> Vec<Event<V::Op>> {
+                events
+                    .iter()
+                    .filter_map(|e| match &e.op {
+                        MapOp::Update(k, op) if *k == key => Some(Event {
+                            id: e.id,
+                            replica: e.replica,
+                            op: op.clone(),
+                            past: e.past,
+                        }),
+                        _ => None,
+                    })
+                    .collect()
+            };
+            let seen_by_remove = |u: &Event<V::Op>| {
+                survivors.iter().any(|r| {
                     matches!(r.op, MapOp::Remove(k) if k == key) && r.past & (1 << u.id) != 0
                 })
             };
-            if updates.iter().any(|u| !removed(u)) {
-                let refs: Vec<&Event<V::Op>> = updates.iter().collect();
-                out.insert(key, V::expected(&refs));
+            let mine = updates(survivors);
+            let earlier = updates(removed);
+            let kept: Vec<&Event<V::Op>> = mine.iter().filter(|u| !seen_by_remove(u)).collect();
+            if kept.is_empty() {
+                continue;
             }
+            let gone: Vec<&Event<V::Op>> = mine
+                .iter()
+                .filter(|u| seen_by_remove(u))
+                .chain(&earlier)
+                .collect();
+            out.insert(key, V::expected_reset(&kept, &gone));
         }
         out
     }

@@ -92,6 +92,32 @@ pub trait Crdt: Clone + Default + PartialEq + core::fmt::Debug {
     }
 }
 
+/// A CRDT that can forget what it has observed: what [`OrMap`] needs of its values so that
+/// removing a key resets it.
+///
+/// [`reset`](Reset::reset) discards every effect this state reflects and returns the delta
+/// that does the same wherever it is merged; effects it has not observed (updates concurrent
+/// with the reset, made elsewhere) survive, each with only its own effect. So a counter reset
+/// at 5 and incremented by 1 concurrently elsewhere merges to 1, and a set cleared while an
+/// element is added elsewhere merges to that element.
+///
+/// ```
+/// use crdt_core::{Crdt, PNCounter, ReplicaId, Reset};
+///
+/// let (a, b) = (ReplicaId::new(1), ReplicaId::new(2));
+/// let mut here = PNCounter::new();
+/// here.inc(a, 5);
+/// let mut there = here.clone();
+/// here.reset();
+/// there.inc(b, 1); // concurrent with the reset
+/// here.merge(&there);
+/// assert_eq!(here.value(), 1);
+/// ```
+pub trait Reset: Crdt {
+    /// Discards what this state has observed; returns the delta.
+    fn reset(&mut self) -> Self;
+}
+
 /// A state that can be cut into smaller states whose join is the whole, so that a large state
 /// can travel in messages of bounded size.
 ///

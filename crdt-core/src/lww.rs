@@ -1,8 +1,8 @@
 //! The last-writer-wins register.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::{Crdt, HlcTimestamp, ReplicaId};
+use crate::{Crdt, HlcTimestamp, ReplicaId, Reset};
 
 /// When and where a write happened: the total order of last-writer-wins.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
@@ -20,6 +20,13 @@ pub struct Stamp {
 /// Two writes with the same stamp can only come from a replica reusing its clock readings; the
 /// greater value wins then, so even that merges deterministically.
 ///
+/// [`reset`](Reset::reset) (what a map does when its key is removed) empties the register and
+/// keeps the stamp it observed as a *floor*: writes stamped at or below it stay hidden, later
+/// ones show. Writers stamp with a hybrid logical clock that has seen what they overwrite, so
+/// every write made after the reset, or concurrently with it and later in time, shows; a write
+/// concurrent with the reset but stamped before what it observed stays hidden, as it would
+/// have lost to that value anyway.
+///
 /// ```
 /// use crdt_core::{Crdt, Hlc, LwwRegister, ReplicaId};
 ///
@@ -32,15 +39,20 @@ pub struct Stamp {
 /// x.merge(&y);
 /// assert_eq!(x.get(), Some(&"final"));
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
-#[serde(transparent)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize)]
 pub struct LwwRegister<T> {
+    /// The winning write; always stamped above `floor`.
     current: Option<(Stamp, T)>,
+    /// The latest stamp a reset observed.
+    floor: Option<Stamp>,
 }
 
 impl<T> Default for LwwRegister<T> {
     fn default() -> Self {
-        LwwRegister { current: None }
+        LwwRegister {
+            current: None,
+            floor: None,
+        }
     }
 }
 
@@ -56,16 +68,27 @@ impl<T: Ord + Clone> LwwRegister<T> {
     pub fn set(&mut self, time: HlcTimestamp, replica: ReplicaId, value: T) -> LwwRegister<T> {
         let delta = LwwRegister {
             current: Some((Stamp { time, replica }, value)),
+            floor: None,
         };
         self.merge_ref(&delta);
         delta
     }
 
     fn merge_ref(&mut self, other: &Self) {
+        if other.floor > self.floor {
+            self.floor = other.floor;
+            if self
+                .current
+                .as_ref()
+                .is_some_and(|c| Some(c.0) <= self.floor)
+            {
+                self.current = None;
+            }
+        }
         if let Some(theirs) = &other.current {
             let newer = match &self.current {
                 Some(ours) => (theirs.0, &theirs.1) > (ours.0, &ours.1),
-                None => true,
+                None => Some(theirs.0) > self.floor,
             };
             if newer {
                 self.current = Some(theirs.clone());
@@ -83,6 +106,39 @@ impl<T> LwwRegister<T> {
     /// The stamp of the current value.
     pub fn stamp(&self) -> Option<Stamp> {
         self.current.as_ref().map(|c| c.0)
+    }
+}
+
+impl<T: Ord + Clone + core::fmt::Debug> Reset for LwwRegister<T> {
+    fn reset(&mut self) -> Self {
+        if let Some((stamp, _)) = self.current.take() {
+            self.floor = self.floor.max(Some(stamp));
+        }
+        LwwRegister {
+            current: None,
+            floor: self.floor,
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for LwwRegister<T> {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename = "LwwRegister", bound = "T: Deserialize<'de>")]
+        struct Raw<T> {
+            current: Option<(Stamp, T)>,
+            floor: Option<Stamp>,
+        }
+        let raw = Raw::<T>::deserialize(de)?;
+        if raw.current.as_ref().is_some_and(|c| Some(c.0) <= raw.floor) {
+            return Err(serde::de::Error::custom(
+                "a value stamped at or below the floor",
+            ));
+        }
+        Ok(LwwRegister {
+            current: raw.current,
+            floor: raw.floor,
+        })
     }
 }
 

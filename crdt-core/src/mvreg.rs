@@ -79,6 +79,21 @@ impl<T> MvRegister<T> {
     }
 }
 
+impl<T: Clone + PartialEq + core::fmt::Debug> crate::Reset for MvRegister<T> {
+    /// Empties the register: the values observed are gone, writes made concurrently elsewhere
+    /// stay.
+    fn reset(&mut self) -> Self {
+        let ctx = core::mem::take(&mut self.entries)
+            .into_iter()
+            .map(|e| e.0)
+            .collect();
+        MvRegister {
+            entries: Vec::new(),
+            ctx,
+        }
+    }
+}
+
 impl<T: Clone + PartialEq + core::fmt::Debug> Crdt for MvRegister<T> {
     fn merge(&mut self, other: &Self) {
         self.entries = join_sorted(&self.entries, &self.ctx, &other.entries, &other.ctx, |e| {

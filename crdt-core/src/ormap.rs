@@ -7,35 +7,36 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::orset::{ascending_entries, Entries};
 use alloc::vec::Vec;
 
-use crate::{Crdt, Decompose, OrSet, ReplicaId};
+use crate::{Crdt, Decompose, OrSet, ReplicaId, Reset};
 
-/// A map from keys to nested CRDTs (counters, sets, registers, other maps) whose keys behave
-/// like an add-wins [`OrSet`].
+/// An observed-remove map from keys to nested CRDTs (counters, sets, registers, other maps).
 ///
-/// Updating a key makes it present; removing it hides it. The nested value of a key is merged
-/// from every update ever made to it, on any replica. (Every updated key keeps a value entry,
-/// bottom included, so the entries are a function of the updates seen and equal maps are
-/// identical.)
-///
-/// **Concurrent update and remove of the same key: the update wins.** The key stays, and its
-/// value is the join of all updates to it, including those the remove had observed: a remove
-/// hides a key, it does not reset its value (a grow-only counter cannot shrink). Updating a
-/// removed key later likewise shows the merged history again. The hidden value is kept so that
-/// merging stays a lattice; an application that wants a reset models it inside the value (for
-/// example a fresh key per generation).
+/// Updating a key makes it present. **Removing a key resets it**: the remove discards exactly
+/// the updates of that key it has observed, at any nesting depth (each value is
+/// [`Reset`]), so a key removed and updated again starts from bottom. An update concurrent
+/// with the remove survives it, with only its own effect: the key stays, showing that update.
 ///
 /// ```
-/// use crdt_core::{Crdt, GCounter, OrMap, ReplicaId};
+/// use crdt_core::{Crdt, OrMap, PNCounter, ReplicaId};
 ///
 /// let (a, b) = (ReplicaId::new(1), ReplicaId::new(2));
-/// let mut likes: OrMap<&str, GCounter> = OrMap::new();
-/// likes.update(a, "post-1", |c| c.inc(a, 1));
-/// let mut other = likes.clone();
-/// likes.remove(&"post-1");
-/// other.update(b, "post-1", |c| c.inc(b, 1)); // concurrent with the remove
-/// likes.merge(&other);
-/// assert_eq!(likes.get(&"post-1").map(GCounter::value), Some(2));
+/// let mut stock: OrMap<&str, PNCounter> = OrMap::new();
+/// stock.update(a, "apples", |c| c.inc(a, 5));
+/// stock.remove(&"apples");
+/// stock.update(a, "apples", |c| c.inc(a, 1));
+/// assert_eq!(stock.get(&"apples").map(PNCounter::value), Some(1)); // not 6
+///
+/// let mut other = stock.clone();
+/// stock.remove(&"apples");
+/// other.update(b, "apples", |c| c.inc(b, 2)); // concurrent with the remove
+/// stock.merge(&other);
+/// assert_eq!(stock.get(&"apples").map(PNCounter::value), Some(2)); // only its own effect
 /// ```
+///
+/// A removed key keeps a small trace in the value map (what its reset observed: per-writer
+/// floors, or a causal context), which is what lets a late update from before the remove be
+/// recognised and discarded. (Every updated key keeps a value entry, so the entries are a
+/// function of the updates seen and equal maps are identical.)
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct OrMap<K, V> {
     keys: OrSet<K>,
@@ -52,7 +53,7 @@ impl<K, V> Default for OrMap<K, V> {
     }
 }
 
-impl<K: Ord + Clone + core::fmt::Debug, V: Crdt> OrMap<K, V> {
+impl<K: Ord + Clone + core::fmt::Debug, V: Reset> OrMap<K, V> {
     /// The empty map.
     pub fn new() -> Self {
         Self::default()
@@ -72,11 +73,41 @@ impl<K: Ord + Clone + core::fmt::Debug, V: Crdt> OrMap<K, V> {
         OrMap { keys, values }
     }
 
-    /// Hides `key`; returns the delta. A concurrent update of the key wins over this remove.
+    /// Like [`update`](OrMap::update), but only if `key` is present; `None` (and no change)
+    /// otherwise.
+    pub fn update_present<F>(&mut self, replica: ReplicaId, key: &K, f: F) -> Option<OrMap<K, V>>
+    where
+        F: FnOnce(&mut V) -> V,
+    {
+        self.contains_key(key)
+            .then(|| self.update(replica, key.clone(), f))
+    }
+
+    /// Removes `key`, resetting its value: every update of it this map has observed is
+    /// discarded, here and wherever the delta is merged; updates made concurrently elsewhere
+    /// survive. Returns the delta (empty if the key was never updated).
     pub fn remove(&mut self, key: &K) -> OrMap<K, V> {
+        let mut values = BTreeMap::new();
+        if let Some(value) = self.values.get_mut(key) {
+            values.insert(key.clone(), value.reset());
+        }
         OrMap {
             keys: self.keys.remove(key),
-            values: BTreeMap::new(),
+            values,
+        }
+    }
+}
+
+impl<K: Ord + Clone + core::fmt::Debug, V: Reset> Reset for OrMap<K, V> {
+    /// Removes every key.
+    fn reset(&mut self) -> Self {
+        OrMap {
+            keys: self.keys.clear(),
+            values: self
+                .values
+                .iter_mut()
+                .map(|(k, v)| (k.clone(), v.reset()))
+                .collect(),
         }
     }
 }
@@ -91,8 +122,8 @@ impl<K: Ord, V> OrMap<K, V> {
         }
     }
 
-    /// The value kept for `key`, present or removed (a remove hides a key but keeps its value,
-    /// which a later update continues from).
+    /// The value kept for `key`, present or removed (a removed key's value is reset: it keeps
+    /// only what recognises the updates the remove observed).
     pub fn value_kept(&self, key: &K) -> Option<&V> {
         self.values.get(key)
     }

@@ -160,6 +160,13 @@ impl<T: Ord + Clone + core::fmt::Debug> Crdt for OrSet<T> {
     }
 }
 
+impl<T: Ord + Clone + core::fmt::Debug> crate::Reset for OrSet<T> {
+    /// [`clear`](OrSet::clear): removes every element observed.
+    fn reset(&mut self) -> Self {
+        self.clear()
+    }
+}
+
 impl<T: Ord + Clone> OrSet<T> {
     /// Whether `other` may remove elements it does not itself hold: whether its context has a
     /// dot we have seen that is not live in its elements. Answers `true` when the context is too

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Crdt, GCounter, ReplicaId};
+use crate::{Crdt, GCounter, ReplicaId, Reset};
 
 /// A counter that goes up and down: a pair of grow-only counters, increments minus decrements.
 ///
@@ -63,6 +63,15 @@ impl PNCounter {
     /// All decrements.
     pub fn decrements(&self) -> &GCounter {
         &self.decrements
+    }
+}
+
+impl Reset for PNCounter {
+    fn reset(&mut self) -> PNCounter {
+        PNCounter {
+            increments: self.increments.reset(),
+            decrements: self.decrements.reset(),
+        }
     }
 }
 

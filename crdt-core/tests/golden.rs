@@ -5,7 +5,7 @@
 
 use crdt_core::{
     codec, CausalContext, Dot, GCounter, HlcTimestamp, LwwRegister, MvRegister, OrMap, OrSet,
-    PNCounter, ReplicaId, VersionVector,
+    PNCounter, ReplicaId, Reset, VersionVector,
 };
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -75,6 +75,17 @@ fn cases() -> Vec<Case> {
     let mut map: OrMap<String, GCounter> = OrMap::new();
     map.update(r(1), "a".to_string(), |c| c.inc(r(1), 2));
 
+    let mut reset_counter = GCounter::new();
+    reset_counter.inc(r(1), 3);
+    reset_counter.reset();
+    reset_counter.inc(r(1), 1);
+
+    let mut reset_lww = lww.clone();
+    reset_lww.reset();
+
+    let mut removed = map.clone();
+    removed.remove(&"a".to_string());
+
     vec![
         case("gcounter", gc),
         case("pncounter", pn),
@@ -91,6 +102,9 @@ fn cases() -> Vec<Case> {
         case("lww-register", lww),
         case("mv-register", mv),
         case("ormap", map),
+        case("gcounter-reset", reset_counter),
+        case("lww-register-reset", reset_lww),
+        case("ormap-removed", removed),
         case("empty-orset", OrSet::<String>::new()),
     ]
 }
@@ -177,24 +191,29 @@ fn decode_errors_are_typed() {
         Err(DecodeError::UnsupportedVersion(9))
     );
     assert_eq!(
-        codec::decode::<GCounter>(&[1, 1, 1]),
+        codec::decode::<GCounter>(&[2, 1, 1]),
         Err(DecodeError::Truncated)
     );
     assert_eq!(
-        codec::decode::<GCounter>(&[1, 0, 0]),
+        codec::decode::<GCounter>(&[2, 0, 0, 0]),
         Err(DecodeError::TrailingBytes(1))
     );
     // Replicas out of order, a zero count, a dot counter of 0.
     assert_eq!(
-        codec::decode::<GCounter>(&[1, 2, 2, 1, 1, 1]),
+        codec::decode::<GCounter>(&[2, 2, 2, 1, 1, 1, 0]),
         Err(DecodeError::Malformed)
     );
     assert_eq!(
-        codec::decode::<GCounter>(&[1, 1, 1, 0]),
+        codec::decode::<GCounter>(&[2, 1, 1, 0, 0]),
         Err(DecodeError::Malformed)
     );
     assert_eq!(
-        codec::decode::<CausalContext>(&[1, 0, 1, 1, 0]),
+        codec::decode::<CausalContext>(&[2, 0, 1, 1, 0]),
+        Err(DecodeError::Malformed)
+    );
+    // A register value stamped at its own floor.
+    assert_eq!(
+        codec::decode::<LwwRegister<u8>>(&[2, 1, 5, 0, 1, 7, 1, 5, 0, 1]),
         Err(DecodeError::Malformed)
     );
 }

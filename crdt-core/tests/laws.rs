@@ -12,4 +12,7 @@ crdt_core::law_tests! {
     ormap_of_sets: OrMap<u8, OrSet<u8>>,
     ormap_of_registers: OrMap<u8, MvRegister<u8>>,
     ormap_of_maps: OrMap<u8, OrMap<u8, PNCounter>>,
+    ormap_of_pncounters: OrMap<u8, PNCounter>,
+    ormap_of_lww: OrMap<u8, LwwRegister<u8>>,
+    ormap_of_maps_of_sets: OrMap<u8, OrMap<u8, OrSet<u8>>>,
 }

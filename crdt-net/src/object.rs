@@ -315,6 +315,21 @@ impl Crdt for Object {
     }
 }
 
+impl crdt_core::Reset for Object {
+    /// Resets the object as its type does (what removing its key from a map does).
+    fn reset(&mut self) -> Self {
+        match self {
+            Object::Empty => Object::Empty,
+            Object::GCounter(c) => Object::GCounter(c.reset()),
+            Object::PNCounter(c) => Object::PNCounter(c.reset()),
+            Object::Set(s) => Object::Set(s.reset()),
+            Object::Lww(r) => Object::Lww(r.reset()),
+            Object::Mv(r) => Object::Mv(r.reset()),
+            Object::Map(m) => Object::Map(m.reset()),
+        }
+    }
+}
+
 impl Decompose for Object {
     fn split(&self, max_entries: usize) -> Vec<Self> {
         match self {

@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&which, schedule)) = data.split_first() else {
         return;
     };
-    let result = match which % 8 {
+    let result = match which % 10 {
         0 => check::<GCounter>(schedule),
         1 => check::<PNCounter>(schedule),
         2 => check::<OrSet<u8>>(schedule),
@@ -18,6 +18,8 @@ fuzz_target!(|data: &[u8]| {
         4 => check::<MvRegister<u8>>(schedule),
         5 => check::<OrMap<u8, GCounter>>(schedule),
         6 => check::<OrMap<u8, OrSet<u8>>>(schedule),
+        7 => check::<OrMap<u8, PNCounter>>(schedule),
+        8 => check::<OrMap<u8, LwwRegister<u8>>>(schedule),
         _ => check::<OrMap<u8, OrMap<u8, MvRegister<u8>>>>(schedule),
     };
     if let Err(violation) = result {

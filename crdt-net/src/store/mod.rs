@@ -69,6 +69,17 @@ pub enum StoreError {
         /// Which record, and how.
         what: String,
     },
+    /// The store was written by a build with another store format: nothing was read or
+    /// changed. Move the data directory aside (or export it with the build that wrote it).
+    #[error("{path}: written in store format {found}; this build reads format {expected}")]
+    Version {
+        /// The store file.
+        path: std::path::PathBuf,
+        /// The format the file is in.
+        found: u8,
+        /// The format this build reads.
+        expected: u8,
+    },
     /// The file system or the database engine failed (full disk, no permission, I/O error).
     #[error("{path}: {source}")]
     Io {

@@ -32,7 +32,7 @@ const OBJECTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("objects"
 const DELTAS: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("deltas");
 const TOUCHED: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("touched");
 
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
 /// A key's deltas are folded into one record once they pass this many bytes or the size of
 /// that record, whichever is larger.
 const COMPACT_MIN_BYTES: u64 = 4096;
@@ -148,15 +148,16 @@ impl RedbStore {
             Err(::redb::TableError::TableDoesNotExist(_)) => return Ok(durable),
             Err(e) => return Err(io(&path)(e)),
         };
-        let format: u8 = match meta.get("format").map_err(io(&path))? {
-            Some(v) => read(&path, "meta", "format".as_bytes(), v.value())?,
+        let format = match meta.get("format").map_err(io(&path))? {
+            Some(v) => read_format(&path, v.value())?,
             None => return Ok(durable),
         };
         if format != FORMAT {
-            return Err(corrupt(
-                &path,
-                format!("store format {format}, expected {FORMAT}"),
-            ));
+            return Err(StoreError::Version {
+                path,
+                found: format,
+                expected: FORMAT,
+            });
         }
         if let Some(v) = meta.get("seen").map_err(io(&path))? {
             durable.seen = read(&path, "meta", "seen".as_bytes(), v.value())?;
@@ -321,6 +322,27 @@ fn open_file(path: &Path) -> Result<Database, StoreError> {
         },
         other => io(path)(other),
     })
+}
+
+/// The store format from its record. Every store format so far wrote it as crdt-core's
+/// encoding of a `u8` (a codec version byte, then the format), whatever the codec version, so
+/// a store of another format is recognised as such instead of failing to decode.
+fn read_format(path: &Path, bytes: &[u8]) -> Result<u8, StoreError> {
+    match bytes.get(4..) {
+        Some(&[codec_version, format]) if codec_version != codec::FORMAT_VERSION => {
+            let sound = bytes
+                .split_first_chunk::<4>()
+                .is_some_and(|(sum, payload)| {
+                    u32::from_le_bytes(*sum) == checksum("meta", b"format", payload)
+                });
+            if sound {
+                Ok(format)
+            } else {
+                Err(corrupt(path, "meta/format: checksum mismatch".into()))
+            }
+        }
+        _ => read(path, "meta", b"format", bytes),
+    }
 }
 
 fn read<T: DeserializeOwned>(
