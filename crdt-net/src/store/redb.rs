@@ -401,3 +401,39 @@ fn io<E: std::error::Error + Send + Sync + 'static>(path: &Path) -> impl Fn(E) -
         source: Box::new(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store written by the build before counters had floors (store format 1, whose format
+    /// record was encoded with crdt-core's format 1) is refused by name, and left as it was.
+    #[test]
+    fn a_store_of_an_older_format_is_refused_as_such() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("store.redb");
+        drop(RedbStore::open(&path).unwrap());
+        {
+            let db = Database::open(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut meta = txn.open_table(META).unwrap();
+                let payload = [1u8, 1]; // codec format 1, store format 1
+                let mut record = checksum("meta", b"format", &payload).to_le_bytes().to_vec();
+                record.extend_from_slice(&payload);
+                meta.insert("format", record.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let before = std::fs::read(&path).unwrap();
+        match RedbStore::open(&path) {
+            Err(StoreError::Version {
+                found: 1,
+                expected: FORMAT,
+                ..
+            }) => {}
+            other => panic!("expected a version error, got {other:?}"),
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), before, "the file was changed");
+    }
+}
