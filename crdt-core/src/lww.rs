@@ -107,6 +107,16 @@ impl<T> LwwRegister<T> {
     pub fn stamp(&self) -> Option<Stamp> {
         self.current.as_ref().map(|c| c.0)
     }
+
+    /// The latest stamp a reset observed: writes at or below it stay hidden.
+    pub fn floor(&self) -> Option<Stamp> {
+        self.floor
+    }
+
+    /// The latest stamp this state holds, of its value or its floor.
+    pub fn latest(&self) -> Option<Stamp> {
+        self.stamp().max(self.floor)
+    }
 }
 
 impl<T: Ord + Clone + core::fmt::Debug> Reset for LwwRegister<T> {

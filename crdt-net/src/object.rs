@@ -274,10 +274,11 @@ impl Object {
     }
 
     /// The latest hybrid-logical-clock time of any last-writer-wins register in the object,
-    /// nested maps included (removed keys too): what a receiver checks against its clock.
+    /// nested maps included (removed keys too, whose floors count: a floor far ahead would
+    /// hide every write until then): what a receiver checks against its clock.
     pub fn latest_stamp(&self) -> Option<HlcTimestamp> {
         match self {
-            Object::Lww(register) => register.stamp().map(|s| s.time),
+            Object::Lww(register) => register.latest().map(|s| s.time),
             Object::Map(map) => map
                 .values_kept()
                 .filter_map(|(_, value)| value.latest_stamp())

@@ -368,6 +368,31 @@ fn a_write_stamped_too_far_ahead_waits_for_the_clock() {
     assert!(a.stamp(now) > future);
 }
 
+/// Removing a map key resets its registers to a floor stamp, which hides every write at or
+/// below it: a floor far ahead of this clock is refused like a write stamped there, or a peer
+/// with a fast clock could hide every write for as long.
+#[test]
+fn a_reset_floor_too_far_ahead_is_refused() {
+    let mut config = Config::new(A).with_peer(B);
+    config.max_drift = 1_000;
+    let mut a = Replica::new(config);
+    let now = 1_700_000_000_000;
+    let future = crdt_core::HlcTimestamp::new(now + 600_000, 0);
+    let mut map = Object::Empty;
+    let write = Op::Update("title".into(), Box::new(Op::Set(future, "x".into())));
+    map.apply(B, &write).unwrap();
+    let removed = map.apply(B, &Op::Delete("title".into())).unwrap();
+    let message = Message::Deltas(vec![DeltaEntry {
+        dot: Dot::new(B, 2),
+        key: "doc".into(),
+        delta: removed,
+    }])
+    .encode();
+    a.handle_message(now, B, &message).unwrap();
+    assert_eq!(a.get("doc"), None);
+    assert_eq!(a.stats().drift_refused, 1);
+}
+
 /// A counter and a set written under one key at two replicas: the later type wins (merge stays
 /// total), and the receiver counts the conflict and reports it once.
 #[test]
