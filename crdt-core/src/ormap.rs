@@ -86,10 +86,16 @@ impl<K: Ord + Clone + core::fmt::Debug, V: Reset> OrMap<K, V> {
     /// Removes `key`, resetting its value: every update of it this map has observed is
     /// discarded, here and wherever the delta is merged; updates made concurrently elsewhere
     /// survive. Returns the delta (empty if the key was never updated).
-    pub fn remove(&mut self, key: &K) -> OrMap<K, V> {
+    pub fn remove<Q>(&mut self, key: &Q) -> OrMap<K, V>
+    where
+        K: core::borrow::Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
         let mut values = BTreeMap::new();
-        if let Some(value) = self.values.get_mut(key) {
-            values.insert(key.clone(), value.reset());
+        if let Some(reset) = self.values.get_mut(key).map(V::reset) {
+            if let Some((k, _)) = self.values.get_key_value(key) {
+                values.insert(k.clone(), reset);
+            }
         }
         OrMap {
             keys: self.keys.remove(key),
@@ -114,7 +120,11 @@ impl<K: Ord + Clone + core::fmt::Debug, V: Reset> Reset for OrMap<K, V> {
 
 impl<K: Ord, V> OrMap<K, V> {
     /// The value of `key` if the key is present.
-    pub fn get(&self, key: &K) -> Option<&V> {
+    pub fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: core::borrow::Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
         if self.keys.contains(key) {
             self.values.get(key)
         } else {
@@ -124,7 +134,11 @@ impl<K: Ord, V> OrMap<K, V> {
 
     /// The value kept for `key`, present or removed (a removed key's value is reset: it keeps
     /// only what recognises the updates the remove observed).
-    pub fn value_kept(&self, key: &K) -> Option<&V> {
+    pub fn value_kept<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: core::borrow::Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
         self.values.get(key)
     }
 
@@ -139,7 +153,11 @@ impl<K: Ord, V> OrMap<K, V> {
     }
 
     /// Whether `key` is present.
-    pub fn contains_key(&self, key: &K) -> bool {
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: core::borrow::Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
         self.keys.contains(key)
     }
 

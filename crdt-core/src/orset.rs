@@ -70,7 +70,11 @@ impl<T: Ord + Clone> OrSet<T> {
     }
 
     /// Removes `value` if present; returns the delta (empty when there was nothing to remove).
-    pub fn remove(&mut self, value: &T) -> OrSet<T> {
+    pub fn remove<Q>(&mut self, value: &Q) -> OrSet<T>
+    where
+        T: core::borrow::Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
         let ctx = match self.entries.remove(value) {
             Some(dots) => dots.as_slice().iter().copied().collect(),
             None => CausalContext::new(),
@@ -96,7 +100,11 @@ impl<T: Ord + Clone> OrSet<T> {
 
 impl<T: Ord> OrSet<T> {
     /// Whether `value` is in the set.
-    pub fn contains(&self, value: &T) -> bool {
+    pub fn contains<Q>(&self, value: &Q) -> bool
+    where
+        T: core::borrow::Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
         self.entries.contains_key(value)
     }
 

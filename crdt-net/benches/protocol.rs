@@ -67,7 +67,7 @@ fn converged_set(n: usize, writer: ReplicaId) -> Durable {
     config.eager_push = false;
     let mut replica = Replica::new(config);
     for i in 0..n {
-        let _ = replica.update("set", &Op::Add(format!("element-{i:07}")));
+        let _ = replica.update("set", &Op::Add(format!("element-{i:07}").into()));
     }
     replica.durable().clone()
 }
@@ -96,7 +96,7 @@ fn one_add_bandwidth() {
             let has_it = |s: &Sim| {
                 (0..s.len()).all(|i| {
                     matches!(s.replica(i).and_then(|r| r.get("set")),
-                        Some(Object::Set(set)) if set.contains(&"one more".to_string()))
+                        Some(Object::Set(set)) if set.contains("one more".as_bytes()))
                 })
             };
             let took = sim.run_until(60_000, has_it).expect("the add spreads");

@@ -127,7 +127,7 @@ fn filled(
         let before = store.bytes_written();
         let batch = BATCH.min(deltas - added);
         for j in added..added + batch {
-            replica.update(KEY, &Op::Add(format!("more-{j:07}")))?;
+            replica.update(KEY, &Op::Add(format!("more-{j:07}").into()))?;
         }
         let at = Instant::now();
         replica.persist(&mut store)?;
@@ -151,7 +151,7 @@ fn config() -> Config {
 fn fill(replica: &mut Replica, size: usize) {
     for i in 0..size {
         replica
-            .update(KEY, &Op::Add(format!("element-{i:07}")))
+            .update(KEY, &Op::Add(format!("element-{i:07}").into()))
             .expect("a set");
     }
 }
@@ -199,7 +199,7 @@ fn small_updates(
     let began = Instant::now();
     for j in 0..UPDATES {
         let op = match set {
-            Some(_) => Op::Add(format!("new-{j:04}")),
+            Some(_) => Op::Add(format!("new-{j:04}").into()),
             None => Op::Inc(1),
         };
         replica.update(KEY, &op)?;

@@ -40,6 +40,7 @@ mod object;
 mod replica;
 pub mod sim;
 pub mod store;
+pub mod value;
 
 pub use error::{ProtocolError, UpdateError};
 pub use message::{Message, PeerInfo, PROTOCOL_VERSION};

@@ -10,6 +10,8 @@ use crdt_core::{
 };
 use serde::{de::Error as _, Deserialize, Deserializer, Serialize};
 
+use crate::value::Shown;
+
 /// A replicated object: any crdt-core type, nested maps included.
 ///
 /// `Object` is itself a lattice: the same variants merge by their own merge, and when two
@@ -29,14 +31,14 @@ pub enum Object {
     GCounter(GCounter),
     /// An up-down counter.
     PNCounter(PNCounter),
-    /// An add-wins set of strings.
-    Set(OrSet<String>),
-    /// A last-writer-wins string register.
-    Lww(LwwRegister<String>),
-    /// A multi-value string register.
-    Mv(MvRegister<String>),
+    /// An add-wins set of values.
+    Set(OrSet<Vec<u8>>),
+    /// A last-writer-wins register.
+    Lww(LwwRegister<Vec<u8>>),
+    /// A multi-value register.
+    Mv(MvRegister<Vec<u8>>),
     /// A map of nested objects.
-    Map(OrMap<String, Object>),
+    Map(OrMap<Vec<u8>, Object>),
 }
 
 /// How deep objects may nest (a top-level counter is 1 deep, a counter in a map 2, and so on).
@@ -66,10 +68,10 @@ enum Repr {
     Empty,
     GCounter(GCounter),
     PNCounter(PNCounter),
-    Set(OrSet<String>),
-    Lww(LwwRegister<String>),
-    Mv(MvRegister<String>),
-    Map(OrMap<String, Object>),
+    Set(OrSet<Vec<u8>>),
+    Lww(LwwRegister<Vec<u8>>),
+    Mv(MvRegister<Vec<u8>>),
+    Map(OrMap<Vec<u8>, Object>),
 }
 
 thread_local! {
@@ -109,17 +111,17 @@ pub enum Op {
     /// Subtract from an up-down counter.
     PnDec(u64),
     /// Add an element to a set.
-    Add(String),
+    Add(Vec<u8>),
     /// Remove an element from a set.
-    Remove(String),
+    Remove(Vec<u8>),
     /// Write a last-writer-wins register at a hybrid logical clock reading.
-    Set(HlcTimestamp, String),
+    Lww(HlcTimestamp, Vec<u8>),
     /// Write a multi-value register.
-    Write(String),
-    /// Apply an operation to a key of a map.
-    Update(String, Box<Op>),
-    /// Remove a key of a map.
-    Delete(String),
+    Mv(Vec<u8>),
+    /// Apply an operation to the value of a map key.
+    Update(Vec<u8>, Box<Op>),
+    /// Remove a map key, resetting its value (see [`OrMap`]).
+    Delete(Vec<u8>),
 }
 
 impl Op {
@@ -134,7 +136,7 @@ impl Op {
                     bytes += key.len();
                     op = inner;
                 }
-                Op::Add(v) | Op::Remove(v) | Op::Set(_, v) | Op::Write(v) | Op::Delete(v) => {
+                Op::Add(v) | Op::Remove(v) | Op::Lww(_, v) | Op::Mv(v) | Op::Delete(v) => {
                     return bytes + v.len()
                 }
                 Op::Inc(_) | Op::PnInc(_) | Op::PnDec(_) => return bytes,
@@ -223,8 +225,8 @@ impl Object {
             (Object::PNCounter(c), Op::PnDec(n)) => Object::PNCounter(c.dec(replica, *n)),
             (Object::Set(s), Op::Add(x)) => Object::Set(s.add(replica, x.clone())),
             (Object::Set(s), Op::Remove(x)) => Object::Set(s.remove(x)),
-            (Object::Lww(r), Op::Set(t, v)) => Object::Lww(r.set(*t, replica, v.clone())),
-            (Object::Mv(r), Op::Write(v)) => Object::Mv(r.write(replica, v.clone())),
+            (Object::Lww(r), Op::Lww(t, v)) => Object::Lww(r.set(*t, replica, v.clone())),
+            (Object::Mv(r), Op::Mv(v)) => Object::Mv(r.write(replica, v.clone())),
             (Object::Map(m), Op::Update(key, inner)) => {
                 Object::Map(m.update(replica, key.clone(), |value| {
                     value.apply_checked(replica, inner)
@@ -241,8 +243,8 @@ impl Object {
             Op::Inc(_) => Object::GCounter(GCounter::new()),
             Op::PnInc(_) | Op::PnDec(_) => Object::PNCounter(PNCounter::new()),
             Op::Add(_) | Op::Remove(_) => Object::Set(OrSet::new()),
-            Op::Set(..) => Object::Lww(LwwRegister::new()),
-            Op::Write(_) => Object::Mv(MvRegister::new()),
+            Op::Lww(..) => Object::Lww(LwwRegister::new()),
+            Op::Mv(_) => Object::Mv(MvRegister::new()),
             Op::Update(..) | Op::Delete(_) => Object::Map(OrMap::new()),
         }
     }
@@ -347,16 +349,19 @@ impl fmt::Display for Object {
             Object::Empty => f.write_str("(empty)"),
             Object::GCounter(c) => write!(f, "{}", c.value()),
             Object::PNCounter(c) => write!(f, "{}", c.value()),
-            Object::Set(s) => f.debug_set().entries(s.iter()).finish(),
+            Object::Set(s) => f.debug_set().entries(s.iter().map(|v| Shown(v))).finish(),
             Object::Lww(r) => match r.get() {
-                Some(v) => write!(f, "{v:?}"),
+                Some(v) => write!(f, "{:?}", Shown(v)),
                 None => f.write_str("(unset)"),
             },
-            Object::Mv(r) => f.debug_list().entries(r.values()).finish(),
+            Object::Mv(r) => f
+                .debug_list()
+                .entries(r.values().map(|v| Shown(v)))
+                .finish(),
             Object::Map(m) => {
                 let mut map = f.debug_map();
                 for (k, v) in m.iter() {
-                    map.entry(k, &format_args!("{v}"));
+                    map.entry(&Shown(k), &format_args!("{v}"));
                 }
                 map.finish()
             }

@@ -652,30 +652,30 @@ fn random_op(
         2 => {
             let e = format!("e{}", rng.u8(0..16));
             let op = if rng.u8(0..3) == 0 {
-                Op::Remove(e)
+                Op::Remove(e.into())
             } else {
-                Op::Add(e)
+                Op::Add(e.into())
             };
             (format!("s{n}"), op)
         }
         3 => (
             format!("l{n}"),
-            Op::Set(clock.now(physical), format!("v{}", rng.u16(..))),
+            Op::Lww(clock.now(physical), format!("v{}", rng.u16(..)).into()),
         ),
-        4 => (format!("m{n}"), Op::Write(format!("w{}", rng.u16(..)))),
+        4 => (format!("m{n}"), Op::Mv(format!("w{}", rng.u16(..)).into())),
         _ => {
             let field = rng.u8(0..4);
             let op = match rng.u8(0..5) {
-                0 => Op::Delete(format!("c{field}")),
-                1 => Op::Delete(format!("s{field}")),
-                2 => Op::Update(format!("c{field}"), Box::new(Op::Inc(1))),
+                0 => Op::Delete(format!("c{field}").into()),
+                1 => Op::Delete(format!("s{field}").into()),
+                2 => Op::Update(format!("c{field}").into(), Box::new(Op::Inc(1))),
                 3 => Op::Update(
-                    format!("s{field}"),
-                    Box::new(Op::Remove(format!("e{}", rng.u8(0..8)))),
+                    format!("s{field}").into(),
+                    Box::new(Op::Remove(format!("e{}", rng.u8(0..8)).into())),
                 ),
                 _ => Op::Update(
-                    format!("s{field}"),
-                    Box::new(Op::Add(format!("e{}", rng.u8(0..8)))),
+                    format!("s{field}").into(),
+                    Box::new(Op::Add(format!("e{}", rng.u8(0..8)).into())),
                 ),
             };
             (format!("n{}", n % 2), op)

@@ -109,7 +109,10 @@ async fn connected(nodes: &[Node]) {
 async fn set_at(node: &Node, key: &str) -> Option<Vec<String>> {
     match within("a get", STEP, node.get(key)).await? {
         Object::Set(set) => {
-            let mut elements: Vec<String> = set.iter().cloned().collect();
+            let mut elements: Vec<String> = set
+                .iter()
+                .map(|e| String::from_utf8_lossy(e).into_owned())
+                .collect();
             elements.sort();
             Some(elements)
         }
@@ -118,7 +121,7 @@ async fn set_at(node: &Node, key: &str) -> Option<Vec<String>> {
 }
 
 fn holds(object: &Option<Object>, element: &str) -> bool {
-    matches!(object, Some(Object::Set(set)) if set.contains(&element.to_owned()))
+    matches!(object, Some(Object::Set(set)) if set.contains(element.as_bytes()))
 }
 
 fn store_error(e: &NodeError) -> Option<&StoreError> {
@@ -338,7 +341,7 @@ async fn a_store_that_cannot_be_written_fails_the_call() {
         let result = within(
             "an update on a filling disk",
             STEP,
-            node.update(KEY, Op::Add(value(i))),
+            node.update(KEY, Op::Add(value(i).into())),
         )
         .await;
         match result {
@@ -577,7 +580,7 @@ async fn a_store_that_was_full_accepts_writes_once_space_is_freed() {
     let mut full = false;
     for i in 0..256 {
         let value = format!("{i:06}-{}", "x".repeat(64 * 1024 - 7));
-        let result = within("an update", STEP, node.update("big", Op::Add(value))).await;
+        let result = within("an update", STEP, node.update("big", Op::Add(value.into()))).await;
         if let Err(e) = result {
             assert!(store_error(&e).is_some(), "{e}");
             full = true;

@@ -50,9 +50,9 @@ fn a_far_future_stamp_does_not_make_state_transfers_repeat_every_round() {
     bc.max_log_bytes = 1; // no delta buffer: everything goes by state transfer
     let mut b = Replica::new(bc);
     let far = HlcTimestamp::new(now0 + 10 * 365 * 86_400_000, 0);
-    b.update("clock", &Op::Set(far, "skewed".into())).unwrap();
+    b.update("clock", &Op::Lww(far, "skewed".into())).unwrap();
     for i in 0..200 {
-        b.update(&format!("k{i}"), &Op::Add("v".repeat(100)))
+        b.update(&format!("k{i}"), &Op::Add("v".repeat(100).into()))
             .unwrap();
     }
     let mut a = Replica::new(Config::new(A).with_peer(B));
@@ -104,39 +104,42 @@ fn random_op(rng: &mut fastrand::Rng, key: &str, stamp: &mut u64) -> Op {
         }
         "s" => {
             if rng.u8(0..3) > 0 {
-                Op::Add(elem(rng))
+                Op::Add(elem(rng).into())
             } else {
-                Op::Remove(elem(rng))
+                Op::Remove(elem(rng).into())
             }
         }
         "l" => {
             *stamp += rng.u64(0..3);
-            Op::Set(HlcTimestamp::new(*stamp, rng.u32(0..3)), elem(rng))
+            Op::Lww(HlcTimestamp::new(*stamp, rng.u32(0..3)), elem(rng).into())
         }
-        "v" => Op::Write(elem(rng)),
+        "v" => Op::Mv(elem(rng).into()),
         _ => {
             // nested map: m/{a,b}/{x,y}/set or counter, or deletes
             let k1 = format!("k{}", rng.u8(0..3));
             let k2 = format!("j{}", rng.u8(0..3));
             match rng.u8(0..6) {
-                0 => Op::Delete(k1),
-                1 => Op::Update(k1, Box::new(Op::Delete(k2))),
-                2 => Op::Update(k1, Box::new(Op::Update(k2, Box::new(Op::Inc(1))))),
+                0 => Op::Delete(k1.into()),
+                1 => Op::Update(k1.into(), Box::new(Op::Delete(k2.into()))),
+                2 => Op::Update(
+                    k1.into(),
+                    Box::new(Op::Update(k2.into(), Box::new(Op::Inc(1)))),
+                ),
                 3 => {
                     *stamp += 1;
                     Op::Update(
                         "reg".into(),
-                        Box::new(Op::Set(HlcTimestamp::new(*stamp, 0), elem(rng))),
+                        Box::new(Op::Lww(HlcTimestamp::new(*stamp, 0), elem(rng).into())),
                     )
                 }
                 _ => Op::Update(
                     "set".into(),
                     Box::new(Op::Update(
-                        k2,
+                        k2.into(),
                         Box::new(if rng.bool() {
-                            Op::Add(elem(rng))
+                            Op::Add(elem(rng).into())
                         } else {
-                            Op::Remove(elem(rng))
+                            Op::Remove(elem(rng).into())
                         }),
                     )),
                 ),
@@ -225,7 +228,7 @@ fn damaged_store_files_never_panic_nor_load_other_data() {
         for i in 0..300 {
             a.update(
                 &format!("k{}", i % 7),
-                &Op::Add(format!("{i}-{}", "q".repeat(i % 200))),
+                &Op::Add(format!("{i}-{}", "q".repeat(i % 200)).into()),
             )
             .unwrap();
             if i % 3 == 0 {

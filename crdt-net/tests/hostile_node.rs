@@ -22,7 +22,7 @@ async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
 }
 
 fn holds(object: &Option<Object>, element: &str) -> bool {
-    matches!(object, Some(Object::Set(set)) if set.contains(&element.to_owned()))
+    matches!(object, Some(Object::Set(set)) if set.contains(element.as_bytes()))
 }
 
 /// `read(.., ReadLevel::Local, ..)` (the CLI's `get`) is answered after the turn's commit, so
@@ -40,7 +40,7 @@ async fn a_local_read_never_returns_a_write_before_its_commit() {
     for i in 0..100 {
         let element = format!("e{i}");
         let update = async {
-            let r = node.update("k", Op::Add(element.clone())).await;
+            let r = node.update("k", Op::Add(element.clone().into())).await;
             (Instant::now(), r)
         };
         let read = async {
@@ -161,7 +161,12 @@ async fn a_write_that_failed_to_commit_is_never_visible() {
     let big = |i: usize| format!("{i:04}-{}", "x".repeat(60 * 1024));
     let mut failed = None;
     for i in 0..64 {
-        match within("update on a full disk", node.update("k", Op::Add(big(i)))).await {
+        match within(
+            "update on a full disk",
+            node.update("k", Op::Add(big(i).into())),
+        )
+        .await
+        {
             Ok(_) => {}
             Err(NodeError::Store(e)) => {
                 eprintln!("update {i} failed: {e}");
@@ -228,9 +233,12 @@ async fn read_requests_cannot_amplify_into_unbounded_bytes() {
     .unwrap();
     // ~256 KiB object
     for i in 0..256 {
-        node.update("big", Op::Add(format!("{i:04}-{}", "y".repeat(1000))))
-            .await
-            .unwrap();
+        node.update(
+            "big",
+            Op::Add(format!("{i:04}-{}", "y".repeat(1000)).into()),
+        )
+        .await
+        .unwrap();
     }
     let before = rss_kib();
     let frames: Vec<Vec<u8>> = (0..1500u64)

@@ -114,7 +114,7 @@ fn a_value_too_large_for_a_message_is_refused_at_the_writer() {
     let err = replica
         .update(
             "k",
-            &Op::Set(crdt_core::HlcTimestamp::new(1, 0), big.clone()),
+            &Op::Lww(crdt_core::HlcTimestamp::new(1, 0), big.clone().into()),
         )
         .unwrap_err();
     assert!(
@@ -122,14 +122,14 @@ fn a_value_too_large_for_a_message_is_refused_at_the_writer() {
         "{err}"
     );
     assert!(matches!(
-        replica.update("s", &Op::Add(big.clone())),
+        replica.update("s", &Op::Add(big.clone().into())),
         Err(UpdateError::TooLarge { .. })
     ));
     assert!(replica.objects().is_empty());
     // Through a closure too, and the set is put back as it was.
     replica.update("s", &Op::Add("small".into())).unwrap();
     let before = replica.get("s").cloned();
-    let result = replica.update_with("s", |object| object.apply(A, &Op::Add(big)));
+    let result = replica.update_with("s", |object| object.apply(A, &Op::Add(big.into())));
     assert!(
         matches!(result, Err(UpdateError::TooLarge { .. })),
         "{result:?}"
@@ -137,7 +137,7 @@ fn a_value_too_large_for_a_message_is_refused_at_the_writer() {
     assert_eq!(replica.get("s").cloned(), before);
     // Just under the limit is fine, and its delta fits in a message.
     let fits = "y".repeat(max - 1);
-    replica.update("r", &Op::Write(fits)).unwrap();
+    replica.update("r", &Op::Mv(fits.into())).unwrap();
     replica
         .persist(&mut crdt_net::store::MemStore::default())
         .unwrap();

@@ -323,7 +323,7 @@ fn a_write_stamped_too_far_ahead_waits_for_the_clock() {
     let future = crdt_core::HlcTimestamp::new(now + 600_000, 0);
     let mut register = Object::Empty;
     let early = register
-        .apply(B, &Op::Set(future, "future".into()))
+        .apply(B, &Op::Lww(future, "future".into()))
         .unwrap();
     let mut counter = Object::Empty;
     let count = counter.apply(B, &Op::Inc(1)).unwrap();
@@ -379,7 +379,7 @@ fn a_reset_floor_too_far_ahead_is_refused() {
     let now = 1_700_000_000_000;
     let future = crdt_core::HlcTimestamp::new(now + 600_000, 0);
     let mut map = Object::Empty;
-    let write = Op::Update("title".into(), Box::new(Op::Set(future, "x".into())));
+    let write = Op::Update("title".into(), Box::new(Op::Lww(future, "x".into())));
     map.apply(B, &write).unwrap();
     let removed = map.apply(B, &Op::Delete("title".into())).unwrap();
     let message = Message::Deltas(vec![DeltaEntry {

@@ -68,12 +68,12 @@ async fn three_nodes_converge_on_every_type() {
         let ops = [
             ("views", Op::Inc(i as u64 + 1)),
             ("stock", Op::PnDec(2)),
-            ("tags", Op::Add(name.clone())),
-            ("title", Op::Set(clock.now(now), name.clone())),
-            ("status", Op::Write(name.clone())),
+            ("tags", Op::Add(name.clone().into())),
+            ("title", Op::Lww(clock.now(now), name.clone().into())),
+            ("status", Op::Mv(name.clone().into())),
             (
                 "doc",
-                Op::Update(name.clone(), Box::new(Op::Add("x".into()))),
+                Op::Update(name.clone().into(), Box::new(Op::Add("x".into()))),
             ),
         ];
         for (key, op) in ops {
@@ -93,9 +93,9 @@ async fn three_nodes_converge_on_every_type() {
                 return Err(doc.type_name());
             };
             let mut delta = map.update(me, "title".into(), |v| {
-                v.apply(me, &Op::Write("t".into())).unwrap()
+                v.apply(me, &Op::Mv("t".into())).unwrap()
             });
-            crdt_core::Crdt::merge(&mut delta, &map.remove(&"from-0".to_string()));
+            crdt_core::Crdt::merge(&mut delta, &map.remove("from-0".as_bytes()));
             Ok(Object::Map(delta))
         })
         .await
@@ -304,7 +304,8 @@ async fn a_clock_far_ahead_cannot_win_over_later_writes() {
     })
     .await;
     nodes[2]
-        .set_register("leader", "from-the-future".into())
+        .register::<String>("leader")
+        .set(&"from-the-future".into())
         .await
         .unwrap();
     eventually("the future write is refused at node 0", async || {
@@ -312,7 +313,8 @@ async fn a_clock_far_ahead_cannot_win_over_later_writes() {
     })
     .await;
     nodes[1]
-        .set_register("leader", "later".into())
+        .register::<String>("leader")
+        .set(&"later".into())
         .await
         .unwrap();
     eventually("nodes 0 and 1 hold the later write", async || {

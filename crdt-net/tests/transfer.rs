@@ -76,7 +76,7 @@ fn big_replica(keys: usize, value: usize) -> Replica {
     for k in 0..keys {
         let value = format!("{k:0value$}");
         replica
-            .update(&format!("k{k:05}"), &Op::Add(value))
+            .update(&format!("k{k:05}"), &Op::Add(value.into()))
             .unwrap();
     }
     replica.persist(&mut MemStore::default()).unwrap();
@@ -101,8 +101,10 @@ fn want_everything() -> Vec<u8> {
 fn a_transfer_is_produced_as_the_peer_takes_it() {
     let (a, b) = (ReplicaId::new(1), ReplicaId::new(2));
     let mut sender = big_replica(8_000, 1_000);
-    sender.set_credit(b, 0);
     sender.handle_message(0, b, &want_everything()).unwrap();
+    // A driver meters the peers with a transfer under way, before it polls.
+    assert_eq!(sender.transfers_pending().collect::<Vec<_>>(), vec![b]);
+    sender.set_credit(b, 0);
     let state_messages = |t: &[Transmit]| {
         t.iter()
             .filter(|t| matches!(Message::decode(&t.payload, 1 << 20), Ok(Message::State(_))))

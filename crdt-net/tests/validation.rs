@@ -89,7 +89,7 @@ fn no_message_may_claim_our_own_unissued_dots() {
     // A set whose context claims our dot: merged, it would hide our next adds.
     let mut poisoned = crdt_core::OrSet::new();
     for _ in 0..5 {
-        poisoned.add(A, "x".to_string());
+        poisoned.add(A, b"x".to_vec());
     }
     let chunk = Message::State(StateChunk {
         transfer: 1,
@@ -170,7 +170,7 @@ fn a_transfer_with_a_refused_entry_is_not_a_protocol_error() {
     let now = 1_700_000_000_000;
     let future = crdt_core::HlcTimestamp::new(now + 600_000, 0);
     let register = Object::Empty
-        .apply(C, &Op::Set(future, "ahead".into()))
+        .apply(C, &Op::Lww(future, "ahead".into()))
         .unwrap();
     let chunk = Message::State(StateChunk {
         transfer: 5,

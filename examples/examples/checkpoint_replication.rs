@@ -261,7 +261,12 @@ async fn run() -> Result<bool, Box<dyn std::error::Error>> {
         let record = format!("step-{step:05} digest={:016x}", fake_weights_digest(step));
         let began = Instant::now();
         match a
-            .update_acked(KEY, Op::Add(record.clone()), Ack::Peers(2), ACK_TIMEOUT)
+            .update_acked(
+                KEY,
+                Op::Add(record.clone().into()),
+                Ack::Peers(2),
+                ACK_TIMEOUT,
+            )
             .await
         {
             Ok(token) => {
@@ -661,7 +666,10 @@ fn free_udp_port() -> std::io::Result<u16> {
 /// The elements of a set object (none for anything else).
 fn set_elements(object: Option<Object>) -> BTreeSet<String> {
     match object {
-        Some(Object::Set(set)) => set.iter().cloned().collect(),
+        Some(Object::Set(set)) => set
+            .iter()
+            .map(|e| String::from_utf8_lossy(e).into_owned())
+            .collect(),
         _ => BTreeSet::new(),
     }
 }

@@ -146,19 +146,25 @@ fn edits(i: usize, round: usize, now: crdt_core::HlcTimestamp) -> Vec<(&'static 
                 Op::PnDec(1)
             },
         ),
-        ("tags", Op::Add(format!("n{i}-{}", round % 20))),
+        ("tags", Op::Add(format!("n{i}-{}", round % 20).into())),
         (
             "tags",
-            Op::Remove(format!("n{}-{}", (i + 1) % NODES, round % 20)),
+            Op::Remove(format!("n{}-{}", (i + 1) % NODES, round % 20).into()),
         ),
         (
             "title",
-            Op::Set(now, format!("title by node {i} at round {round}")),
+            Op::Lww(now, format!("title by node {i} at round {round}").into()),
         ),
-        ("status", Op::Write(format!("node {i} says {}", round % 3))),
+        (
+            "status",
+            Op::Mv(format!("node {i} says {}", round % 3).into()),
+        ),
         (
             "doc",
-            Op::Update(format!("section-{}", round % 4), Box::new(Op::Inc(1))),
+            Op::Update(
+                format!("section-{}", round % 4).into(),
+                Box::new(Op::Inc(1)),
+            ),
         ),
     ]
 }

@@ -326,7 +326,7 @@ async fn catch_up() -> Result<(), Error> {
                     return Ok::<_, Error>(());
                 }
                 holder
-                    .update("set", Op::Add(format!("element-{i:07}")))
+                    .update("set", Op::Add(format!("element-{i:07}").into()))
                     .await?;
             }
         });

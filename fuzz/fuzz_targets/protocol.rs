@@ -204,8 +204,8 @@ fn object(u: &mut Unstructured<'_>) -> Result<Object> {
 }
 
 fn op(u: &mut Unstructured<'_>, depth: usize) -> Result<Op> {
-    let element = |u: &mut Unstructured<'_>| -> Result<String> {
-        Ok(u.choose(&["x", "y", "z"])?.to_string())
+    let element = |u: &mut Unstructured<'_>| -> Result<Vec<u8>> {
+        Ok(u.choose(&["x", "y", "z"])?.as_bytes().to_vec())
     };
     Ok(match u.int_in_range(0..=7u8)? {
         0 => Op::Inc(u.int_in_range(1..=5)?),
@@ -213,15 +213,15 @@ fn op(u: &mut Unstructured<'_>, depth: usize) -> Result<Op> {
         2 => Op::PnDec(u.int_in_range(1..=5)?),
         3 => Op::Add(element(u)?),
         4 => Op::Remove(element(u)?),
-        5 => Op::Set(
+        5 => Op::Lww(
             HlcTimestamp::new(
                 1_700_000_000_000 + u.int_in_range(0..=200_000)?,
                 u.int_in_range(0..=3)?,
             ),
             element(u)?,
         ),
-        6 => Op::Write(element(u)?),
-        _ if depth < 3 => Op::Update(key(u)?, Box::new(op(u, depth + 1)?)),
-        _ => Op::Delete(key(u)?),
+        6 => Op::Mv(element(u)?),
+        _ if depth < 3 => Op::Update(key(u)?.into(), Box::new(op(u, depth + 1)?)),
+        _ => Op::Delete(key(u)?.into()),
     })
 }

@@ -33,6 +33,7 @@
 
 #[cfg(feature = "mdns")]
 mod discovery;
+mod handle;
 mod identity;
 mod owner;
 
@@ -47,12 +48,14 @@ use crdt_core::{Dot, ReplicaId};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, info, info_span, warn, Instrument};
 
+pub use handle::{CounterHandle, MapHandle, RegisterHandle, SetHandle};
 pub use identity::{fingerprint, node_id, parse_node_id, Fingerprint, Identity, TrustList};
 
 use self::owner::{Change, Command, Owner};
 use crate::replica::{Config, Durable, Event, PeerStatus, Replica, Stats, Transmit};
 use crate::store::{RedbStore, StoreError};
-use crate::{Object, Op, PeerInfo, UpdateError};
+use crate::value::ValueError;
+use crate::{Object, Op, PeerInfo, TypeMismatch, UpdateError};
 
 /// Why a node could not start or act.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +120,12 @@ pub enum NodeError {
     /// A token that is not `REPLICA:COUNTER` (16 hex digits, a colon, a positive number).
     #[error("not a write token (REPLICA:COUNTER): {0:?}")]
     BadToken(String),
+    /// A typed handle read an object of another type (see [`Node::set`] and the others).
+    #[error("{0}")]
+    WrongType(TypeMismatch),
+    /// A value did not decode as the type a handle reads (see [`crate::value`]).
+    #[error(transparent)]
+    Value(#[from] ValueError),
     /// The node is shutting down or has stopped.
     #[error("the node has stopped")]
     Stopped,
@@ -499,34 +508,6 @@ impl Node {
             .map(|(token, _)| token)
     }
 
-    /// Writes `value` to the last-writer-wins register at `key`, stamped by this node's hybrid
-    /// logical clock (which every timestamp received from peers advances), and returns once
-    /// it is committed here.
-    pub async fn set_register(&self, key: &str, value: String) -> Result<Token, NodeError> {
-        self.set_register_acked(key, value, Ack::Local, DEFAULT_ACK_TIMEOUT)
-            .await
-    }
-
-    /// [`set_register`](Node::set_register) with an acknowledgement level (see
-    /// [`update_acked`](Node::update_acked)).
-    pub async fn set_register_acked(
-        &self,
-        key: &str,
-        value: String,
-        ack: Ack,
-        timeout: Duration,
-    ) -> Result<Token, NodeError> {
-        let key = key.to_owned();
-        let shared = self.shared.clone();
-        let change: Change = Box::new(move |replica| {
-            let stamp = replica.stamp(shared.now());
-            Ok(replica.update(&key, &Op::Set(stamp, value))?)
-        });
-        self.change(change, ack, timeout)
-            .await
-            .map(|(token, _)| token)
-    }
-
     /// Mutates the object at `key` with `f`, which returns the mutation's delta (see
     /// [`Replica::update_with`]); for changes [`Op`] cannot express, such as several mutations
     /// of one nested map in one update. Returns the delta once it is committed here. An error
@@ -805,6 +786,10 @@ impl Shared {
         let window = self.max_message.saturating_mul(TRANSFER_WINDOW) as u64;
         let queued = self.links.lock().ok().and_then(|links| {
             let link = links.get(&peer)?;
+            // A queue out of message slots drops what comes next, whatever its bytes.
+            if link.queue.capacity() < TRANSFER_WINDOW {
+                return Some(u64::MAX);
+            }
             Some(link.queued.load(Ordering::Relaxed))
         });
         // No connection: nothing to send it on; the transfer waits (and is dropped once the

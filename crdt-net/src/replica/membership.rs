@@ -17,8 +17,6 @@ pub(super) struct Peer {
     pub(super) down: bool,
     retry_round: u64,
     backoff: u64,
-    /// Bytes of state transfer its link can take now (see [`Replica::set_credit`]).
-    pub(super) credit: usize,
 }
 
 /// Dots beyond gaps kept per peer in what it is known to have.
@@ -84,7 +82,6 @@ impl Replica {
                         down: false,
                         retry_round: 0,
                         backoff: 1,
-                        credit: usize::MAX,
                     },
                 );
             }

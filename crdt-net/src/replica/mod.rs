@@ -112,6 +112,10 @@ pub enum Event {
         key: String,
         /// Whether the change was made here.
         local: bool,
+        /// What changed: the update's delta, or what a peer sent (a delta, or the object or a
+        /// piece of it in a state transfer). Merging it into a copy of the object, as a user
+        /// interface may keep, gives the object as it is now.
+        change: Object,
     },
     /// A peer answered again after being marked down, or was heard from for the first time.
     PeerUp(ReplicaId),
@@ -486,6 +490,7 @@ impl Replica {
         self.events.push_back(Event::Changed {
             key: key.to_owned(),
             local: true,
+            change: delta.clone(),
         });
         delta
     }
@@ -534,7 +539,7 @@ impl Replica {
     /// let mut replica = Replica::new(Config::new(ReplicaId::new(1)));
     /// let now = 1_700_000_000_000; // the driver's wall clock, ms
     /// let stamp = replica.stamp(now);
-    /// replica.update("title", &Op::Set(stamp, "draft".into())).unwrap();
+    /// replica.update("title", &Op::Lww(stamp, "draft".into())).unwrap();
     /// assert!(replica.stamp(now) > stamp);
     /// ```
     pub fn stamp(&mut self, now: Millis) -> HlcTimestamp {
@@ -716,9 +721,12 @@ impl Replica {
                     || now >= started.saturating_add(round.saturating_mul(PULL_ROUNDS));
                 if over {
                     // It did not finish: the next pulls go to others first, so a peer that
-                    // claims to have something and never delivers cannot keep the pull.
+                    // claims to have something and never delivers cannot keep the pull. The
+                    // pull itself ends here, or the holder would be found stalled again on
+                    // every call and, as the only peer left, never asked again.
                     let until = now.saturating_add(round.saturating_mul(PULL_ROUNDS));
                     self.stalled = Some((holder, until));
+                    self.pull = None;
                 }
                 over
             }
@@ -766,7 +774,7 @@ impl Replica {
             peer.known = digest.seen.clone();
             bound_known(&mut peer.known, max_writers);
         }
-        self.drop_needless_transfer(from, &digest.seen);
+        self.learn_in_transfer(from, &digest.seen);
         let sent = digest.want && self.send_missing(from, &digest.seen, digest.resume.as_ref());
         if digest.reply {
             if !self.durable.seen.includes(&digest.seen) {
@@ -888,6 +896,7 @@ impl Replica {
         self.events.push_back(Event::Changed {
             key: key.to_owned(),
             local: false,
+            change: object.clone(),
         });
     }
 

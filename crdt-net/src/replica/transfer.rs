@@ -40,6 +40,8 @@ pub(super) struct Outgoing {
     resumed: Option<(Vec<(String, String)>, VersionVector)>,
     /// Bytes of entries per chunk.
     budget: usize,
+    /// Bytes the peer's link can take now (see [`Replica::set_credit`]).
+    credit: usize,
     /// The last key taken; the keys after it are still to consider.
     cursor: Option<String>,
     keys_done: bool,
@@ -89,8 +91,8 @@ impl Replica {
     /// A driver sets it to the room in the peer's send queue, so a transfer to a slow peer is
     /// produced as fast as that peer takes it, never built whole in memory.
     pub fn set_credit(&mut self, peer: ReplicaId, bytes: usize) {
-        if let Some(peer) = self.peers.get_mut(&peer) {
-            peer.credit = bytes;
+        if let Some(outgoing) = self.outgoing.get_mut(&peer) {
+            outgoing.credit = bytes;
         }
     }
 
@@ -115,15 +117,20 @@ impl Replica {
         self.outgoing.insert(to, outgoing);
     }
 
-    /// Drops the transfer to `peer` if its context `theirs` already holds everything the
-    /// transfer would give it (it caught up by other means).
-    pub(super) fn drop_needless_transfer(&mut self, peer: ReplicaId, theirs: &CausalContext) {
-        if self
-            .outgoing
-            .get(&peer)
-            .is_some_and(|t| theirs.includes(&t.covers))
-        {
+    /// What `peer`'s new digest says it has, for the transfer to it: the transfer skips
+    /// what the peer has since received (a context only grows), and ends if it would give the
+    /// peer nothing (it caught up by other means).
+    pub(super) fn learn_in_transfer(&mut self, peer: ReplicaId, theirs: &CausalContext) {
+        let Some(outgoing) = self.outgoing.get_mut(&peer) else {
+            return;
+        };
+        if theirs.includes(&outgoing.covers) {
             self.outgoing.remove(&peer);
+            return;
+        }
+        outgoing.theirs.merge(theirs.vv());
+        if let Some((_, vv)) = &mut outgoing.resumed {
+            vv.merge(theirs.vv());
         }
     }
 
@@ -138,20 +145,14 @@ impl Replica {
             .map(|(id, _)| *id)
             .collect();
         for to in order {
-            let credit = self.peers.get(&to).map_or(usize::MAX, |p| p.credit);
-            if credit == 0 {
-                continue;
-            }
-            let Some(outgoing) = self.outgoing.get_mut(&to) else {
+            let Some(outgoing) = self.outgoing.get_mut(&to).filter(|o| o.credit > 0) else {
                 continue;
             };
             let (message, entries) = outgoing.next_message(&self.durable);
+            let payload = message.encode();
+            outgoing.credit = outgoing.credit.saturating_sub(payload.len());
             if matches!(message, Message::StateDone(_)) {
                 self.outgoing.remove(&to);
-            }
-            let payload = message.encode();
-            if let Some(peer) = self.peers.get_mut(&to) {
-                peer.credit = peer.credit.saturating_sub(payload.len());
             }
             self.stats.state_entries_sent += entries;
             self.last_served = Some(to);
@@ -160,15 +161,28 @@ impl Replica {
         None
     }
 
-    /// What arrived of the latest unfinished transfer from `peer`: the key ranges of the chunks
-    /// received, as many as fit in a quarter of a message.
+    /// What arrived of the latest unfinished transfer from `peer`: the key ranges of the
+    /// chunks received, in key order and apart (a made-up transfer's other ranges are left
+    /// out), as many as fit in a quarter of a message.
+    ///
+    /// Only `peer` gets it. Another peer could resume from it too (it says which updates are
+    /// here, whoever sent them), but then one faulty peer's made-up ranges would keep the
+    /// honest ones from sending what this replica lacks.
     pub(super) fn resume_point(&self, peer: ReplicaId) -> Option<Resume> {
         let (_, transfer) = self.incoming.get(&peer)?.transfers.last()?;
         let mut room = self.config.max_message / 4;
+        let mut previous: Option<&String> = None;
         let ranges: Vec<(String, String)> = transfer
             .chunks
             .values()
             .flatten()
+            .filter(|(first, last)| {
+                let apart = first <= last && previous.is_none_or(|p| p < first);
+                if apart {
+                    previous = Some(last);
+                }
+                apart
+            })
             .take_while(|(first, last)| {
                 let size = first.len() + last.len() + 4;
                 room = room.saturating_sub(size);
@@ -298,6 +312,7 @@ impl Outgoing {
             theirs,
             resumed,
             budget,
+            credit: usize::MAX,
             cursor: None,
             keys_done: false,
             pieces: VecDeque::new(),
@@ -310,7 +325,8 @@ impl Outgoing {
     fn next_message(&mut self, durable: &Durable) -> (Message, u64) {
         let mut objects = Vec::new();
         let mut bytes = 0;
-        // The first and last keys whose every piece is in this chunk.
+        // The first and last keys whose every piece is in this chunk, as far as room allows:
+        // the range is a hint for resuming, and a key too long for it is left out of it.
         let mut whole: Option<(String, String)> = None;
         // Whether this chunk holds the first piece of the key being added.
         let mut started_here = false;
@@ -318,23 +334,24 @@ impl Outgoing {
             let Some(piece) = self.pieces.front() else {
                 break;
             };
-            // The chunk's `complete` range may end (and start) with this key: leave room.
-            let reserve = 2 * encoded_len(&piece.entry.key) + 1;
-            if !objects.is_empty() && bytes + piece.size + reserve > self.budget {
+            if !objects.is_empty() && bytes + piece.size + range_len(&whole) > self.budget {
                 break;
             }
             let Some(piece) = self.pieces.pop_front() else {
                 break;
             };
+            bytes += piece.size;
             started_here |= piece.first;
             if piece.last && started_here {
                 let key = piece.entry.key.clone();
-                match &mut whole {
-                    Some((_, last)) => *last = key,
-                    None => whole = Some((key.clone(), key)),
+                let wider = match &whole {
+                    Some((first, _)) => Some((first.clone(), key)),
+                    None => Some((key.clone(), key)),
+                };
+                if bytes + range_len(&wider) <= self.budget {
+                    whole = wider;
                 }
             }
-            bytes += piece.size;
             objects.push(piece.entry);
         }
         if objects.is_empty() {
@@ -369,8 +386,8 @@ impl Outgoing {
         let next = durable
             .touched
             .range::<str, _>((start, Bound::Unbounded))
-            .find(|(key, touched)| !self.covered(key).dominates(touched))
-            .and_then(|(key, touched)| Some((key, touched, durable.objects.get(key)?)));
+            .filter(|(key, touched)| !self.covered(key).dominates(touched))
+            .find_map(|(key, touched)| Some((key, touched, durable.objects.get(key)?)));
         let Some((key, touched, object)) = next else {
             self.keys_done = true;
             return false;
@@ -397,19 +414,27 @@ impl Outgoing {
         true
     }
 
-    /// What the peer is known to have of `key`.
+    /// What the peer is known to have of `key`. (Validation keeps resume ranges in key order
+    /// and apart, so one binary search finds the range that may hold it.)
     fn covered(&self, key: &str) -> &VersionVector {
         match &self.resumed {
-            Some((ranges, vv))
-                if ranges
-                    .iter()
-                    .any(|(first, last)| first.as_str() <= key && key <= last.as_str()) =>
-            {
-                vv
+            Some((ranges, vv)) => {
+                let i = ranges.partition_point(|(_, last)| last.as_str() < key);
+                match ranges.get(i) {
+                    Some((first, _)) if first.as_str() <= key => vv,
+                    _ => &self.theirs,
+                }
             }
-            _ => &self.theirs,
+            None => &self.theirs,
         }
     }
+}
+
+/// The encoded size of a chunk's `complete` range.
+fn range_len(range: &Option<(String, String)>) -> usize {
+    range.as_ref().map_or(1, |(first, last)| {
+        1 + encoded_len(first) + encoded_len(last)
+    })
 }
 
 /// Whether chunks `0..count` have all arrived (and no other).

@@ -33,6 +33,7 @@ impl Replica {
                 claims.context(&digest.seen)?;
                 if let Some(resume) = &digest.resume {
                     claims.vv(&resume.base)?;
+                    self.check_resume(&resume.ranges)?;
                 }
             }
             Message::InSync | Message::Peers(_) | Message::Read(_) => {}
@@ -112,6 +113,25 @@ impl Replica {
             Some(t) => !t.refused && super::transfer::all_chunks(&t.chunks, done.chunks),
             None => done.chunks == 0,
         }
+    }
+
+    /// Refuses resume ranges no honest replica sends: out of key order, overlapping, or more
+    /// than a quarter of a message of them (what an honest replica's resume point keeps). A transfer
+    /// looks a key up in them by binary search, so they must be ordered.
+    fn check_resume(&self, ranges: &[(String, String)]) -> Result<(), ProtocolError> {
+        let bytes: usize = ranges.iter().map(|(a, b)| a.len() + b.len() + 4).sum();
+        if bytes > self.config.max_message / 4 {
+            return Err(ProtocolError::OverBudget("resume ranges"));
+        }
+        let ordered = ranges.iter().all(|(first, last)| first <= last)
+            && ranges.windows(2).all(|w| match w {
+                [(_, last), (next, _)] => last < next,
+                _ => true,
+            });
+        if !ordered {
+            return Err(ProtocolError::Malformed);
+        }
+        Ok(())
     }
 
     /// Refuses deltas that would grow the context past its budgets: more writers than

@@ -434,6 +434,10 @@ mod tests {
             }) => {}
             other => panic!("expected a version error, got {other:?}"),
         }
-        assert_eq!(std::fs::read(&path).unwrap(), before, "the file was changed");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "the file was changed"
+        );
     }
 }

@@ -19,7 +19,7 @@ use crdt_net::node::{
     parse_node_id, Ack, Fingerprint, Identity, Node, NodeBuilder, NodeError, ReadLevel, Token,
     TrustList,
 };
-use crdt_net::{Event, Op};
+use crdt_net::{value, Event, Op};
 use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Parser)]
@@ -145,7 +145,9 @@ async fn run(
     tokio::spawn(async move {
         while let Ok(event) = changes.recv().await {
             match event {
-                Event::Changed { key, local: false } => println!("~ {key} changed by a peer"),
+                Event::Changed {
+                    key, local: false, ..
+                } => println!("~ {key} changed by a peer"),
                 Event::PeerUp(id) => println!("~ peer {id} up"),
                 Event::PeerDown(id) => println!("~ peer {id} down"),
                 Event::TypeConflict { key } => {
@@ -298,19 +300,22 @@ async fn execute(node: &Node, line: &str) -> Result<bool, String> {
         "inc" => Op::Inc(number(rest, Some(1))?),
         "incr" => Op::PnInc(number(rest, None)?),
         "decr" => Op::PnDec(number(rest, None)?),
-        "add" => Op::Add(need(rest, "ELEMENT")?),
-        "remove" => Op::Remove(need(rest, "ELEMENT")?),
+        // Strings as the typed API writes them (`node.set::<String>`), so both read alike.
+        "add" => Op::Add(value::encode(&need(rest, "ELEMENT")?)),
+        "remove" => Op::Remove(value::encode(&need(rest, "ELEMENT")?)),
         "set" => {
             // The node stamps it with its own hybrid logical clock.
             let (key, value) = (need(key, "KEY")?, need(rest, "VALUE")?);
             let token = node
-                .set_register_acked(&key, value, options.ack, options.timeout)
+                .register::<String>(&key)
+                .acked(options.ack, options.timeout)
+                .set(&value)
                 .await
                 .map_err(|e| e.to_string())?;
             println!("ok {token}");
             return Ok(true);
         }
-        "write" => Op::Write(need(rest, "VALUE")?),
+        "write" => Op::Mv(value::encode(&need(rest, "VALUE")?)),
         other => return Err(format!("unknown command {other:?} (try `help`)")),
     };
     let key = need(key, "KEY")?;
