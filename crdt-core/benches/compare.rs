@@ -13,7 +13,9 @@ use std::alloc::System;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use crdt_core::{Crdt, GCounter, HlcTimestamp, LwwRegister, OrSet, PNCounter, ReplicaId};
+use crdt_core::{
+    Crdt, GCounter, HlcTimestamp, LwwRegister, MvRegister, OrMap, OrSet, PNCounter, ReplicaId,
+};
 use crdts::{CmRDT, CvRDT};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
@@ -31,6 +33,7 @@ fn main() {
     counters();
     orset();
     lww();
+    small_changes();
 }
 
 fn row(name: &str, ours: f64, theirs: f64, unit: &str) {
@@ -410,4 +413,229 @@ fn lww() {
     });
     assert_eq!(out.get(), Some(&out_theirs.val));
     row("LWW 1M merges", ms(t_ours), ms(t_theirs), "ms");
+}
+
+const PAIR_MERGES: usize = 100_000;
+const BIG_SET: u64 = 90_000;
+const SMALL_DELTAS: usize = 1_000;
+const MAP_KEYS: u64 = 1_000;
+
+/// The single operations an application makes all day: merging one full counter into
+/// another, applying single-add and single-remove changes to a large converged set, and what
+/// one change and one map key cost on the wire.
+fn small_changes() {
+    let mut rng = fastrand::Rng::with_seed(SEED);
+
+    // Two full 64-writer G-Counters, merged pairwise over and over.
+    let counts: Vec<(u64, u64)> = (0..COUNTER_REPLICAS)
+        .map(|r| (r, rng.u64(1..1_000_000)))
+        .collect();
+    let mut x = GCounter::new();
+    let mut y = GCounter::new();
+    let mut cx = crdts::GCounter::<u64>::new();
+    let mut cy = crdts::GCounter::<u64>::new();
+    for &(r, n) in &counts {
+        x.inc(ReplicaId::new(r), n);
+        y.inc(ReplicaId::new(r), n / 2 + rng.u64(0..n));
+        for _ in 0..(n % 7) {
+            cx.apply(cx.inc(r));
+            cy.apply(cy.inc(r));
+            cy.apply(cy.inc(r));
+        }
+    }
+    let (_, t_ours) = fastest(3, || {
+        let mut acc = x.clone();
+        let start = Instant::now();
+        for _ in 0..PAIR_MERGES {
+            acc.merge(black_box(&y));
+        }
+        (acc, start.elapsed())
+    });
+    let (_, t_theirs) = fastest(3, || {
+        let mut acc = cx.clone();
+        let start = Instant::now();
+        for _ in 0..PAIR_MERGES {
+            acc.merge(black_box(cy.clone()));
+        }
+        (acc, start.elapsed())
+    });
+    row(
+        "G-Counter 64 writers: one pairwise merge",
+        ns(t_ours, PAIR_MERGES),
+        ns(t_theirs, PAIR_MERGES),
+        "ns",
+    );
+
+    // A converged 90,000-element set (8 writers); 1,000 new elements added at one replica.
+    let elements: Vec<u64> = (0..BIG_SET).map(|_| rng.u64(..)).collect();
+    let fresh: Vec<u64> = (0..SMALL_DELTAS).map(|_| rng.u64(..)).collect();
+    let mut big = OrSet::new();
+    let mut cbig = crdts::Orswot::<u64, u64>::new();
+    for (i, &e) in elements.iter().enumerate() {
+        let r = i as u64 % 8;
+        big.add(ReplicaId::new(r), e);
+        cbig.apply(cbig.add(e, cbig.read_ctx().derive_add_ctx(r)));
+    }
+    let mut writer = big.clone();
+    let add_deltas: Vec<OrSet<u64>> = fresh
+        .iter()
+        .map(|&e| writer.add(ReplicaId::new(3), e))
+        .collect();
+    let mut cwriter = cbig.clone();
+    let add_ops: Vec<_> = fresh
+        .iter()
+        .map(|&e| {
+            let op = cwriter.add(e, cwriter.read_ctx().derive_add_ctx(3));
+            cwriter.apply(op.clone());
+            op
+        })
+        .collect();
+
+    // Making the changes: one add each.
+    let (_, t_ours) = fastest(3, || {
+        let mut s = big.clone();
+        let start = Instant::now();
+        for &e in &fresh {
+            black_box(s.add(ReplicaId::new(3), e));
+        }
+        (s, start.elapsed())
+    });
+    let (_, t_theirs) = fastest(3, || {
+        let mut s = cbig.clone();
+        let start = Instant::now();
+        for &e in &fresh {
+            let op = s.add(e, s.read_ctx().derive_add_ctx(3));
+            s.apply(black_box(op));
+        }
+        (s, start.elapsed())
+    });
+    row(
+        "OR-Set 90k: one add (made)",
+        ns(t_ours, SMALL_DELTAS),
+        ns(t_theirs, SMALL_DELTAS),
+        "ns",
+    );
+
+    // Applying them at another replica.
+    let (applied, t_ours) = fastest(3, || {
+        let mut s = big.clone();
+        let start = Instant::now();
+        for d in &add_deltas {
+            s.merge(black_box(d));
+        }
+        (s, start.elapsed())
+    });
+    let (capplied, t_theirs) = fastest(3, || {
+        let mut s = cbig.clone();
+        let start = Instant::now();
+        for op in &add_ops {
+            s.apply(black_box(op.clone()));
+        }
+        (s, start.elapsed())
+    });
+    assert_eq!(applied.len(), capplied.read().val.len());
+    row(
+        "OR-Set 90k: one add delta/op (applied)",
+        ns(t_ours, SMALL_DELTAS),
+        ns(t_theirs, SMALL_DELTAS),
+        "ns",
+    );
+
+    // Removing 1,000 elements, and applying the removes elsewhere.
+    let gone: Vec<u64> = elements.iter().step_by(90).copied().collect();
+    let (_, t_ours) = fastest(3, || {
+        let mut s = big.clone();
+        let start = Instant::now();
+        for e in &gone {
+            black_box(s.remove(e));
+        }
+        (s, start.elapsed())
+    });
+    let (_, t_theirs) = fastest(3, || {
+        let mut s = cbig.clone();
+        let start = Instant::now();
+        for &e in &gone {
+            let op = s.rm(e, s.contains(&e).derive_rm_ctx());
+            s.apply(black_box(op));
+        }
+        (s, start.elapsed())
+    });
+    row(
+        "OR-Set 90k: one remove (made)",
+        ns(t_ours, gone.len()),
+        ns(t_theirs, gone.len()),
+        "ns",
+    );
+    let mut remover = big.clone();
+    let rm_deltas: Vec<OrSet<u64>> = gone.iter().map(|e| remover.remove(e)).collect();
+    let mut cremover = cbig.clone();
+    let rm_ops: Vec<_> = gone
+        .iter()
+        .map(|&e| {
+            let op = cremover.rm(e, cremover.contains(&e).derive_rm_ctx());
+            cremover.apply(op.clone());
+            op
+        })
+        .collect();
+    let (_, t_ours) = fastest(3, || {
+        let mut s = big.clone();
+        let start = Instant::now();
+        for d in &rm_deltas {
+            s.merge(black_box(d));
+        }
+        (s, start.elapsed())
+    });
+    let (_, t_theirs) = fastest(3, || {
+        let mut s = cbig.clone();
+        let start = Instant::now();
+        for op in &rm_ops {
+            s.apply(black_box(op.clone()));
+        }
+        (s, start.elapsed())
+    });
+    row(
+        "OR-Set 90k: one remove delta/op (applied)",
+        ns(t_ours, gone.len()),
+        ns(t_theirs, gone.len()),
+        "ns",
+    );
+
+    // Bytes of one add: our delta (with its version byte) against crdts' op (postcard).
+    let ours_bytes: usize = add_deltas.iter().map(|d| crdt_core::encode(d).len()).sum();
+    let theirs_bytes: usize = add_ops
+        .iter()
+        .map(|op| postcard::to_allocvec(op).map_or(0, |b| b.len()))
+        .sum();
+    row(
+        "OR-Set: bytes of one add (random u64)",
+        ours_bytes as f64 / SMALL_DELTAS as f64,
+        theirs_bytes as f64 / SMALL_DELTAS as f64,
+        "B",
+    );
+
+    // A map of 1,000 keys, each an MV-register written once by one of 4 writers.
+    let mut map: OrMap<u64, MvRegister<u64>> = OrMap::new();
+    let mut cmap = crdts::Map::<u64, crdts::MVReg<u64, u64>, u64>::new();
+    for k in 0..MAP_KEYS {
+        let (r, key, v) = (k % 4, rng.u64(..), rng.u64(..));
+        map.update(ReplicaId::new(r), key, |reg| {
+            reg.write(ReplicaId::new(r), v)
+        });
+        let op = cmap.update(key, cmap.read_ctx().derive_add_ctx(r), |reg, ctx| {
+            reg.write(v, ctx)
+        });
+        cmap.apply(op);
+    }
+    let ours_bytes = crdt_core::encode(&map).len();
+    let theirs_bytes = postcard::to_allocvec(&cmap).map_or(0, |b| b.len());
+    row(
+        "OR-Map of MV-registers: bytes per key",
+        ours_bytes as f64 / MAP_KEYS as f64,
+        theirs_bytes as f64 / MAP_KEYS as f64,
+        "B",
+    );
+}
+
+fn ns(d: Duration, ops: usize) -> f64 {
+    d.as_secs_f64() * 1e9 / ops as f64
 }
