@@ -6,7 +6,9 @@
 //! crdt-node run --listen 0.0.0.0:4433 --peer 192.0.2.10:4433 --data-dir ~/.crdt
 //! ```
 //!
-//! `run` opens a prompt; type `help` for the commands.
+//! `run` reads commands from stdin (a prompt on a terminal; type `help`). When stdin ends,
+//! or with `--no-prompt`, the node keeps serving its peers until SIGTERM or SIGINT, so it runs
+//! under systemd, launchd, nohup or in a container (`crdt-node run ... </dev/null`).
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::net::SocketAddr;
@@ -50,7 +52,7 @@ enum Command {
         #[arg(long)]
         data_dir: PathBuf,
     },
-    /// Run the node and open an interactive prompt.
+    /// Run the node: commands from stdin, then serve until SIGTERM or SIGINT.
     Run {
         /// UDP address to listen on.
         #[arg(long, default_value = "0.0.0.0:4433")]
@@ -68,6 +70,9 @@ enum Command {
         /// behind). For testing what skewed clocks do.
         #[arg(long, default_value_t = 0, allow_hyphen_values = true, hide = true)]
         clock_offset_ms: i64,
+        /// Read no commands: only serve peers until SIGTERM or SIGINT.
+        #[arg(long)]
+        no_prompt: bool,
     },
 }
 
@@ -86,7 +91,18 @@ async fn main() -> ExitCode {
             data_dir,
             gossip_ms,
             clock_offset_ms,
-        } => run(listen, peers, data_dir, gossip_ms, clock_offset_ms).await,
+            no_prompt,
+        } => {
+            let settings = Settings {
+                listen,
+                peers,
+                data_dir,
+                gossip_ms,
+                clock_offset_ms,
+                no_prompt,
+            };
+            run(settings).await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -120,13 +136,25 @@ fn trust(peer: &str, data_dir: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
-async fn run(
+/// How `run` runs.
+struct Settings {
     listen: SocketAddr,
     peers: Vec<SocketAddr>,
     data_dir: PathBuf,
     gossip_ms: u64,
     clock_offset_ms: i64,
-) -> Result<(), String> {
+    no_prompt: bool,
+}
+
+async fn run(settings: Settings) -> Result<(), String> {
+    let Settings {
+        listen,
+        peers,
+        data_dir,
+        gossip_ms,
+        clock_offset_ms,
+        no_prompt,
+    } = settings;
     let mut builder = NodeBuilder::new(&data_dir)
         .listen(listen)
         .gossip_interval(Duration::from_millis(gossip_ms.max(10)))
@@ -139,7 +167,10 @@ async fn run(
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let node = builder.start().await.map_err(|e| e.to_string())?;
     println!("node {} listening on {}", node.id(), node.local_addr());
-    println!("type `help` for commands");
+    let interactive = std::io::stdin().is_terminal() && !no_prompt;
+    if interactive {
+        println!("type `help` for commands");
+    }
 
     let mut changes = node.subscribe();
     tokio::spawn(async move {
@@ -163,16 +194,21 @@ async fn run(
         }
     });
 
-    // Stdin is blocking: read it on its own thread and hand lines over.
+    // Stdin is blocking: read it on its own thread and hand lines over. Its end closes the
+    // channel; the node then serves until a signal.
     let (lines_tx, mut lines) = tokio::sync::mpsc::channel::<String>(16);
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
-            if lines_tx.blocking_send(line).is_err() {
-                break;
+    if !no_prompt {
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+                if lines_tx.blocking_send(line).is_err() {
+                    break;
+                }
             }
-        }
-    });
-    let interactive = std::io::stdin().is_terminal();
+        });
+    } else {
+        drop(lines_tx);
+    }
+    let mut reading = true;
     loop {
         if interactive {
             print!("> ");
@@ -181,12 +217,14 @@ async fn run(
         // Every write the prompt answered `ok` is already committed; a signal only closes
         // the store and the connections cleanly.
         let line = tokio::select! {
-            line = lines.recv() => line,
-            _ = terminate.recv() => None,
-            _ = interrupt.recv() => None,
+            line = lines.recv(), if reading => line,
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
         };
         let Some(line) = line else {
-            break;
+            reading = false;
+            eprintln!("no more commands on stdin; serving peers until SIGTERM or SIGINT");
+            continue;
         };
         match execute(&node, line.trim()).await {
             Ok(true) => {}
