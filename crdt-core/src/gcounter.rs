@@ -65,6 +65,21 @@ impl GCounter {
             .saturating_sub(self.floors.get(replica))
     }
 
+    /// Everything `replica` ever added, resets included: its running total, which only grows.
+    pub fn total_of(&self, replica: ReplicaId) -> u64 {
+        self.counts.get(replica)
+    }
+
+    /// Each replica's running total (see [`total_of`](GCounter::total_of)), in replica order.
+    pub fn totals(&self) -> impl Iterator<Item = (ReplicaId, u64)> + '_ {
+        self.counts.iter()
+    }
+
+    /// Each replica's total when the counter was last reset, in replica order.
+    pub fn floors(&self) -> impl Iterator<Item = (ReplicaId, u64)> + '_ {
+        self.floors.iter()
+    }
+
     /// What each replica has added since the last reset, in replica order; replicas with
     /// nothing since are left out.
     pub fn contributions(&self) -> impl Iterator<Item = (ReplicaId, u64)> + '_ {

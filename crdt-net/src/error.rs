@@ -57,6 +57,15 @@ pub enum UpdateError<E = crate::TypeMismatch> {
         /// The limit.
         max: usize,
     },
+    /// A counter would pass [`MAX_COUNTER`](crate::MAX_COUNTER) for this writer, which peers
+    /// refuse.
+    #[error("a counter total of {total} would pass the limit of {max}")]
+    CounterLimit {
+        /// The writer's running total the update would reach.
+        total: u64,
+        /// The limit.
+        max: u64,
+    },
     /// A value too large to be sent in one message; peers would refuse it.
     #[error("a value of {bytes} bytes exceeds the largest that fits in a message ({max})")]
     TooLarge {

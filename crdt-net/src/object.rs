@@ -261,6 +261,29 @@ impl Object {
         }
     }
 
+    /// The running total `replica` would reach by applying `op`, if `op` counts (an increment
+    /// or decrement, possibly in nested maps); `None` for other operations. Saturates.
+    pub(crate) fn counter_total_after(&self, replica: ReplicaId, op: &Op) -> Option<u64> {
+        let mut object = Some(self);
+        let mut op = op;
+        while let Op::Update(key, inner) = op {
+            object = match object {
+                Some(Object::Map(map)) => map.value_kept(key),
+                _ => None,
+            };
+            op = inner;
+        }
+        let total = |counter: Option<&GCounter>| counter.map_or(0, |c| c.total_of(replica));
+        let (before, n) = match (object, op) {
+            (Some(Object::GCounter(c)), Op::Inc(n)) => (total(Some(c)), n),
+            (Some(Object::PNCounter(c)), Op::PnInc(n)) => (total(Some(c.increments())), n),
+            (Some(Object::PNCounter(c)), Op::PnDec(n)) => (total(Some(c.decrements())), n),
+            (_, Op::Inc(n) | Op::PnInc(n) | Op::PnDec(n)) => (0, n),
+            _ => return None,
+        };
+        Some(before.saturating_add(*n))
+    }
+
     /// How deep the object nests: 1 for anything but a map, 1 + the deepest value for a map.
     /// (Computed without recursion, so any object can be measured.)
     pub fn depth(&self) -> usize {

@@ -149,3 +149,60 @@ fn a_value_too_large_for_a_message_is_refused_at_the_writer() {
         );
     }
 }
+
+/// A writer's counter total may not pass MAX_COUNTER: peers refuse such counters, so an update
+/// reaching it would never replicate (and, before this check, cut the writer off from every
+/// peer that received it). Refused with a typed error, the object unchanged, at any depth and
+/// through `update_with` too.
+#[test]
+fn a_counter_past_the_limit_is_refused_locally() {
+    let mut a = Replica::new(Config::new(A));
+    a.update("n", &Op::PnInc(crdt_net::MAX_COUNTER - 1))
+        .unwrap();
+    let before = a.get("n").cloned();
+    assert_eq!(
+        a.update("n", &Op::PnInc(2)),
+        Err(UpdateError::CounterLimit {
+            total: crdt_net::MAX_COUNTER + 1,
+            max: crdt_net::MAX_COUNTER
+        })
+    );
+    assert_eq!(a.get("n").cloned(), before);
+    a.update("n", &Op::PnInc(1)).unwrap(); // exactly at the limit is fine
+
+    let nested = Op::Update("k".into(), Box::new(Op::Inc(crdt_net::MAX_COUNTER + 1)));
+    assert!(matches!(
+        a.update("m", &nested),
+        Err(UpdateError::CounterLimit { .. })
+    ));
+    assert_eq!(a.get("m"), None);
+
+    let result = a.update_with("w", |object| {
+        object.apply(A, &Op::Inc(crdt_net::MAX_COUNTER + 5))
+    });
+    assert!(matches!(result, Err(UpdateError::CounterLimit { .. })));
+    assert_eq!(a.get("w"), None);
+}
+
+/// A counter whose running totals are past the limit is refused even when its reset floors
+/// make its value small: a writer's later increments would saturate at u64::MAX.
+#[test]
+fn a_counter_with_huge_totals_behind_its_floors_is_refused() {
+    let mut source = crdt_core::GCounter::new();
+    source.inc(B, u64::MAX - 10);
+    crdt_core::Reset::reset(&mut source);
+    source.inc(B, 1);
+    assert_eq!(source.value(), 1);
+    let message = Message::Deltas(vec![DeltaEntry {
+        dot: Dot::new(B, 1),
+        key: "n".into(),
+        delta: Object::GCounter(source),
+    }])
+    .encode();
+    let mut a = Replica::new(Config::new(A).with_peer(B));
+    assert!(matches!(
+        a.handle_message(0, B, &message),
+        Err(ProtocolError::CounterTooLarge(_))
+    ));
+    assert_eq!(a.get("n"), None);
+}

@@ -530,6 +530,9 @@ impl Node {
                 UpdateError::TooLarge { bytes, max } => {
                     NodeError::Update(UpdateError::TooLarge { bytes, max })
                 }
+                UpdateError::CounterLimit { total, max } => {
+                    NodeError::Update(UpdateError::CounterLimit { total, max })
+                }
             })
         });
         self.change(change, Ack::Local, DEFAULT_ACK_TIMEOUT)

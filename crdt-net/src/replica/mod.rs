@@ -374,6 +374,19 @@ impl Replica {
             return Err(UpdateError::TooLarge { bytes, max });
         }
         let id = self.config.id;
+        if let Some(total) = self
+            .durable
+            .objects
+            .get(key)
+            .unwrap_or(&Object::Empty)
+            .counter_total_after(id, op)
+            .filter(|total| *total > MAX_COUNTER)
+        {
+            return Err(UpdateError::CounterLimit {
+                total,
+                max: MAX_COUNTER,
+            });
+        }
         let object = self.durable.objects.entry(key.to_owned()).or_default();
         match object.apply(id, op) {
             Ok(delta) => Ok(self.record_local(key, delta)),
@@ -430,6 +443,12 @@ impl Replica {
                 return Err(UpdateError::TooDeep {
                     depth,
                     max: MAX_DEPTH,
+                });
+            }
+            if let Some(total) = validate::counter_over_limit(&delta) {
+                return Err(UpdateError::CounterLimit {
+                    total,
+                    max: MAX_COUNTER,
                 });
             }
             let largest = fit(&delta, budget).into_iter().map(|(_, size)| size).max();

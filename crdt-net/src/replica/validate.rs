@@ -195,6 +195,19 @@ impl Replica {
     }
 }
 
+/// The first counter in `object` above [`MAX_COUNTER`], if any: what a local update must not
+/// make, since peers would refuse it.
+pub(super) fn counter_over_limit(object: &Object) -> Option<u64> {
+    let claims = Claims {
+        me: ReplicaId::new(0),
+        issued: u64::MAX,
+    };
+    match claims.object(object) {
+        Err(ProtocolError::CounterTooLarge(dot)) => Some(dot.counter),
+        _ => None,
+    }
+}
+
 /// What a peer may claim: no counter above [`MAX_COUNTER`], and no dot of this replica beyond
 /// the last it issued.
 struct Claims {
@@ -233,10 +246,17 @@ impl Claims {
         while let Some(object) = stack.pop() {
             match object {
                 Object::Empty | Object::Lww(_) => {}
-                Object::GCounter(c) => self.total(c.contributions())?,
+                // Running totals and floors, not what lies between them: a total near
+                // u64::MAX would make the writer's later increments saturate.
+                Object::GCounter(c) => {
+                    self.total(c.totals())?;
+                    self.total(c.floors())?;
+                }
                 Object::PNCounter(c) => {
-                    self.total(c.increments().contributions())?;
-                    self.total(c.decrements().contributions())?;
+                    for half in [c.increments(), c.decrements()] {
+                        self.total(half.totals())?;
+                        self.total(half.floors())?;
+                    }
                 }
                 Object::Set(set) => self.context(set.context())?,
                 Object::Mv(register) => self.context(register.context())?,
