@@ -51,6 +51,19 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ValueError> {
     }
 }
 
+/// Bytes as [`Object`](crate::Object)'s `Display` shows them: a string written by [`encode`]
+/// as that string, quoted; other UTF-8 text quoted too; anything else as hex.
+///
+/// ```
+/// use crdt_net::value;
+///
+/// assert_eq!(value::show(&value::encode("milk")), "\"milk\"");
+/// assert_eq!(value::show(&[0xff, 0x00]), "0xff00");
+/// ```
+pub fn show(bytes: &[u8]) -> String {
+    format!("{:?}", Shown(bytes))
+}
+
 /// Shows bytes for people: a string written by [`encode`] as that string, quoted; other UTF-8
 /// text (bytes written raw) quoted too; anything else as hex.
 pub(crate) struct Shown<'a>(pub &'a [u8]);

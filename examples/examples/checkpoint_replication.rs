@@ -246,7 +246,7 @@ async fn run() -> Result<bool, Box<dyn std::error::Error>> {
         tokio::time::sleep(TRAINING).await;
         if let (Some(since), None, Some(process)) = (restart_time, caught_up, s2.as_mut()) {
             // Asked at its prompt: does S2 hold every checkpoint acknowledged so far?
-            process.send(&format!("get {KEY}"))?;
+            process.send(&format!("get {KEY} --all"))?;
             let line = process.answer(KEY, Duration::from_secs(10)).await?;
             if count_in_line(&acked, &line) == acked.len() {
                 let took = since.elapsed();
@@ -289,7 +289,7 @@ async fn run() -> Result<bool, Box<dyn std::error::Error>> {
             // Asked at its prompt, as S2 sees it itself.
             let s2_state = match s2.as_mut() {
                 Some(process) => {
-                    process.send(&format!("get {KEY}"))?;
+                    process.send(&format!("get {KEY} --all"))?;
                     let line = process.answer(KEY, Duration::from_secs(10)).await?;
                     format!("S2 up, holding {} of them", count_in_line(&acked, &line))
                 }
@@ -336,7 +336,7 @@ async fn run() -> Result<bool, Box<dyn std::error::Error>> {
         let wait = deadline
             .saturating_duration_since(Instant::now())
             .as_millis();
-        s2.send(&format!("get --after {token} --timeout {wait} {KEY}"))?;
+        s2.send(&format!("get --after {token} --timeout {wait} {KEY} --all"))?;
         s2.answer(KEY, CONVERGE_LIMIT).await?;
     }
     let waiting = Instant::now();
@@ -347,7 +347,7 @@ async fn run() -> Result<bool, Box<dyn std::error::Error>> {
         for &(i, node) in &in_process {
             held[i] = count_held(&wanted, &set_elements(node.get(KEY).await));
         }
-        s2.send(&format!("get {KEY}"))?;
+        s2.send(&format!("get {KEY} --all"))?;
         let line = s2.answer(KEY, Duration::from_secs(10)).await?;
         held[2] = count_in_line(&wanted, &line);
         if held.iter().all(|&h| h == wanted.len()) || Instant::now() >= deadline {

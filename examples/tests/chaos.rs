@@ -383,7 +383,7 @@ impl Tally {
 /// flight: the next prompt answer of each node must be this one.
 fn get_all(nodes: &mut [Node], key: &str) -> Vec<String> {
     for node in nodes.iter_mut() {
-        node.send(&format!("get {key}"));
+        node.send(&format!("get {key} --all"));
     }
     nodes
         .iter_mut()

@@ -65,7 +65,7 @@ impl Node {
     /// The elements `e<i>` of the set at `key`, as numbers. Only for a node with no writes
     /// in flight: the next prompt answer must be this one.
     fn get_set(&mut self, key: &str) -> BTreeSet<u64> {
-        self.send(&format!("get {key}"));
+        self.send(&format!("get {key} --all"));
         let answer = self.line(|l| !l.starts_with('~'));
         match parse_set(key, &answer) {
             Some(set) => set,

@@ -122,7 +122,7 @@ fn writes_on_both_sides_of_a_downed_link_converge_when_it_comes_back() {
     second.send("add cart coffee");
     second.send("remove cart apples");
     std::thread::sleep(Duration::from_secs(1));
-    first.send("get cart");
+    first.send("get cart --all");
     let during = first.expect(|l| l.starts_with("cart "));
     assert!(
         !during.contains("coffee"),

@@ -15,6 +15,8 @@ pub(super) struct Peer {
     pub(super) awaiting_reply: bool,
     missed: u32,
     pub(super) down: bool,
+    /// Whether it has been heard from since it was added.
+    heard: bool,
     retry_round: u64,
     backoff: u64,
 }
@@ -80,6 +82,7 @@ impl Replica {
                         awaiting_reply: false,
                         missed: 0,
                         down: false,
+                        heard: false,
                         retry_round: 0,
                         backoff: 1,
                     },
@@ -102,16 +105,16 @@ impl Replica {
                 id: from,
                 addr: None,
             });
-            if self.peers.contains_key(&from) {
-                self.events.push_back(Event::PeerUp(from));
-            }
         }
         if let Some(peer) = self.peers.get_mut(&from) {
             peer.awaiting_reply = false;
             peer.missed = 0;
             peer.backoff = 1;
-            if peer.down {
+            // Up when it answers again, and when it is first heard from (a peer the driver
+            // added on connecting, or from configuration, before any message).
+            if peer.down || !peer.heard {
                 peer.down = false;
+                peer.heard = true;
                 self.events.push_back(Event::PeerUp(from));
             }
         }

@@ -27,7 +27,7 @@ use tokio::signal::unix::{signal, SignalKind};
 #[derive(Parser)]
 #[command(
     name = "crdt-node",
-    version,
+    version = VERSION,
     about = "A CRDT replica that syncs with trusted peers over QUIC"
 )]
 struct Cli {
@@ -76,10 +76,18 @@ enum Command {
     },
 }
 
+/// The version, with the wire formats it speaks (checked against the libraries by a test).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (wire protocol 3, encoding format 2)"
+);
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        // No colour codes in a log file or a journal.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().command {
@@ -244,7 +252,7 @@ commands:
   remove KEY ELEMENT    remove from a set
   set KEY VALUE         write a last-writer-wins register
   write KEY VALUE       write a multi-value register (concurrent writes stay visible)
-  get KEY               show an object
+  get KEY [--all]       show an object (a large set or map: its size and first entries)
   get --after TOKEN KEY show it once this node has the write TOKEN names
                         (read-your-writes across nodes; waits up to --timeout)
   get --read N KEY      merge it from N peers first (with writes acknowledged by W
@@ -261,14 +269,22 @@ A write prints `ok TOKEN` once it is durable on this node. Before its key, a wri
                              stays and keeps spreading, and the error says who has it";
 
 /// Runs one command line; `Ok(false)` means quit.
+///
+/// Words are separated by any run of spaces or tabs; a value (an element, a register value) is
+/// the rest of the line after the key, with its inner spaces kept.
 async fn execute(node: &Node, line: &str) -> Result<bool, String> {
-    let (command, line) = line.split_once(' ').unwrap_or((line, ""));
+    let (command, line) = word(line);
     let (options, line) = options(command, line)?;
-    let mut words = line.splitn(2, ' ');
-    let key = words.next().filter(|k| !k.is_empty()).map(str::to_owned);
-    let rest = words.next().map(str::to_owned);
+    let (key, rest) = word(line);
+    let key = (!key.is_empty()).then(|| key.to_owned());
+    let rest = (!rest.is_empty()).then(|| rest.to_owned());
     let need = |what: Option<String>, name: &str| {
         what.ok_or(format!("{command}: missing {name} (try `help`)"))
+    };
+    // Commands that take nothing, or only a key, refuse stray words rather than ignore them.
+    let no_more = |what: &Option<String>, after: &str| match what {
+        Some(extra) => Err(format!("{command}: unexpected {extra:?} after {after}")),
+        None => Ok(()),
     };
     let number = |what: Option<String>, default: Option<u64>| -> Result<u64, String> {
         match (what, default) {
@@ -280,6 +296,12 @@ async fn execute(node: &Node, line: &str) -> Result<bool, String> {
             (None, None) => Err(format!("{command}: missing a number")),
         }
     };
+    if matches!(
+        command,
+        "help" | "quit" | "exit" | "keys" | "peers" | "status"
+    ) {
+        no_more(&key, command)?;
+    }
     let op = match command {
         "" => return Ok(true),
         "help" => {
@@ -289,13 +311,18 @@ async fn execute(node: &Node, line: &str) -> Result<bool, String> {
         "quit" | "exit" => return Ok(false),
         "get" => {
             let key = need(key, "KEY")?;
+            let all = match rest.as_deref() {
+                Some("--all") => true,
+                None => false,
+                Some(extra) => return Err(format!("get: unexpected {extra:?} after the key")),
+            };
             let object = match options.after {
                 Some(token) => node.get_after(&key, token, options.timeout).await,
                 None => node.read(&key, options.read, options.timeout).await,
             }
             .map_err(|e| e.to_string())?;
             match object {
-                Some(object) => println!("{key} = {object}"),
+                Some(object) => println!("{key} = {}", shown(&object, all)),
                 None => println!("{key} is not set"),
             }
             return Ok(true);
@@ -340,7 +367,14 @@ async fn execute(node: &Node, line: &str) -> Result<bool, String> {
         "decr" => Op::PnDec(number(rest, None)?),
         // Strings as the typed API writes them (`node.set::<String>`), so both read alike.
         "add" => Op::Add(value::encode(&need(rest, "ELEMENT")?)),
-        "remove" => Op::Remove(value::encode(&need(rest, "ELEMENT")?)),
+        "remove" => {
+            // Removing from a key that holds nothing would make an empty set there.
+            let key = need(key.clone(), "KEY")?;
+            if node.get(&key).await.is_none() {
+                return Err(format!("remove: {key} is not set"));
+            }
+            Op::Remove(value::encode(&need(rest, "ELEMENT")?))
+        }
         "set" => {
             // The node stamps it with its own hybrid logical clock.
             let (key, value) = (need(key, "KEY")?, need(rest, "VALUE")?);
@@ -365,6 +399,44 @@ async fn execute(node: &Node, line: &str) -> Result<bool, String> {
     Ok(true)
 }
 
+/// The first word of `line` and the rest, both without surrounding blanks.
+fn word(line: &str) -> (&str, &str) {
+    let line = line.trim();
+    match line.split_once(char::is_whitespace) {
+        Some((first, rest)) => (first, rest.trim_start()),
+        None => (line, ""),
+    }
+}
+
+/// Elements shown by `get` before it says how many more there are (unless `--all`).
+const SHOWN: usize = 20;
+
+/// `object` for `get`: a large set or map as its size and first entries.
+fn shown(object: &crdt_net::Object, all: bool) -> String {
+    use crdt_net::Object;
+    let (count, first): (usize, Vec<String>) = match object {
+        Object::Set(set) => (
+            set.len(),
+            set.iter().take(SHOWN).map(|e| value::show(e)).collect(),
+        ),
+        Object::Map(map) => (
+            map.len(),
+            map.iter()
+                .take(SHOWN)
+                .map(|(k, v)| format!("{}: {v}", value::show(k)))
+                .collect(),
+        ),
+        _ => (0, Vec::new()),
+    };
+    if all || count <= SHOWN {
+        return object.to_string();
+    }
+    format!(
+        "{{{}, ...}} ({count} entries; `get KEY --all` shows every one)",
+        first.join(", ")
+    )
+}
+
 /// A command's `--ack`, `--timeout` and `--after` options.
 struct Options {
     ack: Ack,
@@ -382,8 +454,8 @@ fn options<'a>(command: &str, mut line: &'a str) -> Result<(Options, &'a str), S
         after: None,
     };
     while let Some(rest) = line.strip_prefix("--") {
-        let (name, rest) = rest.split_once(' ').unwrap_or((rest, ""));
-        let (value, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+        let (name, rest) = word(rest);
+        let (value, rest) = word(rest);
         let bad = || format!("{command}: bad value for --{name}: {value:?}");
         match name {
             "ack" => {
@@ -401,4 +473,22 @@ fn options<'a>(command: &str, mut line: &'a str) -> Result<(Options, &'a str), S
         line = rest;
     }
     Ok((options, line))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_version_names_the_wire_formats_this_build_speaks() {
+        let protocol = format!("wire protocol {}", crdt_net::PROTOCOL_VERSION);
+        let format = format!("encoding format {}", crdt_core::FORMAT_VERSION);
+        assert!(super::VERSION.contains(&protocol), "{}", super::VERSION);
+        assert!(super::VERSION.contains(&format), "{}", super::VERSION);
+    }
+
+    #[test]
+    fn words_are_split_on_any_blanks() {
+        assert_eq!(super::word("  add\tcart   milk  "), ("add", "cart   milk"));
+        assert_eq!(super::word("quit"), ("quit", ""));
+        assert_eq!(super::word(""), ("", ""));
+    }
 }

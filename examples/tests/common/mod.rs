@@ -83,7 +83,7 @@ impl Running {
     pub fn wait_for(&mut self, key: &str, needle: &str) {
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
-            self.send(&format!("get {key}"));
+            self.send(&format!("get {key} --all"));
             let answer = self.expect(|l| l.starts_with(&format!("{key} ")));
             if answer.contains(needle) {
                 return;
@@ -328,9 +328,7 @@ impl LoggedProcess {
     /// `listening on` line.
     pub fn started(&mut self, running: Running) -> String {
         self.running = Some(running);
-        let banner = self.line(|l| l.contains("listening on"));
-        self.line(|l| l.starts_with("type `help`"));
-        banner
+        self.line(|l| l.contains("listening on"))
     }
 
     pub fn running(&mut self) -> &mut Running {

@@ -1,0 +1,79 @@
+//! What a new user of the `crdt-node` prompt tripped over, each fixed: words split on any
+//! blanks, stray words refused, `remove` on a missing key refused, a counter past the limit
+//! refused, a large set shown as its size and first entries, "peer up" on the first
+//! connection.
+
+mod common;
+
+use common::{trusting_pair, Running};
+
+fn node(dir: &str, peer: Option<&str>) -> Running {
+    let mut args = vec!["run", "--listen", "127.0.0.1:0", "--data-dir", dir];
+    args.extend(["--gossip-ms", "100"]);
+    if let Some(peer) = peer {
+        args.extend(["--peer", peer]);
+    }
+    Running::start(&args)
+}
+
+/// Sends `command` and returns the first answer line (`ok`, `error` or the object).
+fn ask(node: &mut Running, command: &str, answer: &str) -> String {
+    node.send(command);
+    node.expect(|l| l.starts_with("ok ") || l.starts_with("error") || l.starts_with(answer))
+}
+
+#[test]
+fn the_prompt_does_what_a_new_user_expects() {
+    let (a, b) = (
+        tempfile::TempDir::new().unwrap(),
+        tempfile::TempDir::new().unwrap(),
+    );
+    let (a_dir, b_dir) = (a.path().to_str().unwrap(), b.path().to_str().unwrap());
+    let (_, b_id) = trusting_pair(a_dir, b_dir);
+    let mut first = node(a_dir, None);
+    let banner = first.expect(|l| l.contains("listening on"));
+    let addr = banner.rsplit(' ').next().unwrap().to_owned();
+
+    // Blanks: a double space or a tab separates words; a value keeps its inner spaces.
+    assert!(ask(&mut first, "add  cart   oat milk", "cart").starts_with("ok "));
+    assert!(ask(&mut first, "add\tcart\ttea", "cart").starts_with("ok "));
+    let cart = ask(&mut first, "get cart", "cart");
+    // Elements come in the order of their encodings (a string's length first).
+    assert_eq!(cart, "cart = {\"tea\", \"oat milk\"}");
+
+    // Stray words are an error, not ignored: `quit now` does not quit.
+    let quit = ask(&mut first, "quit now", "");
+    assert!(quit.contains("unexpected \"now\""), "{quit}");
+    let get = ask(&mut first, "get cart extra", "cart");
+    assert!(get.starts_with("error"), "{get}");
+
+    // Removing from a key that holds nothing is refused (it made an empty set).
+    let remove = ask(&mut first, "remove nothing x", "");
+    assert!(remove.contains("nothing is not set"), "{remove}");
+    assert!(ask(&mut first, "get nothing", "nothing").contains("is not set"));
+
+    // A counter at the limit peers accept: the next increment is refused, not `ok`.
+    assert!(ask(&mut first, "incr big 281474976710656", "").starts_with("ok "));
+    let over = ask(&mut first, "incr big 1", "");
+    assert!(over.contains("would pass the limit"), "{over}");
+
+    // A large set: its size and first entries, unless --all.
+    for i in 0..30 {
+        assert!(ask(&mut first, &format!("add many e{i:02}"), "").starts_with("ok "));
+    }
+    let short = ask(&mut first, "get many", "many");
+    assert!(short.contains("(30 entries;"), "{short}");
+    assert!(!short.contains("e29"), "{short}");
+    let long = ask(&mut first, "get many --all", "many");
+    assert!(
+        long.contains("\"e29\"") && !long.contains("entries"),
+        "{long}"
+    );
+
+    // "peer up" on the first connection, not only on reconnects.
+    let second = node(b_dir, Some(&addr));
+    second.expect(|l| l.contains("listening on"));
+    first.expect(|l| l == format!("~ peer {b_id} up"));
+    first.quit();
+    second.quit();
+}
