@@ -24,7 +24,7 @@ fn config(replicas: usize, seed: u64) -> SimConfig {
     SimConfig {
         replicas,
         wide_ids: true,
-        round_interval: INTERVAL,
+        gossip_interval: INTERVAL,
         ..SimConfig::new(seed)
     }
 }

@@ -44,7 +44,7 @@ pub struct SimConfig {
     /// Each delivery takes a uniformly random delay in this range (ms), which reorders messages.
     pub delay: (Millis, Millis),
     /// The replicas' round interval (ms).
-    pub round_interval: Millis,
+    pub gossip_interval: Millis,
     /// The replicas' fanout.
     pub fanout: usize,
     /// Whether replicas push fresh deltas eagerly.
@@ -74,7 +74,7 @@ impl SimConfig {
             loss: 0.0,
             duplicate: 0.0,
             delay: (1, 5),
-            round_interval: 100,
+            gossip_interval: 100,
             fanout: 2,
             eager_push: true,
             max_message: 1 << 20,
@@ -105,7 +105,7 @@ impl SimConfig {
                 addr: None,
             })
             .collect();
-        config.round_interval = self.round_interval;
+        config.gossip_interval = self.gossip_interval;
         config.fanout = self.fanout;
         config.eager_push = self.eager_push;
         config.max_message = self.max_message;
@@ -563,7 +563,7 @@ pub fn chaos(seed: u64) -> Result<ChaosReport, String> {
         loss: rng.f64() * 0.3,
         duplicate: rng.f64() * 0.1,
         delay: (1, rng.u64(2..=80)),
-        round_interval: 100,
+        gossip_interval: 100,
         fanout: rng.usize(1..=3),
         eager_push: rng.bool(),
         max_message: rng.choice([4096, 16 << 10, 1 << 20]).unwrap_or(4096),

@@ -274,7 +274,7 @@ fn print_message_vectors() {
 #[test]
 fn a_silent_peer_goes_down_after_missed_rounds_and_comes_back() {
     let mut config = Config::new(A).with_peer(B);
-    config.round_interval = 100;
+    config.gossip_interval = 100;
     config.fanout = 1;
     let mut a = Replica::new(config);
     let mut events = Vec::new();

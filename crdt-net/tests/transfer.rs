@@ -38,7 +38,7 @@ fn an_interrupted_transfer_resumes() {
         max_message: 4096,
         max_log_bytes: 0, // no delta buffer: the newcomer needs a state transfer
         delay: (1, 400),  // chunks arrive spread over 400 ms, out of order
-        round_interval: 1_000,
+        gossip_interval: 1_000,
         eager_push: false,
         ..SimConfig::new(11)
     };

@@ -83,9 +83,14 @@ pub enum NodeError {
         /// What is wrong.
         reason: crdt_core::DecodeError,
     },
-    /// TLS or QUIC could not be set up.
-    #[error("transport: {0}")]
-    Transport(String),
+    /// TLS or QUIC could not be set up, or a connection failed.
+    #[error("transport: {what}: {source}")]
+    Transport {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The update was refused: the operation does not fit the object's type, nests too deep
     /// or carries a value too large for a message.
     #[error(transparent)]
@@ -220,7 +225,7 @@ pub struct NodeBuilder {
     peers: Vec<SocketAddr>,
     trust: Vec<ReplicaId>,
     trust_keys: Vec<Fingerprint>,
-    round_interval: Duration,
+    gossip_interval: Duration,
     fanout: usize,
     queue: usize,
     mdns: bool,
@@ -248,7 +253,7 @@ impl NodeBuilder {
             peers: Vec::new(),
             trust: Vec::new(),
             trust_keys: Vec::new(),
-            round_interval: Duration::from_secs(1),
+            gossip_interval: Duration::from_secs(1),
             fanout: 2,
             queue: DEFAULT_QUEUE,
             mdns: true,
@@ -291,7 +296,7 @@ impl NodeBuilder {
 
     /// Time between anti-entropy rounds.
     pub fn gossip_interval(mut self, interval: Duration) -> Self {
-        self.round_interval = interval;
+        self.gossip_interval = interval;
         self
     }
 
@@ -342,14 +347,14 @@ impl NodeBuilder {
             trust.set_key(*key, true)?;
         }
         let mut config = Config::new(identity.id());
-        config.round_interval = self.round_interval.as_millis().max(1) as u64;
+        config.gossip_interval = self.gossip_interval.as_millis().max(1) as u64;
         config.fanout = self.fanout;
         config.seed = seed_from_clock(identity.id());
         config.max_drift = self.max_drift.as_millis() as u64;
         let endpoint = endpoint(&identity, &trust, self.listen)?;
         let local_addr = endpoint
             .local_addr()
-            .map_err(|e| NodeError::Transport(e.to_string()))?;
+            .map_err(transport_failed("reading the endpoint's address"))?;
         let (events, _) = broadcast::channel(4096);
         let (stop, _) = watch::channel(false);
         let (commands, received) = std::sync::mpsc::channel();
@@ -1093,35 +1098,46 @@ fn peer_of(connection: &quinn::Connection) -> Option<ReplicaId> {
     node_id(certs.first()?).ok()
 }
 
+/// Wraps a transport failure while doing `what`, keeping its source.
+fn transport_failed<E>(what: impl Into<String>) -> impl FnOnce(E) -> NodeError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let what = what.into();
+    move |e| NodeError::Transport {
+        what,
+        source: Box::new(e),
+    }
+}
+
 fn endpoint(
     identity: &Identity,
     trust: &TrustList,
     listen: SocketAddr,
 ) -> Result<quinn::Endpoint, NodeError> {
-    let transport_error = |e: &dyn std::fmt::Display| NodeError::Transport(e.to_string());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = identity::TrustVerifier::new(trust.clone());
 
     let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| transport_error(&e))?
+        .map_err(transport_failed("configuring TLS"))?
         .with_client_cert_verifier(verifier.clone())
         .with_single_cert(vec![identity.cert.clone()], identity.key_der())
-        .map_err(|e| transport_error(&e))?;
+        .map_err(transport_failed("loading the node's certificate"))?;
     server.alpn_protocols = vec![ALPN.to_vec()];
     let server = quinn::crypto::rustls::QuicServerConfig::try_from(server)
-        .map_err(|e| transport_error(&e))?;
+        .map_err(transport_failed("configuring QUIC"))?;
 
     let mut client = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| transport_error(&e))?
+        .map_err(transport_failed("configuring TLS"))?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(vec![identity.cert.clone()], identity.key_der())
-        .map_err(|e| transport_error(&e))?;
+        .map_err(transport_failed("loading the node's certificate"))?;
     client.alpn_protocols = vec![ALPN.to_vec()];
     let client = quinn::crypto::rustls::QuicClientConfig::try_from(client)
-        .map_err(|e| transport_error(&e))?;
+        .map_err(transport_failed("configuring QUIC"))?;
 
     let mut transport = quinn::TransportConfig::default();
     // A peer uses one stream each way per connection; flow control lets it park no more than
@@ -1134,14 +1150,15 @@ fn endpoint(
     transport.max_idle_timeout(Some(
         // Keep-alives every 5 s: a peer silent for 10 s (killed, or gone from its address) is
         // dropped, and a dialer reconnects.
-        quinn::IdleTimeout::try_from(Duration::from_secs(10)).map_err(|e| transport_error(&e))?,
+        quinn::IdleTimeout::try_from(Duration::from_secs(10))
+            .map_err(transport_failed("setting the idle timeout"))?,
     ));
     let transport = Arc::new(transport);
 
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server));
     server_config.transport_config(transport.clone());
     let mut endpoint = quinn::Endpoint::server(server_config, listen)
-        .map_err(|e| NodeError::Transport(format!("cannot listen on {listen}: {e}")))?;
+        .map_err(transport_failed(format!("cannot listen on {listen}")))?;
     let mut client_config = quinn::ClientConfig::new(Arc::new(client));
     client_config.transport_config(transport);
     endpoint.set_default_client_config(client_config);
@@ -1210,13 +1227,13 @@ pub mod testing {
         let endpoint = endpoint(&identity, &trust, SocketAddr::from(([127, 0, 0, 1], 0)))?;
         let connection = endpoint
             .connect(to, "crdt-node")
-            .map_err(|e| NodeError::Transport(e.to_string()))?
+            .map_err(transport_failed("connecting"))?
             .await
-            .map_err(|e| NodeError::Transport(e.to_string()))?;
+            .map_err(transport_failed("connecting"))?;
         let mut stream = connection
             .open_uni()
             .await
-            .map_err(|e| NodeError::Transport(e.to_string()))?;
+            .map_err(transport_failed("opening a stream"))?;
         for frame in frames {
             let len = (frame.len() as u32).to_le_bytes();
             let _ = stream.write_all(&len).await;

@@ -35,7 +35,7 @@ pub struct Config {
     /// Peers known at start.
     pub peers: Vec<PeerInfo>,
     /// Time between anti-entropy rounds. Default 1000 ms.
-    pub round_interval: Millis,
+    pub gossip_interval: Millis,
     /// Peers contacted per round. Default 2.
     pub fanout: usize,
     /// Push fresh local deltas to every peer that is up as soon as the driver polls, rather than
@@ -76,7 +76,7 @@ impl Config {
         Config {
             id,
             peers: Vec::new(),
-            round_interval: 1000,
+            gossip_interval: 1000,
             fanout: 2,
             eager_push: true,
             max_message: 1 << 20,
@@ -311,7 +311,7 @@ impl Replica {
     /// A replica resumed from what it persisted.
     pub fn restore(config: Config, durable: Durable) -> Self {
         let mut rng = fastrand::Rng::with_seed(config.seed);
-        let next_round = rng.u64(0..config.round_interval.max(1));
+        let next_round = rng.u64(0..config.gossip_interval.max(1));
         // The clock resumes past every stamp it may have issued.
         let latest = durable
             .objects
@@ -605,7 +605,7 @@ impl Replica {
         if now < self.next_round {
             return;
         }
-        self.next_round = now + self.config.round_interval.max(1);
+        self.next_round = now + self.config.gossip_interval.max(1);
         self.start_round(now);
     }
 
@@ -724,7 +724,7 @@ impl Replica {
         if self.stats.rounds < self.pull_not_before {
             return false;
         }
-        let round = self.config.round_interval;
+        let round = self.config.gossip_interval;
         if self
             .stalled
             .is_some_and(|(p, until)| p == peer && now < until)
