@@ -133,7 +133,8 @@ impl Op {
         loop {
             match op {
                 Op::Update(key, inner) => {
-                    bytes += key.len();
+                    // A map's delta holds the key twice: in its key set and its value map.
+                    bytes += 2 * key.len();
                     op = inner;
                 }
                 Op::Add(v) | Op::Remove(v) | Op::Lww(_, v) | Op::Mv(v) | Op::Delete(v) => {
@@ -316,7 +317,8 @@ impl Object {
     pub fn entries(&self) -> usize {
         match self {
             Object::Set(s) => s.len().max(1),
-            Object::Map(m) => m.len().max(1),
+            // Removed keys keep a (reset) value, which a split cuts as well.
+            Object::Map(m) => m.values_kept().count().max(1),
             _ => 1,
         }
     }

@@ -4,6 +4,11 @@
 //! keyspace holds values of any type. The typed handles ([`Node::set`](crate::node::Node::set)
 //! and the others) write a value of type `T` as its postcard encoding and read it back the
 //! same way; [`encode`] and [`decode`] do that for code that builds [`Op`](crate::Op)s itself.
+//! Values are compared by their bytes (a set holds an element once per encoding), so a type
+//! used as a set element or map key must encode equal values identically: not `HashMap` or
+//! `HashSet` (postcard writes them in iteration order; use `BTreeMap`, `BTreeSet`), and no
+//! floats that may be `-0.0` or NaN.
+//!
 //! A `String` written this way shows as text in [`Object`](crate::Object)'s `Display` (and so
 //! in the command line).
 //!

@@ -173,13 +173,23 @@ impl<'n, T> Handle<'n, T> {
             .await
     }
 
-    /// The object at this place (`None`: nothing written there, or its map key removed).
-    async fn object(&self) -> Option<Object> {
-        let top = self.node.get(&self.key).await?;
-        self.path.iter().try_fold(top, |object, key| match object {
-            Object::Map(map) => map.get(key).cloned(),
-            _ => None,
-        })
+    /// The object at this place (`None`: nothing written there, or its map key removed). An
+    /// object of another type than a map on the way is an error, as a write there would be.
+    async fn object(&self) -> Result<Option<Object>, NodeError> {
+        let Some(mut object) = self.node.get(&self.key).await else {
+            return Ok(None);
+        };
+        for key in &self.path {
+            object = match object {
+                Object::Map(map) => match map.get(key) {
+                    Some(value) => value.clone(),
+                    None => return Ok(None),
+                },
+                Object::Empty => return Ok(None),
+                other => return Err(wrong_type(&other, "map")),
+            };
+        }
+        Ok(Some(object))
     }
 }
 
@@ -221,7 +231,7 @@ impl<T: Serialize + DeserializeOwned> SetHandle<'_, T> {
     /// Whether `value` is in the set here.
     pub async fn contains(&self, value: &T) -> Result<bool, NodeError> {
         let value = encode(value);
-        Ok(match self.0.object().await {
+        Ok(match self.0.object().await? {
             None | Some(Object::Empty) => false,
             Some(Object::Set(set)) => set.contains(&value),
             Some(other) => return Err(wrong_type(&other, "set")),
@@ -231,7 +241,7 @@ impl<T: Serialize + DeserializeOwned> SetHandle<'_, T> {
     /// The elements here, in the order of their encodings. Fails with [`NodeError::Value`] if
     /// an element does not decode as a `T`.
     pub async fn elements(&self) -> Result<Vec<T>, NodeError> {
-        match self.0.object().await {
+        match self.0.object().await? {
             None | Some(Object::Empty) => Ok(Vec::new()),
             Some(Object::Set(set)) => {
                 Ok(set.iter().map(|v| decode(v)).collect::<Result<_, _>>()?)
@@ -270,7 +280,7 @@ impl<T: Serialize + DeserializeOwned> RegisterHandle<'_, T> {
 
     /// The value here, if one is written.
     pub async fn get(&self) -> Result<Option<T>, NodeError> {
-        match self.0.object().await {
+        match self.0.object().await? {
             None | Some(Object::Empty) => Ok(None),
             Some(Object::Lww(register)) => Ok(register.get().map(|v| decode(v)).transpose()?),
             Some(other) => Err(wrong_type(&other, "lww-register")),
@@ -300,7 +310,7 @@ impl CounterHandle<'_> {
 
     /// The value here (a grow-only counter written with [`Op::Inc`] reads as well).
     pub async fn value(&self) -> Result<i64, NodeError> {
-        match self.0.object().await {
+        match self.0.object().await? {
             None | Some(Object::Empty) => Ok(0),
             Some(Object::PNCounter(c)) => Ok(c.value()),
             Some(Object::GCounter(c)) => Ok(i64::try_from(c.value()).unwrap_or(i64::MAX)),
@@ -348,7 +358,7 @@ impl<'n, K: Serialize + DeserializeOwned> MapHandle<'n, K> {
 
     /// The keys present here, in the order of their encodings.
     pub async fn keys(&self) -> Result<Vec<K>, NodeError> {
-        match self.0.object().await {
+        match self.0.object().await? {
             None | Some(Object::Empty) => Ok(Vec::new()),
             Some(Object::Map(map)) => {
                 Ok(map.keys().map(|k| decode(k)).collect::<Result<_, _>>()?)
@@ -360,7 +370,7 @@ impl<'n, K: Serialize + DeserializeOwned> MapHandle<'n, K> {
     /// Whether `key` is present here.
     pub async fn contains_key(&self, key: &K) -> Result<bool, NodeError> {
         let key = encode(key);
-        match self.0.object().await {
+        match self.0.object().await? {
             None | Some(Object::Empty) => Ok(false),
             Some(Object::Map(map)) => Ok(map.contains_key(&key)),
             Some(other) => Err(wrong_type(&other, "map")),

@@ -41,6 +41,7 @@ impl Replica {
                 for entry in entries {
                     claims.dot(entry.dot)?;
                     claims.object(&entry.delta)?;
+                    self.check_own_counters(&entry.key, &entry.delta)?;
                 }
                 self.check_growth(entries)?;
             }
@@ -50,6 +51,7 @@ impl Replica {
                 for entry in &chunk.objects {
                     claims.vv(&entry.touched)?;
                     claims.object(&entry.object)?;
+                    self.check_own_counters(&entry.key, &entry.object)?;
                 }
             }
             Message::StateDone(done) => {
@@ -65,6 +67,7 @@ impl Replica {
                 if let Some(entry) = &reply.entry {
                     claims.vv(&entry.touched)?;
                     claims.object(&entry.object)?;
+                    self.check_own_counters(&entry.key, &entry.object)?;
                 }
             }
         }
@@ -113,6 +116,47 @@ impl Replica {
             Some(t) => !t.refused && super::transfer::all_chunks(&t.chunks, done.chunks),
             None => done.chunks == 0,
         }
+    }
+
+    /// Refuses counter totals or reset floors of this replica's own increments beyond what it
+    /// has counted itself: only this replica raises its total, so a higher one is made up.
+    /// Merged, a floor above it would hide this replica's later increments, and a total above
+    /// it would block them at [`MAX_COUNTER`]. (Where this replica holds another type under
+    /// the key, the merge settles the conflict and nothing is checked.)
+    fn check_own_counters(&self, key: &str, incoming: &Object) -> Result<(), ProtocolError> {
+        let me = self.config.id;
+        let mut stack = vec![(self.durable.objects.get(key), incoming)];
+        while let Some((ours, theirs)) = stack.pop() {
+            let ours = ours.filter(|o| **o != Object::Empty);
+            match (ours, theirs) {
+                (None | Some(Object::GCounter(_)), Object::GCounter(c)) => {
+                    let mine = match ours {
+                        Some(Object::GCounter(m)) => Some(m),
+                        _ => None,
+                    };
+                    own_within(me, mine, c)?;
+                }
+                (None | Some(Object::PNCounter(_)), Object::PNCounter(c)) => {
+                    let mine = match ours {
+                        Some(Object::PNCounter(m)) => Some(m),
+                        _ => None,
+                    };
+                    own_within(me, mine.map(|m| m.increments()), c.increments())?;
+                    own_within(me, mine.map(|m| m.decrements()), c.decrements())?;
+                }
+                (None | Some(Object::Map(_)), Object::Map(map)) => {
+                    for (k, v) in map.values_kept() {
+                        let mine = match ours {
+                            Some(Object::Map(m)) => m.value_kept(k),
+                            _ => None,
+                        };
+                        stack.push((mine, v));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Refuses resume ranges no honest replica sends: out of key order, overlapping, or more
@@ -193,6 +237,25 @@ impl Replica {
         }
         Ok(())
     }
+}
+
+/// Whether `theirs` claims no more of `me`'s increments (its total, or its floor) than `ours`
+/// counts.
+fn own_within(
+    me: ReplicaId,
+    ours: Option<&crdt_core::GCounter>,
+    theirs: &crdt_core::GCounter,
+) -> Result<(), ProtocolError> {
+    let counted = ours.map_or(0, |c| c.total_of(me));
+    let floor = theirs
+        .floors()
+        .find(|(r, _)| *r == me)
+        .map_or(0, |(_, n)| n);
+    let claimed = theirs.total_of(me).max(floor);
+    if claimed > counted {
+        return Err(ProtocolError::ForgedDot(Dot::new(me, claimed)));
+    }
+    Ok(())
 }
 
 /// The first counter in `object` above [`MAX_COUNTER`], if any: what a local update must not
