@@ -77,3 +77,36 @@ fn the_prompt_does_what_a_new_user_expects() {
     first.quit();
     second.quit();
 }
+
+/// The data directory need not be repeated on every command: $CRDT_NODE_DIR, else the per-user
+/// data directory ($XDG_DATA_HOME/crdt-node, or ~/.local/share/crdt-node).
+#[test]
+fn the_data_directory_has_a_per_user_default() {
+    let home = tempfile::TempDir::new().unwrap();
+    let run = |envs: &[(&str, &std::path::Path)], args: &[&str]| {
+        let mut command = std::process::Command::new(common::BIN);
+        command
+            .args(args)
+            .env_remove("CRDT_NODE_DIR")
+            .env_remove("XDG_DATA_HOME");
+        for (name, value) in envs {
+            command.env(name, value);
+        }
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let printed = run(&[("HOME", home.path())], &["init"]);
+    assert!(printed.contains("node id:"), "{printed}");
+    let default = home.path().join(".local/share/crdt-node");
+    if !cfg!(target_os = "macos") {
+        assert!(default.join("node.key").exists(), "no identity in {default:?}");
+    }
+    // The same identity again, not a new one.
+    assert_eq!(run(&[("HOME", home.path())], &["init"]), printed);
+
+    let chosen = home.path().join("chosen");
+    let other = run(&[("CRDT_NODE_DIR", &chosen)], &["init"]);
+    assert!(chosen.join("node.key").exists());
+    assert_ne!(other, printed);
+}

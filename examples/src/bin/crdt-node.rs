@@ -39,18 +39,18 @@ struct Cli {
 enum Command {
     /// Make this node's identity (key pair and certificate) and print its id.
     Init {
-        /// Where the node keeps its identity, trust list and state.
+        /// Where the node keeps its identity, trust list and state (default: see `run`).
         #[arg(long)]
-        data_dir: PathBuf,
+        data_dir: Option<PathBuf>,
     },
     /// Allow a peer to connect: pin its key's fingerprint (or, weaker, trust its id).
     Trust {
         /// The peer's fingerprint, as its `init` printed it (64 hex digits); or its node id
         /// (16 hex digits), which admits any key with that id.
         id: String,
-        /// The node's data directory.
+        /// The node's data directory (default: see `run`).
         #[arg(long)]
-        data_dir: PathBuf,
+        data_dir: Option<PathBuf>,
     },
     /// Run the node: commands from stdin, then serve until SIGTERM or SIGINT.
     Run {
@@ -60,9 +60,11 @@ enum Command {
         /// Peers to connect to (repeatable).
         #[arg(long = "peer")]
         peers: Vec<SocketAddr>,
-        /// The node's data directory.
+        /// The node's data directory. Default: $CRDT_NODE_DIR, else the per-user data directory
+        /// ($XDG_DATA_HOME/crdt-node or ~/.local/share/crdt-node; on macOS
+        /// ~/Library/Application Support/crdt-node).
         #[arg(long)]
-        data_dir: PathBuf,
+        data_dir: Option<PathBuf>,
         /// Milliseconds between anti-entropy rounds.
         #[arg(long, default_value_t = 1000)]
         gossip_ms: u64,
@@ -91,8 +93,10 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().command {
-        Command::Init { data_dir } => init(&data_dir),
-        Command::Trust { id, data_dir } => trust(&id, &data_dir),
+        Command::Init { data_dir } => data_dir_or_default(data_dir).and_then(|d| init(&d)),
+        Command::Trust { id, data_dir } => {
+            data_dir_or_default(data_dir).and_then(|d| trust(&id, &d))
+        }
         Command::Run {
             listen,
             peers,
@@ -100,17 +104,20 @@ async fn main() -> ExitCode {
             gossip_ms,
             clock_offset_ms,
             no_prompt,
-        } => {
-            let settings = Settings {
-                listen,
-                peers,
-                data_dir,
-                gossip_ms,
-                clock_offset_ms,
-                no_prompt,
-            };
-            run(settings).await
-        }
+        } => match data_dir_or_default(data_dir) {
+            Err(e) => Err(e),
+            Ok(data_dir) => {
+                let settings = Settings {
+                    listen,
+                    peers,
+                    data_dir,
+                    gossip_ms,
+                    clock_offset_ms,
+                    no_prompt,
+                };
+                run(settings).await
+            }
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -119,6 +126,29 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `given`, else $CRDT_NODE_DIR, else the platform's per-user data directory.
+fn data_dir_or_default(given: Option<PathBuf>) -> Result<PathBuf, String> {
+    if let Some(dir) = given {
+        return Ok(dir);
+    }
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(dir) = var("CRDT_NODE_DIR") {
+        return Ok(dir);
+    }
+    let home = var("HOME");
+    let dir = if cfg!(target_os = "macos") {
+        home.map(|h| h.join("Library/Application Support"))
+    } else {
+        var("XDG_DATA_HOME").or_else(|| home.map(|h| h.join(".local/share")))
+    };
+    dir.map(|d| d.join("crdt-node"))
+        .ok_or_else(|| "no --data-dir, and neither CRDT_NODE_DIR nor HOME is set".into())
 }
 
 /// Makes (or reads) the identity; prints the node id and the fingerprint peers pin.
