@@ -100,7 +100,10 @@ fn the_data_directory_has_a_per_user_default() {
     assert!(printed.contains("node id:"), "{printed}");
     let default = home.path().join(".local/share/crdt-node");
     if !cfg!(target_os = "macos") {
-        assert!(default.join("node.key").exists(), "no identity in {default:?}");
+        assert!(
+            default.join("node.key").exists(),
+            "no identity in {default:?}"
+        );
     }
     // The same identity again, not a new one.
     assert_eq!(run(&[("HOME", home.path())], &["init"]), printed);
