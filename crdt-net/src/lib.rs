@@ -8,6 +8,8 @@
 //!   digest, in messages of bounded size that resume after an interruption.
 //! * [`node`] (feature `quic`, on by default) runs a replica over QUIC: authenticated peers, a
 //!   trust list, reconnects, bounded queues, persisted state.
+//! * `http` (feature `http`, off by default) serves a node's objects and change stream as a
+//!   local JSON API for applications in any language.
 //! * [`sim`] runs many replicas on virtual time with seeded loss, duplication, reordering,
 //!   partitions and crashes.
 //!
@@ -32,6 +34,9 @@
 )]
 
 mod error;
+/// A local HTTP API for a node; see `docs/http-api.md`.
+#[cfg(feature = "http")]
+pub mod http;
 mod log;
 pub mod message;
 #[cfg(feature = "quic")]

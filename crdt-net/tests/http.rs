@@ -1,0 +1,642 @@
+//! The HTTP API with real parts: nodes on loopback QUIC, the API on loopback TCP, a real HTTP
+//! client (reqwest), and the Python client from docs/http-api.md as a real process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crdt_net::http::{self, ApiToken, HttpError, Server};
+use crdt_net::node::{Identity, Node, NodeBuilder};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How long anything in these tests may take before it counts as a failure.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A node with its API on a loopback port.
+struct Served {
+    node: Arc<Node>,
+    base: String,
+    token: String,
+    client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<Result<(), HttpError>>>,
+    _dir: TempDir,
+}
+
+impl Served {
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(self.client.get(self.url(path))).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(self.client.post(self.url(path)).body(body.to_string()))
+            .await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let response = tokio::time::timeout(WAIT, request.bearer_auth(&self.token).send())
+            .await
+            .expect("an answer in time")
+            .expect("an answer");
+        let status = response.status();
+        let body = response.json::<Value>().await.expect("a JSON body");
+        (status, body)
+    }
+
+    /// Stops the server and checks it ended cleanly and in time.
+    async fn stop(mut self) {
+        let _ = self.stop.take().expect("running").send(());
+        let server = self.server.take().expect("running");
+        tokio::time::timeout(WAIT, server)
+            .await
+            .expect("the server stops in time")
+            .expect("the server task did not panic")
+            .expect("the server ended cleanly");
+    }
+}
+
+/// Starts `n` nodes that trust each other (each dialing the ones before it), each with its
+/// API served on a fresh loopback port.
+async fn cluster(n: usize) -> Vec<Served> {
+    let dirs: Vec<TempDir> = (0..n).map(|_| TempDir::new().unwrap()).collect();
+    let keys: Vec<_> = dirs
+        .iter()
+        .map(|d| {
+            Identity::load_or_create(d.path())
+                .unwrap()
+                .fingerprint()
+                .unwrap()
+        })
+        .collect();
+    let mut served: Vec<Served> = Vec::new();
+    for (i, dir) in dirs.into_iter().enumerate() {
+        let mut builder = NodeBuilder::new(dir.path())
+            .listen("127.0.0.1:0".parse().unwrap())
+            .mdns(false)
+            .gossip_interval(Duration::from_millis(100));
+        for (j, key) in keys.iter().enumerate() {
+            if j != i {
+                builder = builder.trust_key(*key);
+            }
+        }
+        for other in &served {
+            builder = builder.peer(other.node.local_addr());
+        }
+        let node = Arc::new(builder.start().await.unwrap());
+        served.push(serve(node, dir, |server| server).await);
+    }
+    served
+}
+
+/// Serves `node`'s API (its builder passed through `configure`).
+async fn serve(node: Arc<Node>, dir: TempDir, configure: impl FnOnce(Server) -> Server) -> Served {
+    let token = ApiToken::load_or_create(dir.path()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel();
+    let server = configure(Server::new(node.clone(), token.clone()));
+    let server = tokio::spawn(server.serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    Served {
+        node,
+        base,
+        token: token.as_str().to_owned(),
+        client: reqwest::Client::new(),
+        stop: Some(stop),
+        server: Some(server),
+        _dir: dir,
+    }
+}
+
+async fn one_node() -> Served {
+    cluster(1).await.pop().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_read_back_typed() {
+    let api = one_node().await;
+    for (key, body) in [
+        ("cart", json!({ "op": "add", "value": "milk" })),
+        ("cart", json!({ "op": "add", "value": "eggs" })),
+        ("cart", json!({ "op": "remove", "value": "milk" })),
+        ("cart", json!({ "op": "add", "value": { "hex": "ff00" } })),
+        ("stock", json!({ "op": "inc", "by": 10 })),
+        ("stock", json!({ "op": "dec", "by": 3 })),
+        ("views", json!({ "op": "grow" })),
+        ("title", json!({ "op": "set", "value": "draft" })),
+        (
+            "title",
+            json!({ "op": "set", "value": "final", "ack": "local", "timeout_ms": 1000 }),
+        ),
+        ("status", json!({ "op": "write", "value": "open" })),
+        (
+            "carts",
+            json!({ "op": "add", "path": ["ada"], "value": "tea" }),
+        ),
+        (
+            "carts",
+            json!({ "op": "add", "path": ["bob"], "value": "jam" }),
+        ),
+        ("carts", json!({ "op": "delete", "key": "bob" })),
+        (
+            "prefs",
+            json!({ "op": "set", "path": ["ada", "theme"], "value": "dark" }),
+        ),
+    ] {
+        let (status, answer) = api.post(&format!("/v1/objects/{key}"), body.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{body} -> {answer}");
+        assert!(
+            answer["token"].as_str().is_some_and(|t| t.contains(':')),
+            "{answer}"
+        );
+    }
+    let read = |key: &'static str| {
+        let api = &api;
+        async move {
+            let (status, body) = api.get(&format!("/v1/objects/{key}")).await;
+            assert_eq!(status, StatusCode::OK, "{key}: {body}");
+            assert_eq!(body["key"], key);
+            (body["type"].clone(), body["value"].clone())
+        }
+    };
+    assert_eq!(
+        read("cart").await,
+        (json!("set"), json!(["eggs", { "hex": "ff00" }]))
+    );
+    assert_eq!(read("stock").await, (json!("pn-counter"), json!(7)));
+    assert_eq!(read("views").await, (json!("g-counter"), json!(1)));
+    assert_eq!(read("title").await, (json!("lww-register"), json!("final")));
+    assert_eq!(
+        read("status").await,
+        (json!("mv-register"), json!(["open"]))
+    );
+    assert_eq!(
+        read("carts").await,
+        (
+            json!("map"),
+            json!([{ "key": "ada", "type": "set", "value": ["tea"] }])
+        )
+    );
+    assert_eq!(
+        read("prefs").await,
+        (
+            json!("map"),
+            json!([{ "key": "ada", "type": "map", "value": [
+                { "key": "theme", "type": "lww-register", "value": "dark" }
+            ] }])
+        )
+    );
+
+    // The same values as the typed API (and so the command line) writes and reads them.
+    let cart = api.node.set::<String>("cart");
+    assert!(cart.contains(&"eggs".to_string()).await.unwrap());
+    cart.add(&"bread".to_string()).await.unwrap();
+    assert_eq!(
+        read("cart").await.1,
+        json!(["eggs", "bread", { "hex": "ff00" }]) // in the order of their encodings: length first
+    );
+    let prefs = api.node.map::<String>("prefs").map::<String>(&"ada".into());
+    let theme = prefs
+        .register::<String>(&"theme".into())
+        .get()
+        .await
+        .unwrap();
+    assert_eq!(theme.as_deref(), Some("dark"));
+
+    // Read-your-writes: a read after the write's token.
+    let (_, written) = api
+        .post("/v1/objects/cart", json!({ "op": "add", "value": "salt" }))
+        .await;
+    let token = written["token"].as_str().unwrap().to_owned();
+    let (status, body) = api
+        .get(&format!("/v1/objects/cart?after={token}&timeout_ms=5000"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body["value"].as_array().unwrap().contains(&json!("salt")),
+        "{body}"
+    );
+
+    let (status, body) = api.get("/v1/keys").await;
+    assert_eq!(status, StatusCode::OK);
+    let keys: Vec<&str> = body["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        ["cart", "carts", "prefs", "status", "stock", "title", "views"]
+    );
+    let (status, body) = api.get("/v1/status").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["id"], api.node.id().to_string());
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_typed_errors() {
+    let dir = TempDir::new().unwrap();
+    let node = NodeBuilder::new(dir.path())
+        .listen("127.0.0.1:0".parse().unwrap())
+        .mdns(false)
+        .start()
+        .await
+        .unwrap();
+    let api = serve(Arc::new(node), dir, |s| s.body_limit(64 * 1024)).await;
+    api.post("/v1/objects/n", json!({ "op": "inc" })).await;
+    let raw = |body: &'static str| {
+        let api = &api;
+        async move {
+            api.send(api.client.post(api.url("/v1/objects/k")).body(body))
+                .await
+        }
+    };
+    let cases: Vec<(StatusCode, &str, (StatusCode, Value))> = vec![
+        (
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            raw("{not json").await,
+        ),
+        (StatusCode::BAD_REQUEST, "bad_request", raw("[]").await),
+        (
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            raw(r#"{"op":"shout"}"#).await,
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            raw(r#"{"op":"add"}"#).await,
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            raw(r#"{"op":"add","value":"x","extra":1}"#).await,
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            raw(r#"{"op":"add","value":{"hex":"xyz"}}"#).await,
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            raw(r#"{"op":"inc","by":-1}"#).await,
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            raw(r#"{"op":"add","value":"x","ack":"most"}"#).await,
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            raw(r#"{"op":"add","value":"x","timeout_ms":99999999}"#).await,
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            api.post("/v1/objects/", json!({ "op": "add", "value": "x" }))
+                .await,
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            api.get("/v1/objects/?").await,
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            "bad_token",
+            api.get("/v1/objects/n?after=nope").await,
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            api.get("/v1/objects/n?read=many").await,
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            api.get("/v1/events?colour=red").await,
+        ),
+        (
+            StatusCode::CONFLICT,
+            "wrong_type",
+            api.post("/v1/objects/n", json!({ "op": "add", "value": "x" }))
+                .await,
+        ),
+        (
+            StatusCode::CONFLICT,
+            "wrong_type",
+            api.post(
+                "/v1/objects/n",
+                json!({ "op": "add", "path": ["a"], "value": "x" }),
+            )
+            .await,
+        ),
+        (
+            StatusCode::NOT_FOUND,
+            "not_found",
+            api.get("/v1/objects/missing").await,
+        ),
+        (
+            StatusCode::NOT_FOUND,
+            "not_found",
+            api.post(
+                "/v1/objects/missing",
+                json!({ "op": "remove", "value": "x" }),
+            )
+            .await,
+        ),
+        (
+            StatusCode::NOT_FOUND,
+            "not_found",
+            api.get("/v2/anything").await,
+        ),
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            api.send(api.client.delete(api.url("/v1/objects/n"))).await,
+        ),
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            api.post(
+                "/v1/objects/k",
+                json!({ "op": "add", "value": "x".repeat(100 * 1024) }),
+            )
+            .await,
+        ),
+        (
+            StatusCode::CONFLICT,
+            "counter_limit",
+            api.post("/v1/objects/big", json!({ "op": "grow", "by": u64::MAX }))
+                .await,
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            "too_deep",
+            api.post(
+                "/v1/objects/deep",
+                json!({ "op": "add", "value": "x", "path": vec!["k"; 40] }),
+            )
+            .await,
+        ),
+        // No peer to acknowledge: the write stays here, the caller hears of the timeout.
+        (
+            StatusCode::GATEWAY_TIMEOUT,
+            "ack_timeout",
+            api.post(
+                "/v1/objects/acked",
+                json!({ "op": "add", "value": "x", "ack": 1, "timeout_ms": 200 }),
+            )
+            .await,
+        ),
+        (
+            StatusCode::GATEWAY_TIMEOUT,
+            "read_timeout",
+            api.get("/v1/objects/n?read=1&timeout_ms=200").await,
+        ),
+        (
+            StatusCode::GATEWAY_TIMEOUT,
+            "not_seen",
+            api.get("/v1/objects/n?after=00000000000000ff:1&timeout_ms=200")
+                .await,
+        ),
+    ];
+    for (i, (status, code, (got_status, body))) in cases.into_iter().enumerate() {
+        assert_eq!(
+            (got_status, body["error"].as_str()),
+            (status, Some(code)),
+            "case {i}: {body}"
+        );
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "case {i}: {body}"
+        );
+    }
+    // The timed-out write is still here.
+    let (status, body) = api.get("/v1/objects/acked").await;
+    assert_eq!((status, &body["value"]), (StatusCode::OK, &json!(["x"])));
+    // After all of that the server still answers.
+    let (status, body) = api.get("/v1/objects/n").await;
+    assert_eq!((status, &body["value"]), (StatusCode::OK, &json!(1)));
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_the_token_are_refused() {
+    let api = one_node().await;
+    let url = api.url("/v1/keys");
+    let refused = [
+        api.client.get(&url),
+        api.client.get(&url).bearer_auth("not-the-token"),
+        api.client.get(&url).bearer_auth(format!("{}x", api.token)),
+        api.client.get(&url).bearer_auth(&api.token[1..]),
+        api.client.get(&url).header("authorization", &api.token),
+        api.client.get(&url).basic_auth("user", Some(&api.token)),
+        api.client.get(api.url("/v1/events")),
+        api.client.get(api.url("/v2/unknown")),
+        api.client
+            .post(api.url("/v1/objects/k"))
+            .body(r#"{"op":"add","value":"x"}"#),
+    ];
+    for request in refused {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "unauthorized");
+    }
+    assert!(
+        api.node.get("k").await.is_none(),
+        "a refused write changes nothing"
+    );
+    let (status, _) = api.get("/v1/keys").await;
+    assert_eq!(status, StatusCode::OK);
+    api.stop().await;
+}
+
+/// Reads Server-Sent Events from `response` until one satisfies `wanted`.
+async fn next_event(
+    response: &mut reqwest::Response,
+    buffer: &mut String,
+    wanted: impl Fn(&str, &Value) -> bool,
+) -> (String, Value) {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            while let Some(end) = buffer.find("\n\n") {
+                let block: String = buffer.drain(..end + 2).collect();
+                let field = |name: &str| {
+                    block
+                        .lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .map(|v| v.trim_start().to_owned())
+                };
+                if let (Some(name), Some(data)) = (field("event:"), field("data:")) {
+                    let data: Value = serde_json::from_str(&data).unwrap();
+                    if wanted(&name, &data) {
+                        return (name, data);
+                    }
+                }
+            }
+            let chunk = response
+                .chunk()
+                .await
+                .unwrap()
+                .expect("the stream stays open");
+            buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    })
+    .await
+    .expect("the event in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_delivers_a_change_made_at_another_node() {
+    let mut apis = cluster(2).await;
+    let b = apis.pop().unwrap();
+    let a = apis.pop().unwrap();
+    let mut stream = a
+        .client
+        .get(a.url("/v1/events?key=cart"))
+        .bearer_auth(&a.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    // Another key first: the filter keeps it out of this stream.
+    b.post("/v1/objects/other", json!({ "op": "add", "value": "x" }))
+        .await;
+    let (status, _) = b
+        .post("/v1/objects/cart", json!({ "op": "add", "value": "milk" }))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let mut buffer = String::new();
+    let (name, event) = next_event(&mut stream, &mut buffer, |_, _| true).await;
+    assert_eq!(name, "change");
+    assert_eq!(event["key"], "cart");
+    assert_eq!(event["local"], false, "made at the other node: {event}");
+    assert_eq!(event["value"], json!({ "type": "set", "value": ["milk"] }));
+    assert_eq!(event["change"]["type"], "set");
+
+    // A change made at A itself shows as local.
+    a.post("/v1/objects/cart", json!({ "op": "add", "value": "eggs" }))
+        .await;
+    let (_, event) = next_event(&mut stream, &mut buffer, |_, e| e["local"] == true).await;
+    assert_eq!(event["value"]["value"], json!(["eggs", "milk"]));
+
+    // Stopping the server ends the stream.
+    drop(b);
+    a.stop().await;
+    let end = tokio::time::timeout(WAIT, async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(end.is_ok(), "the stream ends when the server stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_off_loopback_needs_an_explicit_opt_in() {
+    let dir = TempDir::new().unwrap();
+    let node = Arc::new(
+        NodeBuilder::new(dir.path())
+            .listen("127.0.0.1:0".parse().unwrap())
+            .mdns(false)
+            .start()
+            .await
+            .unwrap(),
+    );
+    let token = ApiToken::load_or_create(dir.path()).unwrap();
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let refused = http::serve(node.clone(), listener, token.clone(), async {}).await;
+    assert!(
+        matches!(refused, Err(HttpError::NotLoopback(_))),
+        "{refused:?}"
+    );
+    // With the opt-in it serves (and stops at once, as asked).
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let served = tokio::time::timeout(
+        WAIT,
+        Server::new(node, token)
+            .allow_remote(true)
+            .serve(listener, async {}),
+    )
+    .await
+    .expect("stops in time");
+    assert!(served.is_ok(), "{served:?}");
+}
+
+#[test]
+fn the_token_file_is_private_and_checked() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new().unwrap();
+    let token = ApiToken::load_or_create(dir.path()).unwrap();
+    let path = ApiToken::path(dir.path());
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap().trim(),
+        token.as_str()
+    );
+    assert_eq!(
+        ApiToken::load_or_create(dir.path()).unwrap().as_str(),
+        token.as_str()
+    );
+    assert!(
+        !format!("{token:?}").contains(token.as_str()),
+        "Debug hides it"
+    );
+    // Another data directory gets another token.
+    let other = TempDir::new().unwrap();
+    assert_ne!(
+        ApiToken::load_or_create(other.path()).unwrap().as_str(),
+        token.as_str()
+    );
+
+    for mode in [0o644, 0o640, 0o604, 0o660, 0o602] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let refused = ApiToken::load_or_create(dir.path());
+        assert!(
+            matches!(refused, Err(HttpError::TokenPermissions { mode: m, .. }) if m == mode),
+            "{mode:o}: {refused:?}"
+        );
+    }
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    for bad in [
+        &b""[..],
+        b"short",
+        b"has a space in it but is long enough....",
+        &[0xff; 40],
+        &[b'a'; 4000],
+    ] {
+        std::fs::write(&path, bad).unwrap();
+        let refused = ApiToken::load_or_create(dir.path());
+        assert!(
+            matches!(refused, Err(HttpError::TokenMalformed { .. })),
+            "{refused:?}"
+        );
+    }
+    // A token of the user's own is kept as written.
+    std::fs::write(&path, format!("  {}\n", "Z".repeat(40))).unwrap();
+    assert_eq!(
+        ApiToken::load_or_create(dir.path()).unwrap().as_str(),
+        "Z".repeat(40)
+    );
+    // Nothing was replaced along the way: the file is still the user's.
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap().trim(),
+        "Z".repeat(40)
+    );
+}
