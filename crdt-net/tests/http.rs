@@ -146,6 +146,8 @@ async fn writes_read_back_typed() {
             json!({ "op": "add", "path": ["bob"], "value": "jam" }),
         ),
         ("carts", json!({ "op": "delete", "key": "bob" })),
+        // A key with a slash, percent-encoded in the URL.
+        ("a%2Fb", json!({ "op": "write", "value": "slashed" })),
         (
             "prefs",
             json!({ "op": "set", "path": ["ada", "theme"], "value": "dark" }),
@@ -195,6 +197,14 @@ async fn writes_read_back_typed() {
         )
     );
 
+    assert!(
+        api.node.get("a/b").await.is_some(),
+        "%2F is part of the key: {:?}",
+        api.node.objects().await.keys().collect::<Vec<_>>()
+    );
+    let (status, body) = api.get("/v1/objects/a%2Fb").await;
+    assert_eq!((status, &body["key"]), (StatusCode::OK, &json!("a/b")));
+
     // The same values as the typed API (and so the command line) writes and reads them.
     let cart = api.node.set::<String>("cart");
     assert!(cart.contains(&"eggs".to_string()).await.unwrap());
@@ -235,7 +245,7 @@ async fn writes_read_back_typed() {
         .collect();
     assert_eq!(
         keys,
-        ["cart", "carts", "prefs", "status", "stock", "title", "views"]
+        ["a/b", "cart", "carts", "prefs", "status", "stock", "title", "views"]
     );
     let (status, body) = api.get("/v1/status").await;
     assert_eq!(status, StatusCode::OK);
@@ -389,6 +399,37 @@ async fn bad_requests_get_typed_errors() {
             api.post(
                 "/v1/objects/deep",
                 json!({ "op": "add", "value": "x", "path": vec!["k"; 40] }),
+            )
+            .await,
+        ),
+        // A path far deeper than objects may nest, refused before anything is built.
+        (
+            StatusCode::BAD_REQUEST,
+            "too_deep",
+            api.post(
+                "/v1/objects/deep",
+                json!({ "op": "set", "value": "x", "path": vec!["k"; 5_000] }),
+            )
+            .await,
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            api.get("/v1/objects/%ff%fe").await,
+        ),
+        // Levels past any cluster's size (the node's own arithmetic would overflow).
+        (
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            api.get(&format!("/v1/objects/n?read={}&timeout_ms=100", usize::MAX))
+                .await,
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            api.post(
+                "/v1/objects/n",
+                json!({ "op": "inc", "ack": u64::MAX, "timeout_ms": 100 }),
             )
             .await,
         ),

@@ -18,6 +18,10 @@ use crate::Object;
 /// The longest timeout a request may ask for.
 pub(super) const MAX_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// The most peers an acknowledgement or read level may name (more replicas than any
+/// deployment has; a larger count would only wait for the timeout).
+pub(super) const MAX_PEERS: usize = 1 << 16;
+
 /// The timeout when a request names none (the node's own default for writes).
 pub(super) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -195,6 +199,10 @@ impl WriteBody {
             (_, Some(k)) => json_bytes(k, "key")?,
             _ => Vec::new(),
         };
+        // Refused before any operation is built: a deep one would be dropped by recursion.
+        if self.path.len() >= crate::MAX_DEPTH {
+            return Err(ApiError::too_deep(self.path.len() + 1));
+        }
         let path = self
             .path
             .iter()
@@ -214,9 +222,9 @@ impl WriteBody {
 /// An acknowledgement level from JSON.
 fn ack(json: Option<&Value>) -> Result<Ack, ApiError> {
     let bad = || {
-        ApiError::bad_request(
-            "ack is \"local\", a number of peers, \"majority\" or \"all\"".to_owned(),
-        )
+        ApiError::bad_request(format!(
+            "ack is \"local\", a number of peers up to {MAX_PEERS}, \"majority\" or \"all\""
+        ))
     };
     Ok(match json {
         None => Ack::Local,
@@ -228,7 +236,7 @@ fn ack(json: Option<&Value>) -> Result<Ack, ApiError> {
         },
         Some(Value::Number(n)) => match n.as_u64().map(usize::try_from) {
             Some(Ok(0)) => Ack::Local,
-            Some(Ok(n)) => Ack::Peers(n),
+            Some(Ok(n)) if n <= MAX_PEERS => Ack::Peers(n),
             _ => return Err(bad()),
         },
         Some(_) => return Err(bad()),

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use super::json::{object_json, timeout, type_name, OpName, Write, WriteBody};
+use super::json::{object_json, timeout, type_name, OpName, Write, WriteBody, MAX_PEERS};
 use super::AppState;
 use crate::node::{NodeError, ReadLevel, Token};
 use crate::{Op, UpdateError};
@@ -48,6 +48,18 @@ impl ApiError {
             serde_json::to_value(value).unwrap_or_default(),
         );
         self
+    }
+
+    /// A write that would nest objects `depth` deep, past [`crate::MAX_DEPTH`] (400).
+    pub(super) fn too_deep(depth: usize) -> Self {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "too_deep",
+            format!(
+                "object nested {depth} deep; the limit is {}",
+                crate::MAX_DEPTH
+            ),
+        )
     }
 
     pub(super) fn not_found(message: impl Into<String>) -> Self {
@@ -215,6 +227,11 @@ pub(super) async fn read(
     let key = key_of(path)?;
     let Query(query) = query?;
     let timeout = timeout(query.timeout_ms)?;
+    if query.read.is_some_and(|peers| peers > MAX_PEERS) {
+        return Err(ApiError::bad_request(format!(
+            "read is a number of peers up to {MAX_PEERS}"
+        )));
+    }
     let node = &state.node;
     let mut object = match &query.after {
         Some(token) => {
