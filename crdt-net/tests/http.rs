@@ -681,3 +681,108 @@ fn the_token_file_is_private_and_checked() {
         "Z".repeat(40)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_larger_than_a_message_is_refused() {
+    let api = one_node().await;
+    let value = "x".repeat(1536 * 1024);
+    let (status, body) = api
+        .post("/v1/objects/big", json!({ "op": "add", "value": value }))
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("too_large")),
+        "{body}"
+    );
+    assert!(api.node.get("big").await.is_none(), "nothing was written");
+    api.stop().await;
+}
+
+/// The first ```python block of docs/http-api.md.
+fn python_client_from_the_docs() -> String {
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/http-api.md"))
+        .unwrap();
+    let start = docs.find("```python\n").expect("a Python block") + "```python\n".len();
+    let end = start + docs[start..].find("```").expect("its end");
+    docs[start..end].to_owned()
+}
+
+/// Kills the child process when the test ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_client_in_the_docs_reads_and_watches_a_set() {
+    use std::io::BufRead;
+    let mut apis = cluster(2).await;
+    let b = apis.pop().unwrap();
+    let a = apis.pop().unwrap();
+    a.node
+        .set::<String>("groceries")
+        .add(&"bread".into())
+        .await
+        .unwrap();
+    let script = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(script.path(), python_client_from_the_docs()).unwrap();
+    let mut child = Child(
+        std::process::Command::new("python3")
+            .arg(script.path())
+            .env("CRDT_HTTP", &a.base)
+            .env("CRDT_NODE_DIR", a._dir.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs"),
+    );
+    let (lines, printed) = std::sync::mpsc::channel();
+    let stdout = child.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let next = || {
+        printed
+            .recv_timeout(WAIT)
+            .expect("the client prints in time")
+    };
+    assert_eq!(next(), "now: ['bread']");
+    assert!(next().starts_with("added milk: "));
+    assert_eq!(next(), "watching");
+    let (status, _) = b
+        .post(
+            "/v1/objects/groceries",
+            json!({ "op": "add", "value": "eggs" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // The add at B reaches A (with B's copy of milk and bread, or after them).
+    loop {
+        let line = next();
+        assert!(line.starts_with("changed from a peer: "), "{line}");
+        if line.contains("'eggs'") {
+            assert_eq!(line, "changed from a peer: ['eggs', 'milk', 'bread']");
+            break;
+        }
+    }
+    assert!(a
+        .node
+        .set::<String>("groceries")
+        .contains(&"milk".into())
+        .await
+        .unwrap());
+    drop(child);
+    a.stop().await;
+    b.stop().await;
+}
