@@ -24,6 +24,7 @@
 //! ```
 
 mod json;
+mod request;
 mod routes;
 mod sse;
 mod token;

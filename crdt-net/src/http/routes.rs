@@ -13,7 +13,8 @@ use serde::Deserialize;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use super::json::{object_json, timeout, type_name, OpName, Write, WriteBody, MAX_PEERS};
+use super::json::{object_json, type_name};
+use super::request::{timeout, OpName, Write, WriteBody, MAX_PEERS};
 use super::AppState;
 use crate::node::{NodeError, ReadLevel, Token};
 use crate::{Op, UpdateError};
