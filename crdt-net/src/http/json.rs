@@ -41,20 +41,7 @@ pub(super) fn object_json(object: &Object) -> Value {
         ),
         Object::Empty => Value::Null,
     };
-    json!({ "type": type_name(object), "value": value })
-}
-
-/// The type's name in JSON.
-pub(super) fn type_name(object: &Object) -> &'static str {
-    match object {
-        Object::Empty => "empty",
-        Object::GCounter(_) => "g-counter",
-        Object::PNCounter(_) => "pn-counter",
-        Object::Set(_) => "set",
-        Object::Lww(_) => "lww-register",
-        Object::Mv(_) => "mv-register",
-        Object::Map(_) => "map",
-    }
+    json!({ "type": object.type_name(), "value": value })
 }
 
 pub(super) fn hex(bytes: &[u8]) -> String {

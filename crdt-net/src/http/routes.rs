@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use super::json::{object_json, type_name};
+use super::json::object_json;
 use super::request::{timeout, OpName, Write, WriteBody, MAX_PEERS};
 use super::AppState;
 use crate::node::{NodeError, ReadLevel, Token};
@@ -349,7 +349,7 @@ pub(super) async fn keys(State(state): State<Arc<AppState>>) -> Json<Value> {
         .objects()
         .await
         .iter()
-        .map(|(key, object)| json!({ "key": key, "type": type_name(object) }))
+        .map(|(key, object)| json!({ "key": key, "type": object.type_name() }))
         .collect();
     Json(json!({ "keys": keys }))
 }
