@@ -50,7 +50,8 @@ impl Served {
         (status, body)
     }
 
-    /// Stops the server and checks it ended cleanly and in time.
+    /// Stops the server, checks it ended cleanly and in time and holds no reference to the
+    /// node any more, and stops the node.
     async fn stop(mut self) {
         let _ = self.stop.take().expect("running").send(());
         let server = self.server.take().expect("running");
@@ -59,6 +60,8 @@ impl Served {
             .expect("the server stops in time")
             .expect("the server task did not panic")
             .expect("the server ended cleanly");
+        let node = Arc::try_unwrap(self.node).expect("the server let go of the node");
+        node.shutdown().await;
     }
 }
 
@@ -862,4 +865,76 @@ async fn levels_and_tokens_work_across_nodes() {
     );
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_cuts_waiting_requests_and_lets_go_of_the_node() {
+    let dir = TempDir::new().unwrap();
+    let node = NodeBuilder::new(dir.path())
+        .listen("127.0.0.1:0".parse().unwrap())
+        .mdns(false)
+        .start()
+        .await
+        .unwrap();
+    let api = serve(Arc::new(node), dir, |s| s.grace(Duration::from_millis(200))).await;
+    let mut stream = api
+        .client
+        .get(api.url("/v1/events"))
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .unwrap();
+    // A write that waits for a peer that does not exist, for ten minutes.
+    let waiting = tokio::spawn({
+        let request = api
+            .client
+            .post(api.url("/v1/objects/k"))
+            .bearer_auth(&api.token)
+            .body(r#"{"op":"add","value":"kept","ack":1,"timeout_ms":600000}"#);
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status(), response.json::<Value>().await.unwrap())
+        }
+    });
+    tokio::time::timeout(WAIT, async {
+        while api.node.metrics().await.pending_acks == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the write is waiting");
+    // Stop the server but keep the node to look at it afterwards.
+    let Served {
+        stop,
+        server,
+        node,
+        _dir,
+        ..
+    } = api;
+    let _ = stop.expect("running").send(());
+    tokio::time::timeout(WAIT, server.expect("running"))
+        .await
+        .expect("the server stops in time")
+        .unwrap()
+        .unwrap();
+    let (status, body) = tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap();
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("stopped")),
+        "{body}"
+    );
+    let ended = tokio::time::timeout(WAIT, async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the event stream ended");
+    let node = Arc::try_unwrap(node).expect("the server let go of the node");
+    assert!(
+        node.set::<String>("k")
+            .contains(&"kept".into())
+            .await
+            .unwrap(),
+        "the write stays"
+    );
+    node.shutdown().await;
 }

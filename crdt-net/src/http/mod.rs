@@ -52,8 +52,9 @@ pub const DEFAULT_BODY_LIMIT: usize = 4 << 20;
 /// Event streams open at once; one more is refused with 503.
 pub const MAX_STREAMS: usize = 64;
 
-/// How long requests still running when the server is told to stop may take to finish.
-const GRACE: Duration = Duration::from_secs(5);
+/// How long requests still running when the server is told to stop may take to finish, by
+/// default.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 
 /// Why the API could not be served, or its token not loaded.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +111,7 @@ pub struct Server {
     token: ApiToken,
     allow_remote: bool,
     body_limit: usize,
+    grace: Duration,
 }
 
 /// What every handler sees.
@@ -120,6 +122,8 @@ struct AppState {
     streams: Arc<Semaphore>,
     /// Becomes true when the server stops, which ends the event streams.
     shutdown: watch::Receiver<bool>,
+    /// How long requests may go on after that.
+    grace: Duration,
 }
 
 impl Server {
@@ -130,6 +134,7 @@ impl Server {
             token,
             allow_remote: false,
             body_limit: DEFAULT_BODY_LIMIT,
+            grace: DEFAULT_GRACE,
         }
     }
 
@@ -146,8 +151,19 @@ impl Server {
         self
     }
 
+    /// How long requests still running when the server stops may go on (default
+    /// [`DEFAULT_GRACE`]); then they are answered `503 stopped` (a write among them stays
+    /// durable and keeps spreading, as after an acknowledgement timeout).
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
     /// Serves until `shutdown` completes: then event streams end, new connections are
-    /// refused, and requests still running get a few seconds to finish.
+    /// refused, and requests still running get [`grace`](Server::grace) to finish. When it
+    /// returns, every connection is closed and the server holds no reference to the node
+    /// (so `Arc::try_unwrap` and [`Node::shutdown`] work), unless a client kept a
+    /// connection busy without finishing a request for twice the grace period.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -163,24 +179,48 @@ impl Server {
             token: self.token,
             streams: Arc::new(Semaphore::new(MAX_STREAMS)),
             shutdown: stopping.clone(),
+            grace: self.grace,
         });
+        let held = Arc::downgrade(&state);
         let app = router(state, self.body_limit);
         let mut graceful = stopping;
         let server = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = graceful.wait_for(|stop| *stop).await;
         });
-        tokio::select! {
+        // The server finishes once every connection has closed; a connection that never
+        // finishes a request is given up on after twice the grace period.
+        let grace = self.grace;
+        let served = tokio::select! {
             served = server => served.map_err(HttpError::Serve),
             () = async {
                 shutdown.await;
                 let _ = stop.send(true);
-                tokio::time::sleep(GRACE).await;
+                tokio::time::sleep(grace.saturating_mul(2)).await;
             } => Ok(()),
+        };
+        // axum counts a connection closed a moment before its task drops the router (and so
+        // the node): wait for the last one to let go, for the grace period at most.
+        let deadline = tokio::time::Instant::now() + grace;
+        while held.strong_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        served
+    }
+}
+
+/// Returns once the server is stopping (or gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    loop {
+        if *shutdown.borrow_and_update() {
+            return;
+        }
+        if shutdown.changed().await.is_err() {
+            return;
         }
     }
 }
 
-/// The endpoints, behind the token check and the body limit.
+/// The endpoints, behind the token check, the body limit, and the cut at shutdown.
 fn router(state: Arc<AppState>, body_limit: usize) -> Router {
     Router::new()
         .route("/v1/keys", get(routes::keys))
@@ -190,6 +230,10 @@ fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         .route("/v1/objects/{key}", get(routes::read).post(routes::write))
         .fallback(routes::no_route)
         .method_not_allowed_fallback(routes::wrong_method)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            routes::until_stopped,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             routes::authorize,

@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 
 use super::json::object_json;
 use super::request::{timeout, OpName, Write, WriteBody, MAX_PEERS};
-use super::AppState;
+use super::{stopped, AppState};
 use crate::node::{NodeError, ReadLevel, Token};
 use crate::{Op, UpdateError};
 
@@ -167,6 +167,30 @@ pub(super) async fn authorize(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "send the token from the data directory's http.token as `Authorization: Bearer TOKEN`",
+        )
+        .into_response(),
+    }
+}
+
+/// Answers `503 stopped` for a request still running the grace period after the server was
+/// told to stop, so that its connection can close.
+pub(super) async fn until_stopped(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let mut shutdown = state.shutdown.clone();
+    let grace = state.grace;
+    drop(state);
+    tokio::select! {
+        response = next.run(request) => response,
+        () = async {
+            stopped(&mut shutdown).await;
+            tokio::time::sleep(grace).await;
+        } => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stopped",
+            "the server stopped before the request finished; a write stays and keeps spreading",
         )
         .into_response(),
     }

@@ -15,7 +15,7 @@ use tokio::sync::{broadcast, watch, OwnedSemaphorePermit};
 
 use super::json::object_json;
 use super::routes::ApiError;
-use super::AppState;
+use super::{stopped, AppState};
 use crate::node::Node;
 use crate::Event;
 
@@ -139,16 +139,4 @@ impl Watch {
 
 fn sse(name: &'static str, data: Value) -> Option<SseEvent> {
     SseEvent::default().event(name).json_data(data).ok()
-}
-
-/// Returns once the server is stopping (or gone).
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    loop {
-        if *shutdown.borrow_and_update() {
-            return;
-        }
-        if shutdown.changed().await.is_err() {
-            return;
-        }
-    }
 }
