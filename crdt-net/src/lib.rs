@@ -34,7 +34,7 @@
 )]
 
 mod error;
-/// A local HTTP API for a node; see `docs/http-api.md`.
+// A local HTTP API for a node (its docs are in the module; see `docs/http-api.md`).
 #[cfg(feature = "http")]
 pub mod http;
 mod log;
