@@ -15,7 +15,7 @@ use crdt_core::Dot;
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
-use super::{dial_new_peers, Ack, NodeError, Shared, Token};
+use super::{dial_new_peers, progress, Ack, NodeError, Shared, Token};
 use crate::store::{RedbStore, StoreError};
 use crate::{Event, Object, ProtocolError, Replica};
 
@@ -221,7 +221,10 @@ impl Owner {
                     let _ = reply.send(Ok(()));
                     return;
                 }
+                let before = progress::seen(&self.replica, peer);
                 let result = self.replica.handle_message(self.shared.now(), peer, &bytes);
+                let after = progress::seen(&self.replica, peer);
+                progress::note(&self.shared.catch_up, peer, bytes.len(), before, after);
                 let _ = reply.send(result);
             }
             Command::With(f) => waiting.after_commit.push(f),
