@@ -1,0 +1,454 @@
+//! `crdt-node`'s command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Peer;
+use crate::request::{Level, Request, Wait};
+
+/// The version, with the wire formats it speaks (checked against the libraries by a test).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (wire protocol 3, encoding format 2)"
+);
+
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "crdt-node",
+    version = VERSION,
+    about = "A CRDT replica that syncs with trusted peers over QUIC",
+    after_help = "A running node (`crdt-node run`) is also driven from other terminals and scripts: \
+`crdt-node add cart milk`, `crdt-node get cart --json`, `crdt-node watch`. They talk to it over \
+the control socket in its data directory."
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The data directory, as every command takes it.
+#[derive(Debug, Args)]
+pub struct DataDir {
+    /// The node's data directory. Default: $CRDT_NODE_DIR, else the per-user data directory
+    /// ($XDG_DATA_HOME/crdt-node or ~/.local/share/crdt-node; on macOS
+    /// ~/Library/Application Support/crdt-node).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// How a control command prints its answer.
+#[derive(Debug, Args)]
+pub struct Output {
+    /// Print the answer as one line of JSON (for scripts): `{"ok":true,...}`, or
+    /// `{"ok":false,"error":{"kind":...,"message":...}}` with exit status 1.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// When a write returns.
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Wait until this many peers (or `majority`, `all`) hold the write durably too.
+    #[arg(long, default_value = "local")]
+    pub ack: Level,
+    /// How long to wait for them, in ms; on timeout the write stays and keeps spreading.
+    #[arg(long, default_value_t = 5000)]
+    pub timeout: u64,
+}
+
+impl WaitArgs {
+    fn wait(&self) -> Wait {
+        Wait {
+            ack: self.ack,
+            timeout_ms: Some(self.timeout),
+        }
+    }
+}
+
+/// `crdt-node run`'s flags. Those not given come from `config.toml` in the data directory,
+/// then from the defaults.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// UDP address to listen on [config: listen; default 0.0.0.0:4433].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// A peer to connect to, HOST:PORT (repeatable; replaces the config's `peers`). A host
+    /// name is resolved again at each reconnect.
+    #[arg(long = "peer", value_parser = Peer::parse)]
+    pub peers: Vec<Peer>,
+    /// Milliseconds between anti-entropy rounds [config: gossip_ms; default 1000].
+    #[arg(long)]
+    pub gossip_ms: Option<u64>,
+    /// Run this node's clock this many milliseconds ahead of the system clock (negative:
+    /// behind). For testing what skewed clocks do.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true, hide = true)]
+    pub clock_offset_ms: i64,
+    /// Read no commands: only serve peers (and the control socket) until SIGTERM or SIGINT.
+    #[arg(long)]
+    pub no_prompt: bool,
+}
+
+/// A key: not empty.
+fn key(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        return Err("a key cannot be empty".into());
+    }
+    Ok(text.to_owned())
+}
+
+/// The subcommands. (Their flattened groups, `dir`, `out`, `wait` and `args`, are
+/// documented on their types.)
+#[derive(Debug, Subcommand)]
+#[allow(missing_docs)]
+pub enum Command {
+    /// Make this node's identity (key pair and certificate) and print its id; writes a
+    /// commented config.toml if there is none.
+    Init {
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// Run the node: a prompt on stdin (when it is a terminal), the control socket, and its
+    /// peers, until SIGTERM or SIGINT.
+    Run {
+        #[command(flatten)]
+        args: RunArgs,
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// Allow a peer to connect: pin its key's fingerprint (or, weaker, trust its id). A
+    /// running node admits it at once; otherwise the trust file is edited.
+    Trust {
+        /// The peer's fingerprint, as its `init` printed it (64 hex digits); or its node id
+        /// (16 hex digits), which admits any key with that id.
+        id: String,
+        #[command(flatten)]
+        dir: DataDir,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Stop trusting a peer; a running node drops its connections at once.
+    Untrust {
+        /// The peer's fingerprint or node id.
+        id: String,
+        #[command(flatten)]
+        dir: DataDir,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Add an element to the set at KEY.
+    Add {
+        /// The object's key.
+        #[arg(value_parser = key)]
+        key: String,
+        /// The element.
+        #[arg(allow_hyphen_values = true)]
+        element: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        dir: DataDir,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Remove an element from the set at KEY.
+    Remove {
+        /// The object's key.
+        #[arg(value_parser = key)]
+        key: String,
+        /// The element.
+        #[arg(allow_hyphen_values = true)]
+        element: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        dir: DataDir,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Add N (default 1) to the grow-only counter at KEY.
+    Inc {
+        /// The object's key.
+        #[arg(value_parser = key)]
+        key: String,
+        /// How much.
+        #[arg(default_value_t = 1)]
+        n: u64,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        dir: DataDir,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Add N to the up-down counter at KEY.
+    Incr {
+        /// The object's key.
+        #[arg(value_parser = key)]
+        key: String,
+        /// How much.
+        n: u64,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        dir: DataDir,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Subtract N from the up-down counter at KEY.
+    Decr {
+        /// The object's key.
+        #[arg(value_parser = key)]
+        key: String,
+        /// How much.
+        n: u64,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        dir: DataDir,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Write the last-writer-wins register at KEY.
+    Set {
+        /// The object's key.
+        #[arg(value_parser = key)]
+        key: String,
+        /// The value.
+        #[arg(allow_hyphen_values = true)]
+        value: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        dir: DataDir,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Write the multi-value register at KEY (concurrent writes stay visible).
+    Write {
+        /// The object's key.
+        #[arg(value_parser = key)]
+        key: String,
+        /// The value.
+        #[arg(allow_hyphen_values = true)]
+        value: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        dir: DataDir,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Show the object at KEY (a large set or map: its size and first entries).
+    Get {
+        /// The object's key.
+        #[arg(value_parser = key)]
+        key: String,
+        /// Every entry of a large set or map.
+        #[arg(long)]
+        all: bool,
+        /// Once this node has the write TOKEN names (read-your-writes across nodes).
+        #[arg(long)]
+        after: Option<String>,
+        /// Merge the object from N peers first.
+        #[arg(long, default_value_t = 0)]
+        read: usize,
+        /// How long to wait for --after or --read, in ms.
+        #[arg(long, default_value_t = 5000)]
+        timeout: u64,
+        #[command(flatten)]
+        dir: DataDir,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// List every object.
+    Keys {
+        #[command(flatten)]
+        dir: DataDir,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Print changes as they happen (of KEY only, if given), until interrupted.
+    Watch {
+        /// Only this object's changes.
+        #[arg(value_parser = key)]
+        key: Option<String>,
+        #[command(flatten)]
+        dir: DataDir,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// This node's id, fingerprint, address, traffic and catch-up progress.
+    Status {
+        #[command(flatten)]
+        dir: DataDir,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// The known peers, up or down, and how far behind.
+    Peers {
+        #[command(flatten)]
+        dir: DataDir,
+        #[command(flatten)]
+        out: Output,
+    },
+}
+
+/// A command for a running node: its request, data directory and output.
+pub struct Control {
+    /// What to ask.
+    pub request: Request,
+    /// The node's data directory, as given.
+    pub dir: Option<PathBuf>,
+    /// Whether to print JSON.
+    pub json: bool,
+}
+
+impl Command {
+    /// The request of a control command; `Err(self)` for `init` and `run`.
+    pub fn into_control(self) -> Result<Control, Command> {
+        let control = |request, dir: DataDir, out: Output| {
+            Ok(Control {
+                request,
+                dir: dir.data_dir,
+                json: out.json,
+            })
+        };
+        match self {
+            Command::Init { .. } | Command::Run { .. } => Err(self),
+            Command::Trust { id, dir, out } => control(Request::Trust { peer: id }, dir, out),
+            Command::Untrust { id, dir, out } => control(Request::Untrust { peer: id }, dir, out),
+            Command::Add {
+                key,
+                element,
+                wait,
+                dir,
+                out,
+            } => control(
+                Request::Add {
+                    key,
+                    value: element,
+                    wait: wait.wait(),
+                },
+                dir,
+                out,
+            ),
+            Command::Remove {
+                key,
+                element,
+                wait,
+                dir,
+                out,
+            } => control(
+                Request::Remove {
+                    key,
+                    value: element,
+                    wait: wait.wait(),
+                },
+                dir,
+                out,
+            ),
+            Command::Inc {
+                key,
+                n,
+                wait,
+                dir,
+                out,
+            } => control(
+                Request::Inc {
+                    key,
+                    by: n,
+                    wait: wait.wait(),
+                },
+                dir,
+                out,
+            ),
+            Command::Incr {
+                key,
+                n,
+                wait,
+                dir,
+                out,
+            } => control(
+                Request::Incr {
+                    key,
+                    by: n,
+                    wait: wait.wait(),
+                },
+                dir,
+                out,
+            ),
+            Command::Decr {
+                key,
+                n,
+                wait,
+                dir,
+                out,
+            } => control(
+                Request::Decr {
+                    key,
+                    by: n,
+                    wait: wait.wait(),
+                },
+                dir,
+                out,
+            ),
+            Command::Set {
+                key,
+                value,
+                wait,
+                dir,
+                out,
+            } => control(
+                Request::Set {
+                    key,
+                    value,
+                    wait: wait.wait(),
+                },
+                dir,
+                out,
+            ),
+            Command::Write {
+                key,
+                value,
+                wait,
+                dir,
+                out,
+            } => control(
+                Request::Write {
+                    key,
+                    value,
+                    wait: wait.wait(),
+                },
+                dir,
+                out,
+            ),
+            Command::Get {
+                key,
+                all,
+                after,
+                read,
+                timeout,
+                dir,
+                out,
+            } => control(
+                Request::Get {
+                    key,
+                    all,
+                    after,
+                    read,
+                    timeout_ms: Some(timeout),
+                },
+                dir,
+                out,
+            ),
+            Command::Keys { dir, out } => control(Request::Keys {}, dir, out),
+            Command::Watch { key, dir, out } => control(Request::Watch { key }, dir, out),
+            Command::Status { dir, out } => control(Request::Status {}, dir, out),
+            Command::Peers { dir, out } => control(Request::Peers {}, dir, out),
+        }
+    }
+}
