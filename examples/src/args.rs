@@ -100,201 +100,146 @@ fn key(text: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
-/// The subcommands. (Their flattened groups, `dir`, `out`, `wait` and `args`, are
-/// documented on their types.)
+/// The subcommands.
 #[derive(Debug, Subcommand)]
-#[allow(missing_docs)]
 pub enum Command {
     /// Make this node's identity (key pair and certificate) and print its id; writes a
     /// commented config.toml if there is none.
-    Init {
-        #[command(flatten)]
-        dir: DataDir,
-    },
+    Init(DataDir),
     /// Run the node: a prompt on stdin (when it is a terminal), the control socket, and its
     /// peers, until SIGTERM or SIGINT.
-    Run {
-        #[command(flatten)]
-        args: RunArgs,
-        #[command(flatten)]
-        dir: DataDir,
-    },
+    Run(Run),
     /// Allow a peer to connect: pin its key's fingerprint (or, weaker, trust its id). A
     /// running node admits it at once; otherwise the trust file is edited.
-    Trust {
-        /// The peer's fingerprint, as its `init` printed it (64 hex digits); or its node id
-        /// (16 hex digits), which admits any key with that id.
-        id: String,
-        #[command(flatten)]
-        dir: DataDir,
-        #[command(flatten)]
-        out: Output,
-    },
+    Trust(PeerArgs),
     /// Stop trusting a peer; a running node drops its connections at once.
-    Untrust {
-        /// The peer's fingerprint or node id.
-        id: String,
-        #[command(flatten)]
-        dir: DataDir,
-        #[command(flatten)]
-        out: Output,
-    },
-    /// Add an element to the set at KEY.
-    Add {
-        /// The object's key.
-        #[arg(value_parser = key)]
-        key: String,
-        /// The element.
-        #[arg(allow_hyphen_values = true)]
-        element: String,
-        #[command(flatten)]
-        wait: WaitArgs,
-        #[command(flatten)]
-        dir: DataDir,
-        #[command(flatten)]
-        out: Output,
-    },
-    /// Remove an element from the set at KEY.
-    Remove {
-        /// The object's key.
-        #[arg(value_parser = key)]
-        key: String,
-        /// The element.
-        #[arg(allow_hyphen_values = true)]
-        element: String,
-        #[command(flatten)]
-        wait: WaitArgs,
-        #[command(flatten)]
-        dir: DataDir,
-        #[command(flatten)]
-        out: Output,
-    },
+    Untrust(PeerArgs),
+    /// Add VALUE to the set at KEY.
+    Add(ValueWrite),
+    /// Remove VALUE from the set at KEY.
+    Remove(ValueWrite),
+    /// Write VALUE to the last-writer-wins register at KEY.
+    Set(ValueWrite),
+    /// Write VALUE to the multi-value register at KEY (concurrent writes stay visible).
+    Write(ValueWrite),
     /// Add N (default 1) to the grow-only counter at KEY.
-    Inc {
-        /// The object's key.
-        #[arg(value_parser = key)]
-        key: String,
-        /// How much.
-        #[arg(default_value_t = 1)]
-        n: u64,
-        #[command(flatten)]
-        wait: WaitArgs,
-        #[command(flatten)]
-        dir: DataDir,
-        #[command(flatten)]
-        out: Output,
-    },
-    /// Add N to the up-down counter at KEY.
-    Incr {
-        /// The object's key.
-        #[arg(value_parser = key)]
-        key: String,
-        /// How much.
-        n: u64,
-        #[command(flatten)]
-        wait: WaitArgs,
-        #[command(flatten)]
-        dir: DataDir,
-        #[command(flatten)]
-        out: Output,
-    },
-    /// Subtract N from the up-down counter at KEY.
-    Decr {
-        /// The object's key.
-        #[arg(value_parser = key)]
-        key: String,
-        /// How much.
-        n: u64,
-        #[command(flatten)]
-        wait: WaitArgs,
-        #[command(flatten)]
-        dir: DataDir,
-        #[command(flatten)]
-        out: Output,
-    },
-    /// Write the last-writer-wins register at KEY.
-    Set {
-        /// The object's key.
-        #[arg(value_parser = key)]
-        key: String,
-        /// The value.
-        #[arg(allow_hyphen_values = true)]
-        value: String,
-        #[command(flatten)]
-        wait: WaitArgs,
-        #[command(flatten)]
-        dir: DataDir,
-        #[command(flatten)]
-        out: Output,
-    },
-    /// Write the multi-value register at KEY (concurrent writes stay visible).
-    Write {
-        /// The object's key.
-        #[arg(value_parser = key)]
-        key: String,
-        /// The value.
-        #[arg(allow_hyphen_values = true)]
-        value: String,
-        #[command(flatten)]
-        wait: WaitArgs,
-        #[command(flatten)]
-        dir: DataDir,
-        #[command(flatten)]
-        out: Output,
-    },
+    Inc(CountWrite),
+    /// Add N (default 1) to the up-down counter at KEY.
+    Incr(CountWrite),
+    /// Subtract N (default 1) from the up-down counter at KEY.
+    Decr(CountWrite),
     /// Show the object at KEY (a large set or map: its size and first entries).
-    Get {
-        /// The object's key.
-        #[arg(value_parser = key)]
-        key: String,
-        /// Every entry of a large set or map.
-        #[arg(long)]
-        all: bool,
-        /// Once this node has the write TOKEN names (read-your-writes across nodes).
-        #[arg(long)]
-        after: Option<String>,
-        /// Merge the object from N peers first.
-        #[arg(long, default_value_t = 0)]
-        read: usize,
-        /// How long to wait for --after or --read, in ms.
-        #[arg(long, default_value_t = 5000)]
-        timeout: u64,
-        #[command(flatten)]
-        dir: DataDir,
-        #[command(flatten)]
-        out: Output,
-    },
+    Get(Get),
     /// List every object.
-    Keys {
-        #[command(flatten)]
-        dir: DataDir,
-        #[command(flatten)]
-        out: Output,
-    },
+    Keys(Plain),
     /// Print changes as they happen (of KEY only, if given), until interrupted.
-    Watch {
-        /// Only this object's changes.
-        #[arg(value_parser = key)]
-        key: Option<String>,
-        #[command(flatten)]
-        dir: DataDir,
-        #[command(flatten)]
-        out: Output,
-    },
+    Watch(Watch),
     /// This node's id, fingerprint, address, traffic and catch-up progress.
-    Status {
-        #[command(flatten)]
-        dir: DataDir,
-        #[command(flatten)]
-        out: Output,
-    },
+    Status(Plain),
     /// The known peers, up or down, and how far behind.
-    Peers {
-        #[command(flatten)]
-        dir: DataDir,
-        #[command(flatten)]
-        out: Output,
-    },
+    Peers(Plain),
+}
+
+/// `run`'s arguments.
+#[derive(Debug, Args)]
+pub struct Run {
+    /// Its flags.
+    #[command(flatten)]
+    pub args: RunArgs,
+    /// Its data directory.
+    #[command(flatten)]
+    pub dir: DataDir,
+}
+
+/// A control command that takes nothing.
+#[derive(Debug, Args)]
+pub struct Plain {
+    #[command(flatten)]
+    dir: DataDir,
+    #[command(flatten)]
+    out: Output,
+}
+
+/// `trust` and `untrust`.
+#[derive(Debug, Args)]
+pub struct PeerArgs {
+    /// The peer's fingerprint, as its `init` printed it (64 hex digits); or its node id
+    /// (16 hex digits), which stands for any key with that id.
+    id: String,
+    #[command(flatten)]
+    dir: DataDir,
+    #[command(flatten)]
+    out: Output,
+}
+
+/// A write of a value: `add`, `remove`, `set`, `write`.
+#[derive(Debug, Args)]
+pub struct ValueWrite {
+    /// The object's key.
+    #[arg(value_parser = key)]
+    key: String,
+    /// The element or value.
+    #[arg(allow_hyphen_values = true)]
+    value: String,
+    #[command(flatten)]
+    wait: WaitArgs,
+    #[command(flatten)]
+    dir: DataDir,
+    #[command(flatten)]
+    out: Output,
+}
+
+/// A counter write: `inc`, `incr`, `decr`.
+#[derive(Debug, Args)]
+pub struct CountWrite {
+    /// The object's key.
+    #[arg(value_parser = key)]
+    key: String,
+    /// How much.
+    #[arg(default_value_t = 1)]
+    n: u64,
+    #[command(flatten)]
+    wait: WaitArgs,
+    #[command(flatten)]
+    dir: DataDir,
+    #[command(flatten)]
+    out: Output,
+}
+
+/// `get`.
+#[derive(Debug, Args)]
+pub struct Get {
+    /// The object's key.
+    #[arg(value_parser = key)]
+    key: String,
+    /// Every entry of a large set or map (in JSON too).
+    #[arg(long)]
+    all: bool,
+    /// Once this node has the write TOKEN names (read-your-writes across nodes).
+    #[arg(long, value_name = "TOKEN")]
+    after: Option<String>,
+    /// Merge the object from N peers first.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    read: usize,
+    /// How long to wait for --after or --read, in ms.
+    #[arg(long, default_value_t = 5000)]
+    timeout: u64,
+    #[command(flatten)]
+    dir: DataDir,
+    #[command(flatten)]
+    out: Output,
+}
+
+/// `watch`.
+#[derive(Debug, Args)]
+pub struct Watch {
+    /// Only this object's changes.
+    #[arg(value_parser = key)]
+    key: Option<String>,
+    #[command(flatten)]
+    dir: DataDir,
+    #[command(flatten)]
+    out: Output,
 }
 
 /// A command for a running node: its request, data directory and output.
@@ -307,148 +252,53 @@ pub struct Control {
     pub json: bool,
 }
 
+impl Control {
+    fn new(request: Request, dir: DataDir, out: Output) -> Control {
+        Control {
+            request,
+            dir: dir.data_dir,
+            json: out.json,
+        }
+    }
+}
+
 impl Command {
     /// The request of a control command; `Err(self)` for `init` and `run`.
     pub fn into_control(self) -> Result<Control, Command> {
-        let control = |request, dir: DataDir, out: Output| {
-            Ok(Control {
-                request,
-                dir: dir.data_dir,
-                json: out.json,
-            })
+        let valued = |w: ValueWrite, make: fn(String, String, Wait) -> Request| {
+            Control::new(make(w.key, w.value, w.wait.wait()), w.dir, w.out)
         };
-        match self {
-            Command::Init { .. } | Command::Run { .. } => Err(self),
-            Command::Trust { id, dir, out } => control(Request::Trust { peer: id }, dir, out),
-            Command::Untrust { id, dir, out } => control(Request::Untrust { peer: id }, dir, out),
-            Command::Add {
-                key,
-                element,
-                wait,
-                dir,
-                out,
-            } => control(
-                Request::Add {
-                    key,
-                    value: element,
-                    wait: wait.wait(),
-                },
-                dir,
-                out,
-            ),
-            Command::Remove {
-                key,
-                element,
-                wait,
-                dir,
-                out,
-            } => control(
-                Request::Remove {
-                    key,
-                    value: element,
-                    wait: wait.wait(),
-                },
-                dir,
-                out,
-            ),
-            Command::Inc {
-                key,
-                n,
-                wait,
-                dir,
-                out,
-            } => control(
-                Request::Inc {
-                    key,
-                    by: n,
-                    wait: wait.wait(),
-                },
-                dir,
-                out,
-            ),
-            Command::Incr {
-                key,
-                n,
-                wait,
-                dir,
-                out,
-            } => control(
-                Request::Incr {
-                    key,
-                    by: n,
-                    wait: wait.wait(),
-                },
-                dir,
-                out,
-            ),
-            Command::Decr {
-                key,
-                n,
-                wait,
-                dir,
-                out,
-            } => control(
-                Request::Decr {
-                    key,
-                    by: n,
-                    wait: wait.wait(),
-                },
-                dir,
-                out,
-            ),
-            Command::Set {
-                key,
-                value,
-                wait,
-                dir,
-                out,
-            } => control(
-                Request::Set {
-                    key,
-                    value,
-                    wait: wait.wait(),
-                },
-                dir,
-                out,
-            ),
-            Command::Write {
-                key,
-                value,
-                wait,
-                dir,
-                out,
-            } => control(
-                Request::Write {
-                    key,
-                    value,
-                    wait: wait.wait(),
-                },
-                dir,
-                out,
-            ),
-            Command::Get {
-                key,
-                all,
-                after,
-                read,
-                timeout,
-                dir,
-                out,
-            } => control(
+        let counted = |w: CountWrite, make: fn(String, u64, Wait) -> Request| {
+            Control::new(make(w.key, w.n, w.wait.wait()), w.dir, w.out)
+        };
+        Ok(match self {
+            Command::Init(_) | Command::Run(_) => return Err(self),
+            Command::Trust(p) => Control::new(Request::Trust { peer: p.id }, p.dir, p.out),
+            Command::Untrust(p) => Control::new(Request::Untrust { peer: p.id }, p.dir, p.out),
+            Command::Add(w) => valued(w, |key, value, wait| Request::Add { key, value, wait }),
+            Command::Remove(w) => {
+                valued(w, |key, value, wait| Request::Remove { key, value, wait })
+            }
+            Command::Set(w) => valued(w, |key, value, wait| Request::Set { key, value, wait }),
+            Command::Write(w) => valued(w, |key, value, wait| Request::Write { key, value, wait }),
+            Command::Inc(w) => counted(w, |key, by, wait| Request::Inc { key, by, wait }),
+            Command::Incr(w) => counted(w, |key, by, wait| Request::Incr { key, by, wait }),
+            Command::Decr(w) => counted(w, |key, by, wait| Request::Decr { key, by, wait }),
+            Command::Get(g) => Control::new(
                 Request::Get {
-                    key,
-                    all,
-                    after,
-                    read,
-                    timeout_ms: Some(timeout),
+                    key: g.key,
+                    all: g.all,
+                    after: g.after,
+                    read: g.read,
+                    timeout_ms: Some(g.timeout),
                 },
-                dir,
-                out,
+                g.dir,
+                g.out,
             ),
-            Command::Keys { dir, out } => control(Request::Keys {}, dir, out),
-            Command::Watch { key, dir, out } => control(Request::Watch { key }, dir, out),
-            Command::Status { dir, out } => control(Request::Status {}, dir, out),
-            Command::Peers { dir, out } => control(Request::Peers {}, dir, out),
-        }
+            Command::Watch(w) => Control::new(Request::Watch { key: w.key }, w.dir, w.out),
+            Command::Keys(p) => Control::new(Request::Keys {}, p.dir, p.out),
+            Command::Status(p) => Control::new(Request::Status {}, p.dir, p.out),
+            Command::Peers(p) => Control::new(Request::Peers {}, p.dir, p.out),
+        })
     }
 }

@@ -21,6 +21,7 @@ use crdt_net::Event;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
@@ -209,45 +210,62 @@ async fn watch_changes(
                 Ok(_) => continue,
             },
         };
-        let line = match event {
-            Ok(Event::Changed {
-                key: changed,
-                local,
-                ..
-            }) => {
-                if key.as_ref().is_some_and(|k| *k != changed) {
-                    continue;
+        // Take what else is waiting too, and read each changed key once for all of it: a
+        // burst of changes (a catch-up) costs one read per key, not one per change.
+        let mut batch = vec![event];
+        while batch.len() < WATCH_BATCH {
+            match events.try_recv() {
+                Ok(event) => batch.push(Ok(event)),
+                Err(TryRecvError::Lagged(missed)) => batch.push(Err(RecvError::Lagged(missed))),
+                Err(_) => break,
+            }
+        }
+        let mut read = std::collections::BTreeSet::new();
+        for event in batch {
+            let line = match event {
+                Ok(Event::Changed {
+                    key: changed,
+                    local,
+                    ..
+                }) => {
+                    if key.as_ref().is_some_and(|k| *k != changed) || !read.insert(changed.clone())
+                    {
+                        continue;
+                    }
+                    let object = node.get(&changed).await.unwrap_or_default();
+                    let by = if local { "here" } else { "by a peer" };
+                    json!({
+                        "event": "changed",
+                        "key": changed,
+                        "local": local,
+                        "type": object.type_name(),
+                        "value": limited(&object, false),
+                        "text": format!("{changed} = {} (changed {by})", shown(&object, false)),
+                    })
                 }
-                let object = node.get(&changed).await.unwrap_or_default();
-                let by = if local { "here" } else { "by a peer" };
-                json!({
-                    "event": "changed",
-                    "key": changed,
-                    "local": local,
-                    "type": object.type_name(),
-                    "value": limited(&object, false),
-                    "text": format!("{changed} = {} (changed {by})", shown(&object, false)),
-                })
+                Ok(Event::PeerUp(peer)) => {
+                    json!({"event": "peer_up", "peer": peer.to_string(), "text": format!("peer {peer} up")})
+                }
+                Ok(Event::PeerDown(peer)) => {
+                    json!({"event": "peer_down", "peer": peer.to_string(), "text": format!("peer {peer} down")})
+                }
+                Ok(_) => continue,
+                Err(RecvError::Lagged(missed)) => json!({
+                    "event": "lagged",
+                    "missed": missed,
+                    "text": format!("missed {missed} events (this watcher fell behind); `get` shows the objects as they are"),
+                }),
+                Err(RecvError::Closed) => return,
+            };
+            if send(writer, &line.to_string()).await.is_err() {
+                return;
             }
-            Ok(Event::PeerUp(peer)) => {
-                json!({"event": "peer_up", "peer": peer.to_string(), "text": format!("peer {peer} up")})
-            }
-            Ok(Event::PeerDown(peer)) => {
-                json!({"event": "peer_down", "peer": peer.to_string(), "text": format!("peer {peer} down")})
-            }
-            Ok(_) => continue,
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => json!({
-                "event": "lagged",
-                "missed": missed,
-                "text": format!("missed {missed} events (this watcher fell behind); `get` shows the objects as they are"),
-            }),
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-        };
-        if send(writer, &line.to_string()).await.is_err() {
-            return;
         }
     }
 }
+
+/// Events a watcher takes at once before reading the keys they changed.
+const WATCH_BATCH: usize = 1024;
 
 async fn send(writer: &mut (impl AsyncWriteExt + Unpin), line: &str) -> std::io::Result<()> {
     writer.write_all(line.as_bytes()).await?;

@@ -24,7 +24,7 @@ use std::time::Duration;
 use clap::Parser;
 use crdt_net::node::{Identity, NodeBuilder, TrustList};
 use crdt_net::Event;
-use crdt_node::args::{Cli, Command, Control, DataDir, RunArgs};
+use crdt_node::args::{Cli, Command, Control, DataDir, Run, RunArgs};
 use crdt_node::config::{data_dir_or_default, private_dir, Config, Peer};
 use crdt_node::control::{self, Client, Unreachable};
 use crdt_node::execute::{execute, peer_key, trusted_id_text, trusted_key_text, PeerKey};
@@ -38,10 +38,12 @@ const DEFAULT_LISTEN: &str = "0.0.0.0:4433";
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let serving = matches!(cli.command, Command::Run { .. });
     // A node that serves in the background logs its connections and catch-ups; the prompt
     // and the control commands only say what went wrong.
-    let serving_log = serving && !std::io::stdin().is_terminal();
+    let serving_log = match &cli.command {
+        Command::Run(run) => run.args.no_prompt || !std::io::stdin().is_terminal(),
+        _ => false,
+    };
     let default = if serving_log {
         "warn,crdt_net=info"
     } else {
@@ -57,8 +59,8 @@ async fn main() -> ExitCode {
         .init();
     let result = match cli.command.into_control() {
         Ok(control) => return control_command(control).await,
-        Err(Command::Init { dir }) => init(dir),
-        Err(Command::Run { args, dir }) => run(args, dir).await,
+        Err(Command::Init(dir)) => init(dir),
+        Err(Command::Run(Run { args, dir })) => run(args, dir).await,
         Err(_) => Err("not a command".into()),
     };
     match result {
