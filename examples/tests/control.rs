@@ -100,6 +100,15 @@ fn trust_and_untrust_apply_to_the_running_node() {
     assert!(file.contains(&b_key), "{file}");
 }
 
+/// A node of its own in a fresh data directory, started with stdin closed.
+fn lone_daemon() -> (tempfile::TempDir, Running) {
+    let dir = tempfile::TempDir::new().unwrap();
+    init(dir.path().to_str().unwrap());
+    let node = Running::daemon(&node_args(dir.path().to_str().unwrap(), &[]), Stdio::null());
+    node.expect(|l| l.contains("listening on"));
+    (dir, node)
+}
+
 /// Sends `line` on a fresh connection to the control socket and returns the answer line.
 fn raw(stream: &mut UnixStream, line: &[u8]) -> serde_json::Value {
     stream.write_all(line).unwrap();
@@ -111,11 +120,8 @@ fn raw(stream: &mut UnixStream, line: &[u8]) -> serde_json::Value {
 
 #[test]
 fn bad_input_on_the_control_socket_gets_errors_and_the_node_keeps_serving() {
-    let dir = tempfile::TempDir::new().unwrap();
+    let (dir, mut node) = lone_daemon();
     let dir_str = dir.path().to_str().unwrap();
-    init(dir_str);
-    let mut node = Running::daemon(&node_args(dir_str, &[]), Stdio::null());
-    node.expect(|l| l.contains("listening on"));
     let socket = dir.path().join("control.sock");
     // Owner-only: the socket and its directory.
     use std::os::unix::fs::PermissionsExt;
@@ -176,7 +182,19 @@ fn bad_input_on_the_control_socket_gets_errors_and_the_node_keeps_serving() {
         "the connection stays open"
     );
 
+    // More clients than it serves at once: the one too many is told so.
+    drop((stream, big));
+    let held: Vec<UnixStream> = (0..32)
+        .map(|_| UnixStream::connect(&socket).unwrap())
+        .collect();
+    let mut extra = UnixStream::connect(&socket).unwrap();
+    let mut answer = String::new();
+    BufReader::new(&mut extra).read_line(&mut answer).unwrap();
+    assert!(answer.contains("\"busy\""), "{answer}");
+    drop(held);
+
     // The node goes on serving.
+    control_until(dir_str, &["get", "cart"], "\"milk\"");
     assert!(control(dir_str, &["get", "cart"])
         .stdout
         .contains("\"milk\""));
@@ -185,11 +203,8 @@ fn bad_input_on_the_control_socket_gets_errors_and_the_node_keeps_serving() {
 
 #[test]
 fn bad_arguments_are_clear_errors() {
-    let dir = tempfile::TempDir::new().unwrap();
+    let (dir, mut node) = lone_daemon();
     let dir_str = dir.path().to_str().unwrap();
-    init(dir_str);
-    let mut node = Running::daemon(&node_args(dir_str, &[]), Stdio::null());
-    node.expect(|l| l.contains("listening on"));
     for (args, says) in [
         (&["add", "", "milk"][..], "a key cannot be empty"),
         (&["get", "cart", "extra"], "unexpected argument 'extra'"),
@@ -288,11 +303,8 @@ fn a_config_file_names_a_peer_by_host_name_and_status_shows_the_catch_up() {
 
 #[test]
 fn watch_streams_changes_until_interrupted() {
-    let dir = tempfile::TempDir::new().unwrap();
+    let (dir, mut node) = lone_daemon();
     let dir_str = dir.path().to_str().unwrap();
-    init(dir_str);
-    let mut node = Running::daemon(&node_args(dir_str, &[]), Stdio::null());
-    node.expect(|l| l.contains("listening on"));
     let mut watcher = Command::new(BIN)
         .args(["watch", "cart", "--json", "--data-dir", dir_str])
         .stdout(Stdio::piped())

@@ -83,11 +83,25 @@ fn a_daemon_serves_control_commands_and_peers_until_sigterm() {
     );
 
     // Every acknowledged write is in its store.
-    let mut again = Running::daemon(&node_args(a_dir, &[]), Stdio::null());
+    let again = Running::daemon(&node_args(a_dir, &[]), Stdio::null());
     again.expect(|l| l.contains("listening on"));
     let cart = control(a_dir, &["get", "cart", "--all"]).stdout;
     for element in ["\"milk\"", "\"tea\"", "\"kept\""] {
         assert!(cart.contains(element), "{element} lost: {cart}");
     }
-    assert!(again.terminate().success());
+
+    // Killed, it leaves its socket behind: the commands say no node runs, and the next start
+    // replaces the socket.
+    again.kill();
+    let stale = control(a_dir, &["keys"]);
+    assert_eq!(stale.code, 1);
+    assert!(
+        stale.stderr.contains("did not stop cleanly"),
+        "{}",
+        stale.stderr
+    );
+    let mut third = Running::daemon(&node_args(a_dir, &[]), Stdio::null());
+    third.expect(|l| l.contains("listening on"));
+    assert!(control(a_dir, &["get", "cart"]).stdout.contains("\"kept\""));
+    assert!(third.terminate().success());
 }
