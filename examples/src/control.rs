@@ -47,10 +47,9 @@ pub fn socket_path(dir: &Path) -> PathBuf {
     dir.join(SOCKET)
 }
 
-/// Opens the control socket in `dir` for the node that holds `dir`'s lock (so a socket left
-/// there is stale: a node that was killed). The socket is readable and writable by its owner
-/// only, and `dir` must belong to the same user.
-pub fn bind(dir: &Path) -> Result<UnixListener, String> {
+/// Whether the control socket's path in `dir` is short enough for a Unix socket, checked
+/// before a node starts so that it does not start only to stop.
+pub fn check_path(dir: &Path) -> Result<(), String> {
     let path = socket_path(dir);
     if path.as_os_str().len() > MAX_SOCKET_PATH {
         return Err(format!(
@@ -59,6 +58,15 @@ pub fn bind(dir: &Path) -> Result<UnixListener, String> {
             path.as_os_str().len()
         ));
     }
+    Ok(())
+}
+
+/// Opens the control socket in `dir` for the node that holds `dir`'s lock (so a socket left
+/// there is stale: a node that was killed). The socket is readable and writable by its owner
+/// only, and `dir` must belong to the same user.
+pub fn bind(dir: &Path) -> Result<UnixListener, String> {
+    check_path(dir)?;
+    let path = socket_path(dir);
     #[cfg(unix)]
     use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
     match std::fs::symlink_metadata(&path) {

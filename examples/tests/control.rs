@@ -266,7 +266,9 @@ fn a_config_file_names_a_peer_by_host_name_and_status_shows_the_catch_up() {
     )
     .unwrap();
     // Only the data directory on the command line.
-    let mut a_node = Running::daemon(&["run", "--data-dir", a_dir], Stdio::null());
+    let a_log = root.path().join("a.log");
+    let log = std::fs::File::create(&a_log).unwrap();
+    let mut a_node = Running::daemon(&["run", "--data-dir", a_dir], Stdio::from(log));
     let banner = a_node.expect(|l| l.contains("listening on"));
     assert!(banner.contains("127.0.0.1:"), "{banner}");
     control_until(a_dir, &["get", "many", "--all"], "\"e29\"");
@@ -278,6 +280,10 @@ fn a_config_file_names_a_peer_by_host_name_and_status_shows_the_catch_up() {
     assert_eq!(catch_up["finished"], true, "{json}");
     assert!(catch_up["objects"].as_u64().unwrap() >= 1, "{json}");
     assert!(catch_up["bytes"].as_u64().unwrap() > 0, "{json}");
+    log_shows(
+        &a_log,
+        "caught up: the state transfer from this peer is complete",
+    );
 
     // A flag wins over the file: a bad peer name on the command line is refused at once.
     let bad = control(a_dir, &["run", "--peer", "no port here"]);

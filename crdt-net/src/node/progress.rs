@@ -119,13 +119,16 @@ pub(super) fn note(
     if records.len() >= MAX_RECORDS {
         records.retain(|_, r| !r.finished);
     }
-    let record = records
-        .entry(peer)
-        .or_insert_with(|| Record::new(after.id, now));
-    if record.id != after.id || record.finished {
-        *record = Record::new(after.id, now);
+    if records
+        .get(&peer)
+        .is_none_or(|r| r.id != after.id || r.finished)
+    {
+        records.insert(peer, Record::new(after.id, now));
         info!(%peer, "catching up: a state transfer from this peer began (its size is known only at its end)");
     }
+    let Some(record) = records.get_mut(&peer) else {
+        return;
+    };
     record.chunks = after.chunks;
     record.entries = after.entries;
     record.total = after.total;
@@ -176,5 +179,73 @@ impl Node {
                 finished: r.finished,
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(id: u64, chunks: u32, entries: u64, total: Option<u32>) -> Option<Seen> {
+        Some(Seen {
+            id,
+            chunks,
+            entries,
+            total,
+        })
+    }
+
+    #[test]
+    fn a_transfer_is_followed_from_its_first_chunk_to_its_end() {
+        let records = Mutex::new(BTreeMap::new());
+        let peer = ReplicaId::new(7);
+        let record = |records: &Mutex<BTreeMap<ReplicaId, Record>>| {
+            let r = records.lock().unwrap();
+            let r = r.get(&peer).unwrap();
+            (r.id, r.chunks, r.entries, r.bytes, r.total, r.finished)
+        };
+        // A message that is no part of a transfer changes nothing.
+        note(&records, peer, 50, None, None);
+        assert!(records.lock().unwrap().is_empty());
+        note(&records, peer, 100, None, seen(1, 1, 10, None));
+        assert_eq!(record(&records), (1, 1, 10, 100, None, false));
+        note(
+            &records,
+            peer,
+            50,
+            seen(1, 1, 10, None),
+            seen(1, 1, 10, None),
+        );
+        assert_eq!(record(&records), (1, 1, 10, 100, None, false));
+        note(
+            &records,
+            peer,
+            100,
+            seen(1, 1, 10, None),
+            seen(1, 2, 20, None),
+        );
+        // The closing message names the total; chunks may still be missing.
+        note(
+            &records,
+            peer,
+            30,
+            seen(1, 2, 20, None),
+            seen(1, 2, 20, Some(3)),
+        );
+        assert_eq!(record(&records), (1, 2, 20, 230, Some(3), false));
+        // The last chunk completes it: the replica no longer reports it.
+        note(&records, peer, 100, seen(1, 2, 20, Some(3)), None);
+        assert_eq!(record(&records), (1, 2, 20, 330, Some(3), true));
+        // A newer transfer starts a new record; one replacing it ends the older.
+        note(&records, peer, 100, None, seen(2, 1, 5, None));
+        assert_eq!(record(&records), (2, 1, 5, 100, None, false));
+        note(
+            &records,
+            peer,
+            100,
+            seen(2, 1, 5, None),
+            seen(3, 1, 4, None),
+        );
+        assert_eq!(record(&records), (3, 1, 4, 100, None, false));
     }
 }

@@ -224,6 +224,7 @@ fn offline_trust(dir: &Path, peer: &str, trusted: bool, json: bool) -> ExitCode 
 /// has lines, the control socket, and peers until SIGTERM or SIGINT.
 async fn run(args: RunArgs, dir: DataDir) -> Result<(), String> {
     let data_dir = data_dir_or_default(dir.data_dir)?;
+    control::check_path(&data_dir)?;
     private_dir(&data_dir)?;
     let config = Config::load(&data_dir)?;
     let listen = match args.listen.or(config.listen) {
