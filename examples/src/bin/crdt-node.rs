@@ -141,7 +141,7 @@ async fn talk(mut client: Client, request: &Request, json: bool) -> Result<bool,
         let Some((line, value)) = answer else {
             if first {
                 return Err(Unreachable::Failed(
-                    "the node closed the connection without answering".into(),
+                    "the node closed the connection without answering (is it stopping?); a write may or may not have been made: `get` tells".into(),
                 ));
             }
             return Ok(true);
