@@ -15,7 +15,7 @@ fn a_daemon_serves_control_commands_and_peers_until_sigterm() {
         tempfile::TempDir::new().unwrap(),
     );
     let (a_dir, b_dir) = (a.path().to_str().unwrap(), b.path().to_str().unwrap());
-    trusting_pair(a_dir, b_dir);
+    let (a_id, _) = trusting_pair(a_dir, b_dir);
 
     // A: stdin is /dev/null from the start.
     let mut daemon = Running::daemon(&node_args(a_dir, &[]), Stdio::null());
@@ -80,6 +80,16 @@ fn a_daemon_serves_control_commands_and_peers_until_sigterm() {
         absent.stderr.contains("no node is running"),
         "{}",
         absent.stderr
+    );
+    // `status` still names the node, from its identity.
+    let status = control(a_dir, &["status"]);
+    assert_eq!(status.code, 1);
+    assert!(
+        status
+            .stdout
+            .contains(&format!("node {a_id} (not running)")),
+        "{}",
+        status.stdout
     );
 
     // Every acknowledged write is in its store.

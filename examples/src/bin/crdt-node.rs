@@ -113,6 +113,7 @@ async fn control_command(control: Control) -> ExitCode {
             return match &request {
                 Request::Trust { peer } => offline_trust(&dir, peer, true, json),
                 Request::Untrust { peer } => offline_trust(&dir, peer, false, json),
+                Request::Status {} => offline_status(&dir, message, json),
                 _ => fail("not_running", message),
             }
         }
@@ -168,6 +169,36 @@ async fn talk(mut client: Client, request: &Request, json: bool) -> Result<bool,
         }
         first = false;
     }
+}
+
+/// `status` with no node running: it says so (exit status 1), with the node's id and
+/// fingerprint if the data directory has an identity.
+fn offline_status(dir: &Path, message: String, json: bool) -> ExitCode {
+    let identity = dir
+        .join("node.crt")
+        .exists()
+        .then(|| Identity::load_or_create(dir).ok())
+        .flatten();
+    let id = identity.as_ref().map(|i| i.id().to_string());
+    let fingerprint = identity
+        .as_ref()
+        .and_then(|i| i.fingerprint().ok())
+        .map(|f| f.to_string());
+    if json {
+        let line = serde_json::json!({
+            "ok": false,
+            "error": {"kind": "not_running", "message": message},
+            "id": id,
+            "fingerprint": fingerprint,
+        });
+        println!("{line}");
+    } else {
+        if let (Some(id), Some(fingerprint)) = (id, fingerprint) {
+            println!("node {id} (not running)\nfingerprint: {fingerprint}");
+        }
+        eprintln!("error: {message}");
+    }
+    ExitCode::FAILURE
 }
 
 /// `trust` or `untrust` with no node running: edits the trust file it reads when it starts.
