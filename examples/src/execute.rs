@@ -343,16 +343,24 @@ pub fn trusted_id_text(id: crdt_core::ReplicaId) -> String {
 }
 
 fn untrust(node: &Node, peer: &str) -> Result<Reply, Failure> {
-    let closed = match peer_key(peer)? {
-        PeerKey::Key(key) => node.untrust_key(key)?,
-        PeerKey::Id(id) => node.untrust(id)?,
+    let (closed, still) = match peer_key(peer)? {
+        PeerKey::Key(key) => (node.untrust_key(key)?, node.trust_list().admits(&key)),
+        PeerKey::Id(id) => (node.untrust(id)?, false),
     };
-    Ok(Reply::new(
+    let text = if still {
+        format!(
+            "unpinned the key {}, but an id-only entry still admits it (`untrust` its 16-digit id removes that)",
+            peer.trim()
+        )
+    } else {
         format!(
             "no longer trusting {}; closed {closed} connection(s)",
             peer.trim()
-        ),
-        json!({"untrusted": peer.trim(), "closed": closed}),
+        )
+    };
+    Ok(Reply::new(
+        text,
+        json!({"untrusted": peer.trim(), "closed": closed, "still_admitted": still}),
     ))
 }
 

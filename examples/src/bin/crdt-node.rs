@@ -379,8 +379,12 @@ async fn run(args: RunArgs, dir: DataDir) -> Result<(), String> {
     let _ = std::fs::remove_file(control::socket_path(&data_dir));
     match Arc::try_unwrap(node) {
         Ok(node) => node.shutdown().await,
-        // Not expected: every holder has stopped. Dropping the node still stops it.
-        Err(node) => drop(node),
+        // Not expected: every holder has stopped. Dropping the node still stops it (every
+        // write answered `ok` is committed already), without waiting for the store to close.
+        Err(node) => {
+            eprintln!("warning: the node is still in use at exit; stopping it without waiting");
+            drop(node)
+        }
     }
     Ok(())
 }
