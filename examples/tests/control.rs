@@ -157,6 +157,18 @@ fn bad_input_on_the_control_socket_gets_errors_and_the_node_keeps_serving() {
         assert_eq!(answer["ok"], false, "{answer}");
         assert_eq!(answer["error"]["kind"], kind, "{answer}");
     }
+    // Levels past any cluster's size time out like any level not met (they overflowed the
+    // owner thread's arithmetic and stopped the node).
+    let huge = raw(
+        &mut stream,
+        b"{\"op\":\"add\",\"key\":\"k\",\"value\":\"v\",\"wait\":{\"ack\":18446744073709551615,\"timeout_ms\":10}}\n",
+    );
+    assert_eq!(huge["error"]["kind"], "timeout", "{huge}");
+    let huge = raw(
+        &mut stream,
+        b"{\"op\":\"get\",\"key\":\"k\",\"read\":18446744073709551615,\"timeout_ms\":10}\n",
+    );
+    assert_eq!(huge["error"]["kind"], "timeout", "{huge}");
     // The same connection still serves good requests.
     let answer = raw(
         &mut stream,

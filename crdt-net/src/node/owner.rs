@@ -346,8 +346,8 @@ impl Owner {
             } else if now >= writer.deadline {
                 warn!(dot = ?writer.dot, acked, wanted, "acknowledgement timed out; the write stays and keeps spreading");
                 let _ = writer.reply.send(Err(NodeError::AckTimeout {
-                    acked: acked + 1,
-                    wanted: wanted + 1,
+                    acked: acked.saturating_add(1),
+                    wanted: wanted.saturating_add(1),
                 }));
             } else if !writer.reply.is_closed() {
                 still.push(writer);
@@ -383,8 +383,8 @@ impl Owner {
                     .send(Ok(self.replica.get(&quorum.key).cloned()));
             } else if over {
                 let _ = quorum.reply.send(Err(NodeError::ReadTimeout {
-                    answered: answered + 1,
-                    wanted: quorum.peers + 1,
+                    answered: answered.saturating_add(1),
+                    wanted: quorum.peers.saturating_add(1),
                 }));
             } else {
                 still.push(quorum);
