@@ -305,7 +305,9 @@ pub enum PeerKey {
 pub fn peer_key(text: &str) -> Result<PeerKey, Failure> {
     let text = text.trim();
     if text.len() == 64 {
-        Ok(PeerKey::Key(text.parse()?))
+        Ok(PeerKey::Key(text.parse().map_err(|_| {
+            Failure::bad(format!("not a fingerprint (64 hex digits): {text:?}"))
+        })?))
     } else {
         Ok(PeerKey::Id(parse_node_id(text).map_err(|_| {
             Failure::bad(format!(
