@@ -1,95 +1,117 @@
 //! `crdt-node run` as a service: with stdin closed (as under systemd, nohup or a container) it
-//! keeps serving its peers until SIGTERM, then exits cleanly with what it received kept.
-//! (It used to exit at once, with status 0, when stdin ended.)
+//! keeps serving its peers and its control socket until SIGTERM, then exits cleanly with every
+//! acknowledged write kept. (It used to exit at once, with status 0, when stdin ended.)
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
 
-use common::{trusting_pair, Running, BIN};
+use common::{banner_addr, control, control_until, node_args, trusting_pair, Running};
 
 #[test]
-fn a_node_with_stdin_closed_serves_until_sigterm() {
+fn a_daemon_serves_control_commands_and_peers_until_sigterm() {
     let (a, b) = (
         tempfile::TempDir::new().unwrap(),
         tempfile::TempDir::new().unwrap(),
     );
     let (a_dir, b_dir) = (a.path().to_str().unwrap(), b.path().to_str().unwrap());
-    trusting_pair(a_dir, b_dir);
+    let (a_id, _) = trusting_pair(a_dir, b_dir);
 
     // A: stdin is /dev/null from the start.
-    let mut daemon = Command::new(BIN)
-        .args([
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            a_dir,
-            "--gossip-ms",
-            "100",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(daemon.stdout.take().unwrap());
-    let mut banner = String::new();
-    stdout.read_line(&mut banner).unwrap();
-    assert!(banner.contains("listening on"), "banner: {banner:?}");
-    let addr = banner.trim().rsplit(' ').next().unwrap().to_owned();
+    let mut daemon = Running::daemon(&node_args(a_dir, &[]), Stdio::null());
+    let addr = banner_addr(&daemon.expect(|l| l.contains("listening on")));
 
-    // Well after stdin ended, it still runs and answers B.
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(
-        daemon.try_wait().unwrap().is_none(),
-        "the node exited when stdin ended"
+    // Control commands change and read its state; the shell does the quoting.
+    let added = control(a_dir, &["add", "cart", "milk"]);
+    assert_eq!(added.code, 0, "{}", added.stderr);
+    assert!(added.stdout.starts_with("ok "), "{}", added.stdout);
+    assert_eq!(control(a_dir, &["add", "my cart", "oat milk"]).code, 0);
+    assert_eq!(control(a_dir, &["inc", "visits", "2"]).code, 0);
+    assert_eq!(control(a_dir, &["set", "title", "hello world"]).code, 0);
+    let got = control(a_dir, &["get", "my cart"]);
+    assert_eq!(got.stdout.trim(), "my cart = {\"oat milk\"}");
+    let json = control(a_dir, &["get", "cart", "--json"]).stdout;
+    assert_eq!(
+        json.trim(),
+        r#"{"key":"cart","ok":true,"text":"cart = {\"milk\"}","type":"set","value":["milk"]}"#
     );
-    let mut peer = Running::start(&[
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--peer",
-        &addr,
-        "--data-dir",
-        b_dir,
-        "--gossip-ms",
-        "100",
-    ]);
+    let keys = control(a_dir, &["keys"]).stdout;
+    assert!(
+        keys.contains("visits (pn-counter) = 2") || keys.contains("visits (g-counter) = 2"),
+        "{keys}"
+    );
+    assert!(
+        keys.contains("title (lww-register) = \"hello world\""),
+        "{keys}"
+    );
+    let removed = control(a_dir, &["remove", "my cart", "oat milk"]);
+    assert_eq!(removed.code, 0, "{}", removed.stderr);
+    assert_eq!(
+        control(a_dir, &["get", "my cart"]).stdout.trim(),
+        "my cart = {}"
+    );
+    assert!(
+        daemon.wait_exit(std::time::Duration::ZERO).is_none(),
+        "it exited"
+    );
+
+    // A peer writes through it with an acknowledgement from the daemon.
+    let mut peer = Running::start(&node_args(b_dir, &[&addr]));
     peer.expect(|l| l.contains("listening on"));
-    peer.send("add --ack 1 --timeout 10000 cart milk");
+    peer.send("add --ack 1 --timeout 10000 cart tea");
     let acked = peer.expect(|l| l.starts_with("ok ") || l.starts_with("error"));
     assert!(
         acked.starts_with("ok "),
         "the daemon did not acknowledge: {acked}"
     );
-    peer.send("get --read 1 cart");
-    let read = peer.expect(|l| l.starts_with("cart ") || l.starts_with("error"));
-    assert!(
-        read.contains("\"milk\""),
-        "quorum read through the daemon: {read}"
-    );
+    control_until(a_dir, &["get", "cart"], "\"tea\"");
     peer.quit();
 
-    // SIGTERM: a clean exit, status 0.
-    let pid = daemon.id().to_string();
-    let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(sent.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = daemon.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "no exit within 10 s of SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    // A write acknowledged by the control command, then SIGTERM: a clean exit, status 0,
+    // and the control socket gone.
+    let kept = control(a_dir, &["add", "cart", "kept"]);
+    assert!(kept.stdout.starts_with("ok "), "{}", kept.stderr);
+    let status = daemon.terminate();
     assert!(status.success(), "exit status {status}");
+    assert!(!a.path().join("control.sock").exists());
+    let absent = control(a_dir, &["get", "cart"]);
+    assert_eq!(absent.code, 1);
+    assert!(
+        absent.stderr.contains("no node is running"),
+        "{}",
+        absent.stderr
+    );
+    // `status` still names the node, from its identity.
+    let status = control(a_dir, &["status"]);
+    assert_eq!(status.code, 1);
+    assert!(
+        status
+            .stdout
+            .contains(&format!("node {a_id} (not running)")),
+        "{}",
+        status.stdout
+    );
 
-    // The acknowledged write is in its store.
-    let mut again = Running::start(&["run", "--listen", "127.0.0.1:0", "--data-dir", a_dir]);
+    // Every acknowledged write is in its store.
+    let again = Running::daemon(&node_args(a_dir, &[]), Stdio::null());
     again.expect(|l| l.contains("listening on"));
-    again.wait_for("cart", "\"milk\"");
-    again.quit();
+    let cart = control(a_dir, &["get", "cart", "--all"]).stdout;
+    for element in ["\"milk\"", "\"tea\"", "\"kept\""] {
+        assert!(cart.contains(element), "{element} lost: {cart}");
+    }
+
+    // Killed, it leaves its socket behind: the commands say no node runs, and the next start
+    // replaces the socket.
+    again.kill();
+    let stale = control(a_dir, &["keys"]);
+    assert_eq!(stale.code, 1);
+    assert!(
+        stale.stderr.contains("did not stop cleanly"),
+        "{}",
+        stale.stderr
+    );
+    let mut third = Running::daemon(&node_args(a_dir, &[]), Stdio::null());
+    third.expect(|l| l.contains("listening on"));
+    assert!(control(a_dir, &["get", "cart"]).stdout.contains("\"kept\""));
+    assert!(third.terminate().success());
 }

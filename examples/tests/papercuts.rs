@@ -5,15 +5,10 @@
 
 mod common;
 
-use common::{trusting_pair, Running};
+use common::{node_args, trusting_pair, Running};
 
 fn node(dir: &str, peer: Option<&str>) -> Running {
-    let mut args = vec!["run", "--listen", "127.0.0.1:0", "--data-dir", dir];
-    args.extend(["--gossip-ms", "100"]);
-    if let Some(peer) = peer {
-        args.extend(["--peer", peer]);
-    }
-    Running::start(&args)
+    Running::start(&node_args(dir, peer.as_slice()))
 }
 
 /// Sends `command` and returns the first answer line (`ok`, `error` or the object).

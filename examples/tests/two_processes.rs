@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{trusting_pair, Running};
+use common::{banner_addr, node_args, trusting_pair, Running};
 
 #[test]
 fn two_nodes_see_each_others_edits() {
@@ -13,28 +13,9 @@ fn two_nodes_see_each_others_edits() {
     let (a_dir, b_dir) = (a.path().to_str().unwrap(), b.path().to_str().unwrap());
     trusting_pair(a_dir, b_dir);
 
-    let mut first = Running::start(&[
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        a_dir,
-        "--gossip-ms",
-        "100",
-    ]);
-    let banner = first.expect(|l| l.contains("listening on"));
-    let addr = banner.rsplit(' ').next().unwrap().to_owned();
-    let mut second = Running::start(&[
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--peer",
-        &addr,
-        "--data-dir",
-        b_dir,
-        "--gossip-ms",
-        "100",
-    ]);
+    let mut first = Running::start(&node_args(a_dir, &[]));
+    let addr = banner_addr(&first.expect(|l| l.contains("listening on")));
+    let mut second = Running::start(&node_args(b_dir, &[&addr]));
     second.expect(|l| l.contains("listening on"));
 
     second.send("add groceries milk");

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use mdns_sd::{ServiceDaemon, ServiceEvent, ServiceInfo};
 use tracing::{debug, info, warn, Instrument};
 
-use super::{dial_once, parse_node_id, Shared};
+use super::dial::dial_once;
+use super::{parse_node_id, Shared};
 
 const SERVICE: &str = "_crdt-node._udp.local.";
 

@@ -161,16 +161,24 @@ impl<'n, T> Handle<'n, T> {
         }
     }
 
-    fn acked(mut self, ack: Ack, timeout: Duration) -> Self {
-        self.ack = ack;
-        self.timeout = timeout;
-        self
-    }
-
     async fn write(&self, op: Op) -> Result<Token, NodeError> {
         self.node
             .update_acked(&self.key, wrap(&self.path, op), self.ack, self.timeout)
             .await
+    }
+
+    /// Reads the object at this place with `read`, which returns `None` for an object of
+    /// another type than `wanted`; nothing written there reads as `empty`.
+    async fn read<R>(
+        &self,
+        wanted: &'static str,
+        empty: R,
+        read: impl FnOnce(&Object) -> Option<Result<R, NodeError>>,
+    ) -> Result<R, NodeError> {
+        match self.object().await? {
+            None | Some(Object::Empty) => Ok(empty),
+            Some(object) => read(&object).unwrap_or_else(|| Err(wrong_type(&object, wanted))),
+        }
     }
 
     /// The object at this place (`None`: nothing written there, or its map key removed). An
@@ -200,6 +208,19 @@ fn wrap(path: &[Vec<u8>], op: Op) -> Op {
         .fold(op, |op, key| Op::Update(key.clone(), Box::new(op)))
 }
 
+/// The `acked` method of every handle (each wraps a [`Handle`] as its field `0`).
+macro_rules! acked {
+    () => {
+        /// This handle with writes (its own, and for a map those of the handles it gives) that
+        /// return once `ack` is met (see [`Node::update_acked`]).
+        pub fn acked(mut self, ack: Ack, timeout: Duration) -> Self {
+            self.0.ack = ack;
+            self.0.timeout = timeout;
+            self
+        }
+    };
+}
+
 /// Refuses reading `found` as `wanted`.
 fn wrong_type(found: &Object, wanted: &'static str) -> NodeError {
     NodeError::WrongType(TypeMismatch {
@@ -208,15 +229,19 @@ fn wrong_type(found: &Object, wanted: &'static str) -> NodeError {
     })
 }
 
+/// Every value decoded as a `T`, or the first failure.
+fn decoded<'a, T: DeserializeOwned>(
+    values: impl Iterator<Item = &'a Vec<u8>>,
+) -> Result<Vec<T>, NodeError> {
+    Ok(values.map(|v| decode(v)).collect::<Result<_, _>>()?)
+}
+
 /// An add-wins set of `T`s; see [`Node::set`].
 #[derive(Clone, Debug)]
 pub struct SetHandle<'n, T>(Handle<'n, T>);
 
 impl<T: Serialize + DeserializeOwned> SetHandle<'_, T> {
-    /// This handle with writes that return once `ack` is met (see [`Node::update_acked`]).
-    pub fn acked(self, ack: Ack, timeout: Duration) -> Self {
-        SetHandle(self.0.acked(ack, timeout))
-    }
+    acked!();
 
     /// Adds `value`. An add concurrent with a remove of the same value wins.
     pub async fn add(&self, value: &T) -> Result<Token, NodeError> {
@@ -231,23 +256,23 @@ impl<T: Serialize + DeserializeOwned> SetHandle<'_, T> {
     /// Whether `value` is in the set here.
     pub async fn contains(&self, value: &T) -> Result<bool, NodeError> {
         let value = encode(value);
-        Ok(match self.0.object().await? {
-            None | Some(Object::Empty) => false,
-            Some(Object::Set(set)) => set.contains(&value),
-            Some(other) => return Err(wrong_type(&other, "set")),
-        })
+        self.0
+            .read("set", false, |object| match object {
+                Object::Set(set) => Some(Ok(set.contains(&value))),
+                _ => None,
+            })
+            .await
     }
 
     /// The elements here, in the order of their encodings. Fails with [`NodeError::Value`] if
     /// an element does not decode as a `T`.
     pub async fn elements(&self) -> Result<Vec<T>, NodeError> {
-        match self.0.object().await? {
-            None | Some(Object::Empty) => Ok(Vec::new()),
-            Some(Object::Set(set)) => {
-                Ok(set.iter().map(|v| decode(v)).collect::<Result<_, _>>()?)
-            }
-            Some(other) => Err(wrong_type(&other, "set")),
-        }
+        self.0
+            .read("set", Vec::new(), |object| match object {
+                Object::Set(set) => Some(decoded(set.iter())),
+                _ => None,
+            })
+            .await
     }
 }
 
@@ -256,10 +281,7 @@ impl<T: Serialize + DeserializeOwned> SetHandle<'_, T> {
 pub struct RegisterHandle<'n, T>(Handle<'n, T>);
 
 impl<T: Serialize + DeserializeOwned> RegisterHandle<'_, T> {
-    /// This handle with writes that return once `ack` is met (see [`Node::update_acked`]).
-    pub fn acked(self, ack: Ack, timeout: Duration) -> Self {
-        RegisterHandle(self.0.acked(ack, timeout))
-    }
+    acked!();
 
     /// Writes `value`, stamped by this node's hybrid logical clock (later than every stamp
     /// it has issued or received).
@@ -280,11 +302,18 @@ impl<T: Serialize + DeserializeOwned> RegisterHandle<'_, T> {
 
     /// The value here, if one is written.
     pub async fn get(&self) -> Result<Option<T>, NodeError> {
-        match self.0.object().await? {
-            None | Some(Object::Empty) => Ok(None),
-            Some(Object::Lww(register)) => Ok(register.get().map(|v| decode(v)).transpose()?),
-            Some(other) => Err(wrong_type(&other, "lww-register")),
-        }
+        self.0
+            .read("lww-register", None, |object| match object {
+                Object::Lww(register) => Some(
+                    register
+                        .get()
+                        .map(|v| decode(v))
+                        .transpose()
+                        .map_err(Into::into),
+                ),
+                _ => None,
+            })
+            .await
     }
 }
 
@@ -293,10 +322,7 @@ impl<T: Serialize + DeserializeOwned> RegisterHandle<'_, T> {
 pub struct CounterHandle<'n>(Handle<'n, i64>);
 
 impl CounterHandle<'_> {
-    /// This handle with writes that return once `ack` is met (see [`Node::update_acked`]).
-    pub fn acked(self, ack: Ack, timeout: Duration) -> Self {
-        CounterHandle(self.0.acked(ack, timeout))
-    }
+    acked!();
 
     /// Adds `n`.
     pub async fn inc(&self, n: u64) -> Result<Token, NodeError> {
@@ -310,12 +336,13 @@ impl CounterHandle<'_> {
 
     /// The value here (a grow-only counter written with [`Op::Inc`] reads as well).
     pub async fn value(&self) -> Result<i64, NodeError> {
-        match self.0.object().await? {
-            None | Some(Object::Empty) => Ok(0),
-            Some(Object::PNCounter(c)) => Ok(c.value()),
-            Some(Object::GCounter(c)) => Ok(i64::try_from(c.value()).unwrap_or(i64::MAX)),
-            Some(other) => Err(wrong_type(&other, "pn-counter")),
-        }
+        self.0
+            .read("pn-counter", 0, |object| match object {
+                Object::PNCounter(c) => Some(Ok(c.value())),
+                Object::GCounter(c) => Some(Ok(i64::try_from(c.value()).unwrap_or(i64::MAX))),
+                _ => None,
+            })
+            .await
     }
 }
 
@@ -324,11 +351,7 @@ impl CounterHandle<'_> {
 pub struct MapHandle<'n, K>(Handle<'n, K>);
 
 impl<'n, K: Serialize + DeserializeOwned> MapHandle<'n, K> {
-    /// This handle with writes (its own and those of the handles it gives) that return once
-    /// `ack` is met (see [`Node::update_acked`]).
-    pub fn acked(self, ack: Ack, timeout: Duration) -> Self {
-        MapHandle(self.0.acked(ack, timeout))
-    }
+    acked!();
 
     /// The set under `key`.
     pub fn set<T: Serialize + DeserializeOwned>(&self, key: &K) -> SetHandle<'n, T> {
@@ -358,22 +381,22 @@ impl<'n, K: Serialize + DeserializeOwned> MapHandle<'n, K> {
 
     /// The keys present here, in the order of their encodings.
     pub async fn keys(&self) -> Result<Vec<K>, NodeError> {
-        match self.0.object().await? {
-            None | Some(Object::Empty) => Ok(Vec::new()),
-            Some(Object::Map(map)) => {
-                Ok(map.keys().map(|k| decode(k)).collect::<Result<_, _>>()?)
-            }
-            Some(other) => Err(wrong_type(&other, "map")),
-        }
+        self.0
+            .read("map", Vec::new(), |object| match object {
+                Object::Map(map) => Some(decoded(map.keys())),
+                _ => None,
+            })
+            .await
     }
 
     /// Whether `key` is present here.
     pub async fn contains_key(&self, key: &K) -> Result<bool, NodeError> {
         let key = encode(key);
-        match self.0.object().await? {
-            None | Some(Object::Empty) => Ok(false),
-            Some(Object::Map(map)) => Ok(map.contains_key(&key)),
-            Some(other) => Err(wrong_type(&other, "map")),
-        }
+        self.0
+            .read("map", false, |object| match object {
+                Object::Map(map) => Some(Ok(map.contains_key(&key))),
+                _ => None,
+            })
+            .await
     }
 }

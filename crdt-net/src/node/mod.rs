@@ -31,11 +31,14 @@
 //! # Ok(()) }
 //! ```
 
+mod admission;
+mod dial;
 #[cfg(feature = "mdns")]
 mod discovery;
 mod handle;
 mod identity;
 mod owner;
+mod progress;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -50,7 +53,9 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 pub use handle::{CounterHandle, MapHandle, RegisterHandle, SetHandle};
 pub use identity::{fingerprint, node_id, parse_node_id, Fingerprint, Identity, TrustList};
+pub use progress::CatchUp;
 
+use self::dial::{dial, dial_new_peers, Target};
 use self::owner::{Change, Command, Owner};
 use crate::replica::{Config, Durable, Event, PeerStatus, Replica, Stats, Transmit};
 use crate::store::{RedbStore, StoreError};
@@ -222,7 +227,7 @@ impl std::str::FromStr for Token {
 pub struct NodeBuilder {
     data_dir: PathBuf,
     listen: SocketAddr,
-    peers: Vec<SocketAddr>,
+    peers: Vec<Target>,
     trust: Vec<ReplicaId>,
     trust_keys: Vec<Fingerprint>,
     gossip_interval: Duration,
@@ -277,7 +282,15 @@ impl NodeBuilder {
 
     /// A peer to connect to (and reconnect to, with backoff).
     pub fn peer(mut self, addr: SocketAddr) -> Self {
-        self.peers.push(addr);
+        self.peers.push(Target::Addr(addr));
+        self
+    }
+
+    /// A peer to connect to by name, `host:port` (such as `laptop.local:4433`): the name is
+    /// resolved again before every attempt, so a peer whose address changes is found again.
+    /// A name that does not resolve is logged once and retried with backoff.
+    pub fn peer_named(mut self, host_and_port: impl Into<String>) -> Self {
+        self.peers.push(Target::Name(host_and_port.into()));
         self
     }
 
@@ -365,6 +378,8 @@ impl NodeBuilder {
             max_message: replica.max_message(),
             links: Mutex::new(BTreeMap::new()),
             dialing: Mutex::new(BTreeSet::new()),
+            redial: tokio::sync::Notify::new(),
+            catch_up: Mutex::new(BTreeMap::new()),
             blocked: Mutex::new(BTreeSet::new()),
             events,
             dropped: AtomicU64::new(0),
@@ -396,9 +411,14 @@ impl NodeBuilder {
         let mut tasks = vec![tokio::spawn(
             accept_loop(shared.clone()).instrument(span.clone()),
         )];
-        for addr in self.peers {
+        for target in self.peers {
+            if let Target::Addr(addr) = target {
+                if let Ok(mut dialing) = shared.dialing.lock() {
+                    dialing.insert(addr);
+                }
+            }
             tasks.push(tokio::spawn(
-                dial(shared.clone(), addr).instrument(span.clone()),
+                dial(shared.clone(), target).instrument(span.clone()),
             ));
         }
         #[cfg(feature = "mdns")]
@@ -650,7 +670,8 @@ impl Node {
         }
     }
 
-    /// The trust list (changes apply to new connections).
+    /// The trust list. Its changes apply to the next handshake; [`trust_key`](Node::trust_key)
+    /// and [`untrust`](Node::untrust) also redial and drop connections, to apply at once.
     pub fn trust_list(&self) -> &TrustList {
         &self.trust
     }
@@ -738,6 +759,10 @@ struct Shared {
     links: Mutex<BTreeMap<ReplicaId, Link>>,
     /// Addresses with a dialing task, so peer exchange starts at most one per address.
     dialing: Mutex<BTreeSet<SocketAddr>>,
+    /// Wakes the dialing tasks waiting out a backoff: the trust list gained an entry.
+    redial: tokio::sync::Notify,
+    /// State transfers arriving from each peer (see [`Node::catch_up`]).
+    catch_up: Mutex<BTreeMap<ReplicaId, progress::Record>>,
     blocked: Mutex<BTreeSet<ReplicaId>>,
     events: broadcast::Sender<Event>,
     dropped: AtomicU64,
@@ -752,6 +777,8 @@ struct Shared {
 
 #[derive(Debug)]
 struct Link {
+    /// The peer's key, to drop the connection once it is no longer trusted.
+    key: Fingerprint,
     queue: mpsc::Sender<Vec<u8>>,
     /// Bytes waiting in `queue`: a slow or silent peer holds at most [`MAX_QUEUED_BYTES`].
     queued: Arc<AtomicU64>,
@@ -838,38 +865,7 @@ impl std::fmt::Debug for Command {
     }
 }
 
-/// Dials peers learned by peer exchange that have an address and no connection.
-fn dial_new_peers(shared: &Arc<Shared>, replica: &Replica) {
-    let candidates: Vec<SocketAddr> = {
-        let links = shared
-            .links
-            .lock()
-            .map(|l| l.keys().copied().collect::<BTreeSet<_>>());
-        let connected = links.unwrap_or_default();
-        replica
-            .peers()
-            .filter(|p| !connected.contains(&p.info.id))
-            .filter_map(|p| p.info.addr.as_deref()?.parse().ok())
-            .collect()
-    };
-    for addr in candidates {
-        dial_once(shared, addr);
-    }
-}
-
-/// Starts dialing `addr` unless a task already does; returns whether it started one.
-fn dial_once(shared: &Arc<Shared>, addr: SocketAddr) -> bool {
-    let fresh = shared
-        .dialing
-        .lock()
-        .map(|mut d| d.insert(addr))
-        .unwrap_or(false);
-    if fresh {
-        tokio::spawn(dial(shared.clone(), addr).in_current_span());
-    }
-    fresh
-}
-
+/// Accepts connections; each authenticated one is served until it closes.
 async fn accept_loop(shared: Arc<Shared>) {
     while let Some(incoming) = shared.endpoint.accept().await {
         let shared = shared.clone();
@@ -886,85 +882,14 @@ async fn accept_loop(shared: Arc<Shared>) {
     }
 }
 
-/// Keeps a connection to `addr` open, reconnecting with backoff: doubled after every failed or
-/// short-lived connection (up to a minute, jittered), back to the start after one that lasted.
-/// A peer that refuses us (we are not on its trust list) is logged once, not at every retry.
-async fn dial(shared: Arc<Shared>, addr: SocketAddr) {
-    if let Ok(mut dialing) = shared.dialing.lock() {
-        dialing.insert(addr);
-    }
-    let mut stop = shared.stop.subscribe();
-    let mut backoff = DIAL_BACKOFF_MIN;
-    let mut told_refused = false;
-    loop {
-        if *stop.borrow() {
-            return;
-        }
-        shared.dials.fetch_add(1, Ordering::Relaxed);
-        let failure = match shared.endpoint.connect(addr, "crdt-node") {
-            Ok(connecting) => match connecting.await {
-                Ok(connection) => {
-                    let started = Instant::now();
-                    serve(shared.clone(), connection.clone(), Some(addr)).await;
-                    let reason = connection.close_reason();
-                    if started.elapsed() >= DIAL_STABLE && !is_refusal(reason.as_ref()) {
-                        backoff = DIAL_BACKOFF_MIN;
-                        told_refused = false;
-                    }
-                    reason
-                }
-                Err(e) => Some(e),
-            },
-            Err(e) => {
-                warn!(%addr, error = %e, "cannot connect");
-                None
-            }
-        };
-        if is_refusal(failure.as_ref()) {
-            if !std::mem::replace(&mut told_refused, true) {
-                warn!(%addr, "refused: this node is not on that peer's trust list (retrying with backoff)");
-            }
-        } else if let Some(e) = failure {
-            debug!(%addr, error = %e, "connection ended");
-        }
-        // Jitter spreads the retries of many dialers.
-        let wait = backoff / 2 + backoff.mul_f64(fastrand::f64() / 2.0);
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.changed() => return,
-        }
-        backoff = (backoff * 2).min(DIAL_BACKOFF_MAX);
-    }
-}
-
-/// First wait before redialing.
-const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(200);
-/// Longest wait before redialing.
-const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(60);
-/// A connection that lasted this long was a success: the next failure starts the backoff over.
-const DIAL_STABLE: Duration = Duration::from_secs(5);
-
-/// Whether a connection ended because the peer's TLS refused us (a QUIC crypto error: a TLS
-/// alert, such as the certificate being unknown to its trust list).
-fn is_refusal(reason: Option<&quinn::ConnectionError>) -> bool {
-    match reason {
-        Some(quinn::ConnectionError::ConnectionClosed(close)) => {
-            (0x100..0x200).contains(&u64::from(close.error_code))
-        }
-        Some(quinn::ConnectionError::TransportError(e)) => {
-            (0x100..0x200).contains(&u64::from(e.code))
-        }
-        _ => false,
-    }
-}
-
 /// Runs one authenticated connection until it closes.
 async fn serve(shared: Arc<Shared>, connection: quinn::Connection, dialed: Option<SocketAddr>) {
-    let Some(peer) = peer_of(&connection) else {
+    let Some(key) = key_of(&connection) else {
         connection.close(1u32.into(), b"no identity");
         return;
     };
-    serve_peer(shared, connection, dialed, peer)
+    let peer = key.id();
+    serve_peer(shared, connection, dialed, key)
         .instrument(info_span!("peer", %peer))
         .await;
 }
@@ -973,22 +898,29 @@ async fn serve_peer(
     shared: Arc<Shared>,
     connection: quinn::Connection,
     dialed: Option<SocketAddr>,
-    peer: ReplicaId,
+    key: Fingerprint,
 ) {
+    let peer = key.id();
     let addr = dialed.unwrap_or_else(|| connection.remote_address());
-    info!(%peer, %addr, "connected");
     let (queue, outgoing) = mpsc::channel(shared.queue);
     let queued = Arc::new(AtomicU64::new(0));
     if let Ok(mut links) = shared.links.lock() {
         links.insert(
             peer,
             Link {
+                key,
                 queue,
                 queued: queued.clone(),
                 connection: connection.clone(),
             },
         );
     }
+    // Checked after the link is listed: a peer untrusted during its handshake is either
+    // refused here or found in the list by `Node::untrust`, which closes it.
+    if !shared.trust.admits(&key) {
+        connection.close(4u32.into(), b"no longer trusted");
+    }
+    info!(%peer, %addr, "connected");
     // Only an address we dialed is worth sharing: an accepted connection's source port is
     // ephemeral.
     let info = PeerInfo {
@@ -1090,12 +1022,13 @@ async fn read_loop(
     }
 }
 
-fn peer_of(connection: &quinn::Connection) -> Option<ReplicaId> {
+/// The key the peer proved in the handshake.
+fn key_of(connection: &quinn::Connection) -> Option<Fingerprint> {
     let identity = connection.peer_identity()?;
     let certs = identity
         .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
         .ok()?;
-    node_id(certs.first()?).ok()
+    fingerprint(certs.first()?).ok()
 }
 
 /// Wraps a transport failure while doing `what`, keeping its source.

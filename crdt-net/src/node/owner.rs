@@ -15,7 +15,7 @@ use crdt_core::Dot;
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
-use super::{dial_new_peers, Ack, NodeError, Shared, Token};
+use super::{dial_new_peers, progress, Ack, NodeError, Shared, Token};
 use crate::store::{RedbStore, StoreError};
 use crate::{Event, Object, ProtocolError, Replica};
 
@@ -221,7 +221,10 @@ impl Owner {
                     let _ = reply.send(Ok(()));
                     return;
                 }
+                let before = progress::seen(&self.replica, peer);
                 let result = self.replica.handle_message(self.shared.now(), peer, &bytes);
+                let after = progress::seen(&self.replica, peer);
+                progress::note(&self.shared.catch_up, peer, bytes.len(), before, after);
                 let _ = reply.send(result);
             }
             Command::With(f) => waiting.after_commit.push(f),
@@ -343,8 +346,8 @@ impl Owner {
             } else if now >= writer.deadline {
                 warn!(dot = ?writer.dot, acked, wanted, "acknowledgement timed out; the write stays and keeps spreading");
                 let _ = writer.reply.send(Err(NodeError::AckTimeout {
-                    acked: acked + 1,
-                    wanted: wanted + 1,
+                    acked: acked.saturating_add(1),
+                    wanted: wanted.saturating_add(1),
                 }));
             } else if !writer.reply.is_closed() {
                 still.push(writer);
@@ -380,8 +383,8 @@ impl Owner {
                     .send(Ok(self.replica.get(&quorum.key).cloned()));
             } else if over {
                 let _ = quorum.reply.send(Err(NodeError::ReadTimeout {
-                    answered: answered + 1,
-                    wanted: quorum.peers + 1,
+                    answered: answered.saturating_add(1),
+                    wanted: quorum.peers.saturating_add(1),
                 }));
             } else {
                 still.push(quorum);

@@ -74,6 +74,23 @@ pub(super) struct Transfer {
     pub(super) refused: bool,
     /// Bytes of the key ranges in `chunks`.
     range_bytes: usize,
+    /// Objects or pieces of objects received in its chunks (repeats included).
+    entries: u64,
+}
+
+/// What has arrived of the latest unfinished state transfer from a peer
+/// ([`Replica::incoming_transfer`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TransferProgress {
+    /// Names the transfer.
+    pub(crate) id: u64,
+    /// Chunks received.
+    pub(crate) chunks: u32,
+    /// Objects, or pieces of large objects, received in them.
+    pub(crate) entries: u64,
+    /// How many chunks the transfer has, once its closing message has arrived (the sender
+    /// cuts chunks as it goes, so neither side knows the total before the end).
+    pub(crate) total_chunks: Option<u32>,
 }
 
 impl Replica {
@@ -161,6 +178,18 @@ impl Replica {
         None
     }
 
+    /// What has arrived of the latest unfinished state transfer from `peer`, if one is under
+    /// way. A transfer that completes is no longer reported.
+    pub(crate) fn incoming_transfer(&self, peer: ReplicaId) -> Option<TransferProgress> {
+        let (id, transfer) = self.incoming.get(&peer)?.transfers.last()?;
+        Some(TransferProgress {
+            id: *id,
+            chunks: transfer.chunks.len() as u32,
+            entries: transfer.entries,
+            total_chunks: transfer.done.as_ref().map(|d| d.chunks),
+        })
+    }
+
     /// What arrived of the latest unfinished transfer from `peer`: the key ranges of the
     /// chunks received, in key order and apart (a made-up transfer's other ranges are left
     /// out), as many as fit in a quarter of a message.
@@ -224,6 +253,7 @@ impl Replica {
                 transfer.chunks.insert(chunk.index, range);
             }
             transfer.refused |= refused;
+            transfer.entries = transfer.entries.saturating_add(chunk.objects.len() as u64);
         });
         self.try_complete(from, chunk.transfer, false);
     }

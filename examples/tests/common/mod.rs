@@ -21,8 +21,65 @@ pub fn cli(args: &[&str]) -> String {
 
 pub struct Running {
     child: Child,
-    stdin: ChildStdin,
+    /// `None` for a daemon, started with stdin closed.
+    stdin: Option<ChildStdin>,
     lines: Receiver<String>,
+}
+
+/// The arguments of `crdt-node run` as the tests start nodes: on a loopback port, gossiping
+/// every 100 ms, dialing `peers`.
+pub fn node_args<'a>(dir: &'a str, peers: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["run", "--listen", "127.0.0.1:0", "--data-dir", dir];
+    args.extend(["--gossip-ms", "100"]);
+    for peer in peers {
+        args.extend(["--peer", peer]);
+    }
+    args
+}
+
+/// The address in a node's `node ID listening on ADDR` banner.
+pub fn banner_addr(banner: &str) -> String {
+    banner.trim().rsplit(' ').next().unwrap().to_owned()
+}
+
+/// What a control command printed, and its exit code.
+pub struct Answer {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the control command `crdt-node ARGS --data-dir DIR`.
+pub fn control(dir: &str, args: &[&str]) -> Answer {
+    let out = Command::new(BIN)
+        .args(args)
+        .args(["--data-dir", dir])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    Answer {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs `control` until its stdout contains `needle` (15 s at most); returns that stdout.
+pub fn control_until(dir: &str, args: &[&str], needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let answer = control(dir, args);
+        if answer.stdout.contains(needle) {
+            return answer.stdout;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{args:?} never printed {needle:?}; last: {} {}",
+            answer.stdout,
+            answer.stderr
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 impl Running {
@@ -35,16 +92,39 @@ impl Running {
         Running::spawn(command, args, Stdio::null())
     }
 
+    /// Starts a node as a service starts it: stdin closed (`/dev/null`), its stderr going to
+    /// `stderr`; its stdout lines are read as for the others.
+    pub fn daemon(args: &[&str], stderr: Stdio) -> Running {
+        let mut command = Command::new(BIN);
+        command.stdin(Stdio::null());
+        Running::spawn_with(command, args, stderr, false)
+    }
+
+    /// Sends SIGTERM; waits (10 s at most) for the exit and returns its status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success());
+        self.wait_exit(Duration::from_secs(10))
+            .expect("no exit within 10 s of SIGTERM")
+    }
+
     /// Starts `command` with `args` and its stderr going to `stderr`; reads its stdout lines.
-    fn spawn(mut command: Command, args: &[&str], stderr: Stdio) -> Running {
+    fn spawn(command: Command, args: &[&str], stderr: Stdio) -> Running {
+        Running::spawn_with(command, args, stderr, true)
+    }
+
+    fn spawn_with(mut command: Command, args: &[&str], stderr: Stdio, prompt: bool) -> Running {
+        if prompt {
+            command.stdin(Stdio::piped());
+        }
         let mut child = command
             .args(args)
-            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
             .unwrap();
-        let stdin = child.stdin.take().unwrap();
+        let stdin = child.stdin.take();
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = channel();
         std::thread::spawn(move || {
@@ -62,8 +142,9 @@ impl Running {
     }
 
     pub fn send(&mut self, line: &str) {
-        writeln!(self.stdin, "{line}").unwrap();
-        self.stdin.flush().unwrap();
+        let stdin = self.stdin.as_mut().expect("a daemon reads no stdin");
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
     }
 
     /// The next output line that satisfies `want`, within 10 s.
@@ -155,7 +236,10 @@ impl Running {
 
     /// Writes a line without panicking; `false` if the process no longer reads its stdin.
     pub fn try_send(&mut self, line: &str) -> bool {
-        writeln!(self.stdin, "{line}").is_ok() && self.stdin.flush().is_ok()
+        let Some(stdin) = self.stdin.as_mut() else {
+            return false;
+        };
+        writeln!(stdin, "{line}").is_ok() && stdin.flush().is_ok()
     }
 
     /// The next output line within `timeout`. `Err(Disconnected)` once the process closed its
