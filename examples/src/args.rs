@@ -90,6 +90,15 @@ pub struct RunArgs {
     /// Read no commands: only serve peers (and the control socket) until SIGTERM or SIGINT.
     #[arg(long)]
     pub no_prompt: bool,
+    /// Serve the local HTTP API (docs/http-api.md) on this TCP address, e.g. 127.0.0.1:8080
+    /// [config: http; default off]. Requests need the bearer token in `http.token` in the
+    /// data directory.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+    /// Let `--http` listen on an address other than loopback [config: http_allow_remote].
+    /// The API is plain HTTP: anyone on the path sees the token.
+    #[arg(long)]
+    pub http_allow_remote: bool,
 }
 
 /// A key: not empty.

@@ -40,6 +40,10 @@ pub struct Config {
     pub fanout: Option<usize>,
     /// Whether to announce and find nodes on the LAN by mDNS.
     pub mdns: Option<bool>,
+    /// TCP address of the local HTTP API (off when absent).
+    pub http: Option<SocketAddr>,
+    /// Whether the HTTP API may listen on an address other than loopback.
+    pub http_allow_remote: Option<bool>,
 }
 
 /// What `crdt-node init` writes when there is no configuration file yet.
@@ -50,6 +54,8 @@ pub const DEFAULT_CONFIG: &str = "\
 # gossip_ms = 1000                # milliseconds between anti-entropy rounds
 # fanout = 2                      # peers contacted per round
 # mdns = true                     # announce and find nodes on the LAN
+# http = \"127.0.0.1:8080\"        # local HTTP API (docs/http-api.md); off when absent
+# http_allow_remote = false       # let `http` listen beyond loopback (plain HTTP)
 ";
 
 impl Config {

@@ -16,13 +16,15 @@
 //! (`crdt_node::config`).
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use crdt_net::node::{Identity, NodeBuilder, TrustList};
+use crdt_net::http::{ApiToken, HttpError, Server};
+use crdt_net::node::{Identity, Node, NodeBuilder, TrustList};
 use crdt_net::Event;
 use crdt_node::args::{Cli, Command, Control, DataDir, Run, RunArgs};
 use crdt_node::config::{data_dir_or_default, private_dir, Config, Peer};
@@ -304,6 +306,23 @@ async fn run(args: RunArgs, dir: DataDir) -> Result<(), String> {
         println!("type `help` for commands");
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let http = match args.http.or(config.http) {
+        Some(addr) => {
+            let remote = args.http_allow_remote || config.http_allow_remote.unwrap_or(false);
+            match start_http(&node, &data_dir, addr, remote, stopped.clone()).await {
+                Ok(task) => Some(task),
+                Err(e) => {
+                    drop(listener);
+                    let _ = std::fs::remove_file(control::socket_path(&data_dir));
+                    if let Ok(node) = Arc::try_unwrap(node) {
+                        node.shutdown().await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        None => None,
+    };
     let server = tokio::spawn(control::serve(listener, node.clone(), stopped));
 
     let mut changes = node.subscribe();
@@ -376,6 +395,13 @@ async fn run(args: RunArgs, dir: DataDir) -> Result<(), String> {
     }
     let _ = stop.send(true);
     let _ = server.await;
+    if let Some(http) = http {
+        match http.await {
+            Ok(Err(e)) => eprintln!("warning: {e}"),
+            Err(e) => eprintln!("warning: the HTTP API stopped abnormally: {e}"),
+            Ok(Ok(())) => {}
+        }
+    }
     let _ = std::fs::remove_file(control::socket_path(&data_dir));
     match Arc::try_unwrap(node) {
         Ok(node) => node.shutdown().await,
@@ -387,6 +413,34 @@ async fn run(args: RunArgs, dir: DataDir) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Starts the local HTTP API on `addr` (its token in the data directory); it stops when
+/// `stopped` turns true.
+async fn start_http(
+    node: &Arc<Node>,
+    data_dir: &Path,
+    addr: SocketAddr,
+    allow_remote: bool,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<Result<(), HttpError>>, String> {
+    let token = ApiToken::load_or_create(data_dir).map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen for HTTP on {addr}: {e}"))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    if !allow_remote && !bound.ip().is_loopback() {
+        return Err(HttpError::NotLoopback(bound).to_string() + " (--http-allow-remote)");
+    }
+    println!(
+        "HTTP API on http://{bound} (bearer token in {})",
+        data_dir.join(crdt_net::http::TOKEN_FILE).display()
+    );
+    let server = Server::new(node.clone(), token).allow_remote(allow_remote);
+    let shutdown = async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    Ok(tokio::spawn(server.serve(listener, shutdown)))
 }
 
 #[cfg(test)]
