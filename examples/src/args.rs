@@ -117,7 +117,7 @@ pub enum Command {
     Init(DataDir),
     /// Run the node: a prompt on stdin (when it is a terminal), the control socket, and its
     /// peers, until SIGTERM or SIGINT.
-    Run(Run),
+    Run(Box<Run>),
     /// Allow a peer to connect: pin its key's fingerprint (or, weaker, trust its id). A
     /// running node admits it at once; otherwise the trust file is edited.
     Trust(PeerArgs),

@@ -62,7 +62,10 @@ async fn main() -> ExitCode {
     let result = match cli.command.into_control() {
         Ok(control) => return control_command(control).await,
         Err(Command::Init(dir)) => init(dir),
-        Err(Command::Run(Run { args, dir })) => run(args, dir).await,
+        Err(Command::Run(boxed)) => {
+            let Run { args, dir } = *boxed;
+            run(args, dir).await
+        }
         Err(_) => Err("not a command".into()),
     };
     match result {
