@@ -66,6 +66,100 @@ async fn a_local_read_never_returns_a_write_before_its_commit() {
     assert_eq!(early, 0, "local reads saw writes before their commit");
 }
 
+/// The environment variable that makes the test below run as its own crashing child.
+const CRASH_CHILD: &str = "CRDT_NET_SYNC_READ_CHILD";
+/// Writes the child makes, one per commit; its reader watches for [`WATCHED`].
+const CRASH_WRITES: usize = 200;
+const WATCHED: usize = 150;
+
+/// A synchronous read ([`Node::with`], the typed handles' `_now` getters) never shows a write
+/// before its commit. Checked with a real crash: a child process writes one element per
+/// commit while a thread of it spins on `contains_now`; the moment the read sees the watched
+/// element, the child aborts (no destructor, no further commit runs). The restarted node must
+/// hold the element: a read that ran ahead of the commit would abort the process before the
+/// commit, and the element would be gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_read_never_shows_a_write_that_a_crash_would_lose() {
+    if let Some(dir) = std::env::var_os(CRASH_CHILD) {
+        return crash_child(PathBuf::from(dir)).await;
+    }
+    let dir = TempDir::new().unwrap();
+    let data = dir.path().join("node");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "a_sync_read_never_shows_a_write_that_a_crash_would_lose",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CRASH_CHILD, &data)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the child did not finish in 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(6),
+        "the child should abort on seeing the element ({status}); it said: {out}"
+    );
+    assert!(
+        out.contains("seen"),
+        "the child aborted for another reason: {out}"
+    );
+    let node = within("restart", NodeBuilder::new(&data).mdns(false).start())
+        .await
+        .unwrap();
+    let set = node.set::<String>("k");
+    let kept = set.contains_now(&format!("e{WATCHED}")).unwrap();
+    let len = set.len_now().unwrap();
+    node.shutdown().await;
+    eprintln!("after the crash: the watched element is there: {kept}; {len} elements");
+    assert!(kept, "a read showed a write that the crash then lost");
+}
+
+/// The child of the test above: writes, watches, aborts.
+async fn crash_child(data: PathBuf) {
+    let node = std::sync::Arc::new(
+        within("start", NodeBuilder::new(&data).mdns(false).start())
+            .await
+            .unwrap(),
+    );
+    let reader = node.clone();
+    std::thread::spawn(move || {
+        let set = reader.set::<String>("k");
+        let watched = format!("e{WATCHED}");
+        let deadline = Instant::now() + STEP;
+        while Instant::now() < deadline {
+            if set.contains_now(&watched).unwrap_or(false) {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "seen {watched}");
+                let _ = out.flush();
+                std::process::abort();
+            }
+        }
+    });
+    let set = node.set::<String>("k");
+    for i in 0..CRASH_WRITES {
+        within("a write", set.add(&format!("e{i}"))).await.unwrap();
+    }
+    // Only a reader that never saw the element gets here: the parent fails on a clean exit.
+    tokio::time::sleep(STEP).await;
+}
+
 /// `update_acked(.., Duration::MAX)` ("wait as long as it takes") must not overflow the
 /// clock on the owner thread (which would stop the node while its endpoint still accepted
 /// connections).
@@ -185,7 +279,21 @@ async fn a_write_that_failed_to_commit_is_never_visible() {
         .unwrap();
     let seen_by_get = holds(&got, &big(i));
     let seen_by_read = holds(&read, &big(i));
-    eprintln!("failed write visible to get: {seen_by_get}, to read(Local): {seen_by_read}");
+    // The synchronous reads: a failed write's replica is restored from the store under the
+    // owner's write lock, so no read lock ever sees it.
+    let seen_by_with = node
+        .with(
+            "k",
+            |o| matches!(o, Object::Set(s) if s.contains(big(i).as_bytes())),
+        )
+        .unwrap()
+        .unwrap_or(false);
+    let mut seen_by_for_each = false;
+    node.for_each(|_, o| {
+        seen_by_for_each |= matches!(o, Object::Set(s) if s.contains(big(i).as_bytes()))
+    })
+    .unwrap();
+    eprintln!("failed write visible to get: {seen_by_get}, to read(Local): {seen_by_read}, to with: {seen_by_with}, to for_each: {seen_by_for_each}");
     within("shutdown on a full disk", node.shutdown()).await;
     std::fs::remove_file(&filler).unwrap();
     let node = within("restart", NodeBuilder::new(&data).mdns(false).start())
@@ -199,8 +307,8 @@ async fn a_write_that_failed_to_commit_is_never_visible() {
     );
     node.shutdown().await;
     assert!(
-        !seen_by_get && !seen_by_read && !survived,
-        "a failed write was visible (get: {seen_by_get}, read: {seen_by_read}, after restart: {survived})"
+        !seen_by_get && !seen_by_read && !seen_by_with && !seen_by_for_each && !survived,
+        "a failed write was visible (get: {seen_by_get}, read: {seen_by_read}, with: {seen_by_with}, for_each: {seen_by_for_each}, after restart: {survived})"
     );
 }
 

@@ -217,3 +217,53 @@ async fn a_nested_read_through_a_non_map_reports_the_wrong_type() {
         "read through a counter gave {read:?}"
     );
 }
+
+/// The grow-only counter and multi-value register handles between two real nodes: increments
+/// from both add up; writes made while the nodes cannot talk are both kept, and a write that
+/// has seen them both replaces them. The sync getters read each node's committed state, and
+/// read another type under the key as the typed error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grow_only_counters_and_multi_value_registers_between_two_nodes() {
+    let (a, b, _da, _db) = pair().await;
+    a.gcounter("views").inc(2).await.unwrap();
+    b.gcounter("views").inc(3).await.unwrap();
+    let wait = Duration::from_secs(20);
+    let deadline = tokio::time::Instant::now() + wait;
+    while a.gcounter("views").value_now().unwrap() != 5 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(a.gcounter("views").value_now().unwrap(), 5);
+
+    a.isolate_from(&[b.id()]);
+    b.isolate_from(&[a.id()]);
+    a.mv_register::<u32>("title").set(&1).await.unwrap();
+    b.mv_register::<u32>("title").set(&2).await.unwrap();
+    a.isolate_from(&[]);
+    b.isolate_from(&[]);
+    let both = |node: &Node| {
+        let mut values = node.mv_register::<u32>("title").values_now().unwrap();
+        values.sort();
+        values
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    while (both(&a) != [1, 2] || both(&b) != [1, 2]) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!((both(&a), both(&b)), (vec![1, 2], vec![1, 2]));
+    a.mv_register::<u32>("title").set(&3).await.unwrap();
+    let deadline = tokio::time::Instant::now() + wait;
+    while both(&b) != [3] && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(both(&b), [3]);
+
+    let wrong = a.mv_register::<u32>("views").values_now();
+    let also_wrong = a.gcounter("title").value_now();
+    a.shutdown().await;
+    b.shutdown().await;
+    assert!(matches!(wrong, Err(NodeError::WrongType(_))), "{wrong:?}");
+    assert!(
+        matches!(also_wrong, Err(NodeError::WrongType(_))),
+        "{also_wrong:?}"
+    );
+}

@@ -8,12 +8,13 @@
 //!
 //! Set `RUST_LOG=crdt_net=info` to watch connections come and go.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use crdt_core::{Hlc, ReplicaId};
-use crdt_net::node::{Fingerprint, Identity, Node, NodeBuilder};
-use crdt_net::Op;
+use crdt_net::node::{Fingerprint, Identity, Node, NodeBuilder, NodeError};
+use crdt_net::{Object, Op};
 
 const NODES: usize = 5;
 const EDITS_PER_NODE: usize = 200;
@@ -88,7 +89,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    let sides_differ = nodes[0].objects().await != nodes[4].objects().await;
+    let sides_differ = world(&nodes[0])? != world(&nodes[4])?;
     println!("      the two sides now disagree: {sides_differ}");
 
     println!("[4/5] heal");
@@ -101,10 +102,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         "all five to hold the same state",
         Duration::from_secs(20),
         async || {
-            let first = nodes[0].objects().await;
+            let Ok(first) = world(&nodes[0]) else {
+                return false;
+            };
             let mut same = true;
             for node in &nodes[1..] {
-                same &= node.objects().await == first;
+                same &= world(node).is_ok_and(|w| w == first);
             }
             same
         },
@@ -116,7 +119,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "[5/5] converged {converge:.2?} after the heal; {healing_bytes} bytes sent while healing"
     );
-    let state = nodes[0].objects().await;
+    let state = world(&nodes[0])?;
     for (key, value) in &state {
         if !key.starts_with("doc") {
             println!("      {key:>8} = {}", truncate(&value.to_string(), 70));
@@ -167,6 +170,15 @@ fn edits(i: usize, round: usize, now: crdt_core::HlcTimestamp) -> Vec<(&'static 
             ),
         ),
     ]
+}
+
+/// A copy of every object at `node`, to compare and print whole states.
+fn world(node: &Node) -> Result<BTreeMap<String, Object>, NodeError> {
+    let mut world = BTreeMap::new();
+    node.for_each(|key, object| {
+        world.insert(key.to_owned(), object.clone());
+    })?;
+    Ok(world)
 }
 
 async fn total_bytes(nodes: &[Node]) -> u64 {

@@ -124,7 +124,7 @@ pub async fn execute(node: &Node, request: Request) -> Result<Reply, Failure> {
             read,
             timeout_ms,
         } => return get(node, &key, all, after, read, timeout_ms).await,
-        Request::Keys {} => return Ok(keys(node).await),
+        Request::Keys {} => return keys(node),
         Request::Status {} => return Ok(status(node).await),
         Request::Peers {} => return Ok(peers(node).await),
         Request::Trust { peer } => return trust(node, &peer),
@@ -174,19 +174,17 @@ async fn get(
     })
 }
 
-async fn keys(node: &Node) -> Reply {
-    let objects = node.objects().await;
-    let text: Vec<String> = objects
-        .iter()
-        .map(|(key, object)| format!("{key} ({}) = {}", object.type_name(), shown(object, false)))
-        .collect();
-    let list: Vec<Value> = objects
-        .iter()
-        .map(|(key, object)| {
-            json!({"key": key, "type": object.type_name(), "value": limited(object, false)})
-        })
-        .collect();
-    Reply::new(text.join("\n"), json!({ "keys": list }))
+fn keys(node: &Node) -> Result<Reply, Failure> {
+    let (mut text, mut list) = (Vec::new(), Vec::new());
+    node.for_each(|key, object| {
+        text.push(format!(
+            "{key} ({}) = {}",
+            object.type_name(),
+            shown(object, false)
+        ));
+        list.push(json!({"key": key, "type": object.type_name(), "value": limited(object, false)}));
+    })?;
+    Ok(Reply::new(text.join("\n"), json!({ "keys": list })))
 }
 
 async fn peers(node: &Node) -> Reply {

@@ -367,15 +367,12 @@ impl<'de> Deserialize<'de> for Raw {
 }
 
 /// `GET /v1/keys`: every key and its object's type.
-pub(super) async fn keys(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let keys: Vec<Value> = state
-        .node
-        .objects()
-        .await
-        .iter()
-        .map(|(key, object)| json!({ "key": key, "type": object.type_name() }))
-        .collect();
-    Json(json!({ "keys": keys }))
+pub(super) async fn keys(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let mut keys: Vec<Value> = Vec::new();
+    state.node.for_each(|key, object| {
+        keys.push(json!({ "key": key, "type": object.type_name() }));
+    })?;
+    Ok(Json(json!({ "keys": keys })))
 }
 
 /// `GET /v1/status`: the node and its peers.

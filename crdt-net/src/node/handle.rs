@@ -1,6 +1,10 @@
 //! Typed handles: a set, register, counter or map at a key (or nested in maps under it), whose
 //! values are any serde type. An application reads and writes `T`s; the handle builds the
 //! [`Op`]s and encodes values with [`value::encode`](crate::value::encode).
+//!
+//! Reads are synchronous (the `_now` getters) and copy nothing but their answer: they run
+//! under the replica's read lock ([`Node::with`], which says what a read may wait for). The
+//! async getters are the same reads, for callers that await.
 
 use std::marker::PhantomData;
 use std::time::Duration;
@@ -73,6 +77,51 @@ impl Node {
     /// ```
     pub fn counter(&self, key: &str) -> CounterHandle<'_> {
         CounterHandle(Handle::new(self, key))
+    }
+
+    /// The grow-only counter at `key`: it only goes up, and costs less than an up-down one
+    /// ([`Node::counter`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let node = crdt_net::node::NodeBuilder::new(dir.path())
+    /// #     .listen("127.0.0.1:0".parse()?).mdns(false).start().await?;
+    /// let views = node.gcounter("page-views");
+    /// assert_eq!(views.value_now()?, 0);
+    /// views.inc(3).await?;
+    /// views.inc(2).await?;
+    /// assert_eq!(views.value_now()?, 5);
+    /// # node.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn gcounter(&self, key: &str) -> GCounterHandle<'_> {
+        GCounterHandle(Handle::new(self, key))
+    }
+
+    /// The multi-value register at `key`, holding `T`s: concurrent writes are all kept (for
+    /// the application to reconcile) until a write that has seen them replaces them.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let node = crdt_net::node::NodeBuilder::new(dir.path())
+    /// #     .listen("127.0.0.1:0".parse()?).mdns(false).start().await?;
+    /// let title = node.mv_register::<String>("title");
+    /// assert!(title.values_now()?.is_empty());
+    /// title.set(&"Draft".to_string()).await?;
+    /// title.set(&"Final".to_string()).await?; // this write saw "Draft": it replaces it
+    /// assert_eq!(title.values_now()?, ["Final"]);
+    /// # node.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn mv_register<T: Serialize + DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> MvRegisterHandle<'_, T> {
+        MvRegisterHandle(Handle::new(self, key))
     }
 
     /// The observed-remove map at `key`, with keys of type `K` and nested objects as values:
@@ -168,36 +217,34 @@ impl<'n, T> Handle<'n, T> {
     }
 
     /// Reads the object at this place with `read`, which returns `None` for an object of
-    /// another type than `wanted`; nothing written there reads as `empty`.
-    async fn read<R>(
+    /// another type than `wanted`; nothing written there (or its map key removed) reads as
+    /// `empty`. An object of another type than a map on the way is an error, as a write there
+    /// would be. Runs under the read lock and copies nothing (see [`Node::with`]).
+    fn read<R>(
         &self,
         wanted: &'static str,
         empty: R,
         read: impl FnOnce(&Object) -> Option<Result<R, NodeError>>,
     ) -> Result<R, NodeError> {
-        match self.object().await? {
-            None | Some(Object::Empty) => Ok(empty),
-            Some(object) => read(&object).unwrap_or_else(|| Err(wrong_type(&object, wanted))),
-        }
-    }
-
-    /// The object at this place (`None`: nothing written there, or its map key removed). An
-    /// object of another type than a map on the way is an error, as a write there would be.
-    async fn object(&self) -> Result<Option<Object>, NodeError> {
-        let Some(mut object) = self.node.get(&self.key).await else {
-            return Ok(None);
-        };
-        for key in &self.path {
-            object = match object {
-                Object::Map(map) => match map.get(key) {
-                    Some(value) => value.clone(),
-                    None => return Ok(None),
-                },
-                Object::Empty => return Ok(None),
-                other => return Err(wrong_type(&other, "map")),
-            };
-        }
-        Ok(Some(object))
+        let found = self.node.with(&self.key, |mut object| {
+            for key in &self.path {
+                object = match object {
+                    Object::Map(map) => match map.get(key) {
+                        Some(value) => value,
+                        None => return Ok(None),
+                    },
+                    Object::Empty => return Ok(None),
+                    other => return Err(wrong_type(other, "map")),
+                };
+            }
+            match object {
+                Object::Empty => Ok(None),
+                object => read(object)
+                    .unwrap_or_else(|| Err(wrong_type(object, wanted)))
+                    .map(Some),
+            }
+        })?;
+        Ok(found.transpose()?.flatten().unwrap_or(empty))
     }
 }
 
@@ -254,25 +301,39 @@ impl<T: Serialize + DeserializeOwned> SetHandle<'_, T> {
     }
 
     /// Whether `value` is in the set here.
-    pub async fn contains(&self, value: &T) -> Result<bool, NodeError> {
+    pub fn contains_now(&self, value: &T) -> Result<bool, NodeError> {
         let value = encode(value);
-        self.0
-            .read("set", false, |object| match object {
-                Object::Set(set) => Some(Ok(set.contains(&value))),
-                _ => None,
-            })
-            .await
+        self.0.read("set", false, |object| match object {
+            Object::Set(set) => Some(Ok(set.contains(&value))),
+            _ => None,
+        })
+    }
+
+    /// How many elements the set has here.
+    pub fn len_now(&self) -> Result<usize, NodeError> {
+        self.0.read("set", 0, |object| match object {
+            Object::Set(set) => Some(Ok(set.len())),
+            _ => None,
+        })
     }
 
     /// The elements here, in the order of their encodings. Fails with [`NodeError::Value`] if
     /// an element does not decode as a `T`.
+    pub fn elements_now(&self) -> Result<Vec<T>, NodeError> {
+        self.0.read("set", Vec::new(), |object| match object {
+            Object::Set(set) => Some(decoded(set.iter())),
+            _ => None,
+        })
+    }
+
+    /// [`contains_now`](SetHandle::contains_now), for callers that await.
+    pub async fn contains(&self, value: &T) -> Result<bool, NodeError> {
+        self.contains_now(value)
+    }
+
+    /// [`elements_now`](SetHandle::elements_now), for callers that await.
     pub async fn elements(&self) -> Result<Vec<T>, NodeError> {
-        self.0
-            .read("set", Vec::new(), |object| match object {
-                Object::Set(set) => Some(decoded(set.iter())),
-                _ => None,
-            })
-            .await
+        self.elements_now()
     }
 }
 
@@ -301,19 +362,22 @@ impl<T: Serialize + DeserializeOwned> RegisterHandle<'_, T> {
     }
 
     /// The value here, if one is written.
+    pub fn get_now(&self) -> Result<Option<T>, NodeError> {
+        self.0.read("lww-register", None, |object| match object {
+            Object::Lww(register) => Some(
+                register
+                    .get()
+                    .map(|v| decode(v))
+                    .transpose()
+                    .map_err(Into::into),
+            ),
+            _ => None,
+        })
+    }
+
+    /// [`get_now`](RegisterHandle::get_now), for callers that await.
     pub async fn get(&self) -> Result<Option<T>, NodeError> {
-        self.0
-            .read("lww-register", None, |object| match object {
-                Object::Lww(register) => Some(
-                    register
-                        .get()
-                        .map(|v| decode(v))
-                        .transpose()
-                        .map_err(Into::into),
-                ),
-                _ => None,
-            })
-            .await
+        self.get_now()
     }
 }
 
@@ -335,14 +399,63 @@ impl CounterHandle<'_> {
     }
 
     /// The value here (a grow-only counter written with [`Op::Inc`] reads as well).
+    pub fn value_now(&self) -> Result<i64, NodeError> {
+        self.0.read("pn-counter", 0, |object| match object {
+            Object::PNCounter(c) => Some(Ok(c.value())),
+            Object::GCounter(c) => Some(Ok(i64::try_from(c.value()).unwrap_or(i64::MAX))),
+            _ => None,
+        })
+    }
+
+    /// [`value_now`](CounterHandle::value_now), for callers that await.
     pub async fn value(&self) -> Result<i64, NodeError> {
+        self.value_now()
+    }
+}
+
+/// A grow-only counter; see [`Node::gcounter`].
+#[derive(Clone, Debug)]
+pub struct GCounterHandle<'n>(Handle<'n, u64>);
+
+impl GCounterHandle<'_> {
+    acked!();
+
+    /// Adds `n`.
+    pub async fn inc(&self, n: u64) -> Result<Token, NodeError> {
+        self.0.write(Op::Inc(n)).await
+    }
+
+    /// The value here: the sum of every replica's increments.
+    pub fn value_now(&self) -> Result<u64, NodeError> {
+        self.0.read("g-counter", 0, |object| match object {
+            Object::GCounter(c) => Some(Ok(c.value())),
+            _ => None,
+        })
+    }
+}
+
+/// A multi-value register holding `T`s; see [`Node::mv_register`].
+#[derive(Clone, Debug)]
+pub struct MvRegisterHandle<'n, T>(Handle<'n, T>);
+
+impl<T: Serialize + DeserializeOwned> MvRegisterHandle<'_, T> {
+    acked!();
+
+    /// Writes `value`, replacing every value this node has seen; writes made concurrently
+    /// elsewhere stay beside it until a later write has seen them.
+    pub async fn set(&self, value: &T) -> Result<Token, NodeError> {
+        self.0.write(Op::Mv(encode(value))).await
+    }
+
+    /// The values here: one, or several written concurrently (ordered by their writes'
+    /// dots); none if nothing is written. Fails with [`NodeError::Value`] if a value does not
+    /// decode as a `T`.
+    pub fn values_now(&self) -> Result<Vec<T>, NodeError> {
         self.0
-            .read("pn-counter", 0, |object| match object {
-                Object::PNCounter(c) => Some(Ok(c.value())),
-                Object::GCounter(c) => Some(Ok(i64::try_from(c.value()).unwrap_or(i64::MAX))),
+            .read("mv-register", Vec::new(), |object| match object {
+                Object::Mv(register) => Some(decoded(register.values())),
                 _ => None,
             })
-            .await
     }
 }
 
@@ -379,24 +492,48 @@ impl<'n, K: Serialize + DeserializeOwned> MapHandle<'n, K> {
         self.0.write(Op::Delete(encode(key))).await
     }
 
+    /// The grow-only counter under `key`.
+    pub fn gcounter(&self, key: &K) -> GCounterHandle<'n> {
+        GCounterHandle(self.0.child(encode(key)))
+    }
+
+    /// The multi-value register under `key`.
+    pub fn mv_register<T: Serialize + DeserializeOwned>(&self, key: &K) -> MvRegisterHandle<'n, T> {
+        MvRegisterHandle(self.0.child(encode(key)))
+    }
+
     /// The keys present here, in the order of their encodings.
-    pub async fn keys(&self) -> Result<Vec<K>, NodeError> {
-        self.0
-            .read("map", Vec::new(), |object| match object {
-                Object::Map(map) => Some(decoded(map.keys())),
-                _ => None,
-            })
-            .await
+    pub fn keys_now(&self) -> Result<Vec<K>, NodeError> {
+        self.0.read("map", Vec::new(), |object| match object {
+            Object::Map(map) => Some(decoded(map.keys())),
+            _ => None,
+        })
     }
 
     /// Whether `key` is present here.
-    pub async fn contains_key(&self, key: &K) -> Result<bool, NodeError> {
+    pub fn contains_key_now(&self, key: &K) -> Result<bool, NodeError> {
         let key = encode(key);
-        self.0
-            .read("map", false, |object| match object {
-                Object::Map(map) => Some(Ok(map.contains_key(&key))),
-                _ => None,
-            })
-            .await
+        self.0.read("map", false, |object| match object {
+            Object::Map(map) => Some(Ok(map.contains_key(&key))),
+            _ => None,
+        })
+    }
+
+    /// How many keys are present here.
+    pub fn len_now(&self) -> Result<usize, NodeError> {
+        self.0.read("map", 0, |object| match object {
+            Object::Map(map) => Some(Ok(map.len())),
+            _ => None,
+        })
+    }
+
+    /// [`keys_now`](MapHandle::keys_now), for callers that await.
+    pub async fn keys(&self) -> Result<Vec<K>, NodeError> {
+        self.keys_now()
+    }
+
+    /// [`contains_key_now`](MapHandle::contains_key_now), for callers that await.
+    pub async fn contains_key(&self, key: &K) -> Result<bool, NodeError> {
+        self.contains_key_now(key)
     }
 }

@@ -44,19 +44,21 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crdt_core::{Dot, ReplicaId};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, info, info_span, warn, Instrument};
 
-pub use handle::{CounterHandle, MapHandle, RegisterHandle, SetHandle};
+pub use handle::{
+    CounterHandle, GCounterHandle, MapHandle, MvRegisterHandle, RegisterHandle, SetHandle,
+};
 pub use identity::{fingerprint, node_id, parse_node_id, Fingerprint, Identity, TrustList};
 pub use progress::CatchUp;
 
 use self::dial::{dial, dial_new_peers, Target};
-use self::owner::{Change, Command, Owner};
+use self::owner::{Change, Command, Owner, State};
 use crate::replica::{Config, Durable, Event, PeerStatus, Replica, Stats, Transmit};
 use crate::store::{RedbStore, StoreError};
 use crate::value::ValueError;
@@ -372,10 +374,16 @@ impl NodeBuilder {
         let (stop, _) = watch::channel(false);
         let (commands, received) = std::sync::mpsc::channel();
         let replica = Replica::restore(config, durable);
+        let max_message = replica.max_message();
+        let state = Arc::new(RwLock::new(State {
+            replica,
+            failure: None,
+        }));
         let shared = Arc::new(Shared {
+            state: state.clone(),
             clock_offset: self.clock_offset,
             commands,
-            max_message: replica.max_message(),
+            max_message,
             links: Mutex::new(BTreeMap::new()),
             dialing: Mutex::new(BTreeSet::new()),
             redial: tokio::sync::Notify::new(),
@@ -393,7 +401,7 @@ impl NodeBuilder {
         });
         let span = info_span!("node", id = %identity.id());
         let owner = Owner {
-            replica,
+            state,
             store,
             shared: shared.clone(),
             runtime: tokio::runtime::Handle::current(),
@@ -635,11 +643,61 @@ impl Node {
             .ok_or(NodeError::NotSeen(token))
     }
 
-    /// Every object.
-    pub async fn objects(&self) -> BTreeMap<String, Object> {
-        self.query(|r| r.objects().clone())
-            .await
-            .unwrap_or_default()
+    /// Calls `f` with the object at `key` as this node has committed it, without copying it
+    /// and without waiting for the owner thread: `Ok(None)` if nothing is written there.
+    ///
+    /// `f` runs under the replica's read lock. Reads never see a write before its commit:
+    /// the owner thread holds the write lock for a whole turn (its changes and their commit,
+    /// or the restore from the store when the commit fails), so a read may wait for one turn,
+    /// mostly one fsync (see docs/benchmarks.md for its time). While `f` runs the owner cannot
+    /// start its next turn: keep `f` short, and do not call the node's reads from inside it
+    /// (a second read lock taken while the owner waits for its write lock deadlocks).
+    ///
+    /// Fails with [`NodeError::Store`] while the replica holds changes the store refused and
+    /// could not be read back from (so they are not shown), and with [`NodeError::Stopped`]
+    /// once the owner thread has failed.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let node = crdt_net::node::NodeBuilder::new(dir.path())
+    /// #     .listen("127.0.0.1:0".parse()?).mdns(false).start().await?;
+    /// use crdt_net::{Object, Op};
+    ///
+    /// node.update("cart", Op::Add(b"milk".to_vec())).await?;
+    /// let has_milk = node.with("cart", |cart| match cart {
+    ///     Object::Set(set) => set.contains(&b"milk"[..]),
+    ///     _ => false,
+    /// })?;
+    /// assert_eq!(has_milk, Some(true));
+    /// assert_eq!(node.with("nothing", |_| ())?, None);
+    /// # node.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn with<R>(&self, key: &str, f: impl FnOnce(&Object) -> R) -> Result<Option<R>, NodeError> {
+        self.with_replica(|replica| replica.get(key).map(f))
+    }
+
+    /// Calls `f` with every key and its object, in key order, under one read lock (see
+    /// [`with`](Node::with): the same guarantees and the same advice to keep `f` short).
+    pub fn for_each(&self, mut f: impl FnMut(&str, &Object)) -> Result<(), NodeError> {
+        self.with_replica(|replica| {
+            for (key, object) in replica.objects() {
+                f(key, object);
+            }
+        })
+    }
+
+    /// Every key, in order.
+    pub fn keys(&self) -> Result<Vec<String>, NodeError> {
+        self.with_replica(|replica| replica.objects().keys().cloned().collect())
+    }
+
+    /// Calls `f` with the replica as committed, under the read lock.
+    fn with_replica<R>(&self, f: impl FnOnce(&Replica) -> R) -> Result<R, NodeError> {
+        let state = self.shared.state.read().map_err(|_| NodeError::Stopped)?;
+        Ok(f(state.committed()?))
     }
 
     /// Changes (local and remote) and peers going up or down, as they happen. A receiver that
@@ -749,9 +807,12 @@ impl Drop for Node {
     }
 }
 
-/// What the driver's tasks share. The replica is not here: its owner holds it.
+/// What the driver's tasks share. The replica is here for readers only: its owner thread is
+/// the one writer (see [`owner`]).
 #[derive(Debug)]
 struct Shared {
+    /// The replica as committed, for reads under the read lock ([`Node::with`]).
+    state: Arc<RwLock<State>>,
     /// Added to the wall clock (ms): a skewed clock, for tests.
     clock_offset: i64,
     commands: std::sync::mpsc::Sender<Command>,

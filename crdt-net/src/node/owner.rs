@@ -5,10 +5,17 @@
 //! turn it takes every command waiting (up to a bound), commits all their changes in one
 //! transaction (group commit), and only then answers the writers and hands the replica's
 //! messages to the peers' queues: nothing leaves before it is durable, by construction.
+//!
+//! Reads do not queue here: the replica sits behind a [`RwLock`] that readers share (see
+//! [`Node::with`](super::Node::with)). The owner, the only writer, holds the write lock for a
+//! whole turn, from applying its first command through the commit (and the restore from the
+//! store when the commit fails) to handing out the messages; so under the read lock a reader
+//! sees only committed states, never a change in between. A reader waits at most one turn:
+//! its changes, its linger under load and its commit's fsync.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use crdt_core::Dot;
@@ -102,8 +109,33 @@ struct Reader {
     then: Then,
 }
 
-pub(super) struct Owner {
+/// What the owner shares with readers, behind the lock: the replica between turns, so only as
+/// the store holds it.
+#[derive(Debug)]
+pub(super) struct State {
     pub(super) replica: Replica,
+    /// The last commit's failure, while commits fail: if the store could not even be read
+    /// back, the replica still holds changes the store refused, and reads refuse with this
+    /// rather than show them.
+    pub(super) failure: Option<Arc<StoreError>>,
+}
+
+impl State {
+    /// The replica for a reader: refused while it holds changes the store has not taken.
+    pub(super) fn committed(&self) -> Result<&Replica, NodeError> {
+        if self.replica.is_persisted() {
+            return Ok(&self.replica);
+        }
+        Err(self
+            .failure
+            .clone()
+            .map_or(NodeError::Stopped, NodeError::Store))
+    }
+}
+
+pub(super) struct Owner {
+    /// The replica, shared with readers ([`super::Shared::state`] is the same lock).
+    pub(super) state: Arc<RwLock<State>>,
     pub(super) store: RedbStore,
     pub(super) shared: Arc<Shared>,
     pub(super) runtime: tokio::runtime::Handle,
@@ -135,46 +167,51 @@ impl Owner {
     /// Runs until stopped or every sender is gone.
     pub(super) fn run(mut self, commands: Receiver<Command>) {
         let _runtime = self.runtime.enter();
+        let state = self.state.clone();
         let mut waiting = Waiting::default();
-        let mut rounds = self.replica.stats().rounds;
+        let mut rounds = read(&state).replica.stats().rounds;
         // Whether the last turn took several commands: under load, a turn lingers briefly for
         // more, since the writers the last commit answered are sending their next updates.
         let mut busy = false;
         while waiting.stop.is_none() {
-            let wait = self
-                .next_wakeup(&waiting)
-                .saturating_duration_since(Instant::now());
-            let mut handled = 0;
-            match commands.recv_timeout(wait) {
-                Ok(command) => {
-                    self.handle(command, &mut waiting);
-                    handled += 1;
-                }
-                Err(RecvTimeoutError::Timeout) => {}
+            let wakeup = self.next_wakeup(&read(&state).replica, &waiting);
+            let wait = wakeup.saturating_duration_since(Instant::now());
+            let first = match commands.recv_timeout(wait) {
+                Ok(command) => Some(command),
+                Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
+            };
+            // The turn: from its first change to its commit, readers wait (see the module's
+            // comment); they never see a change its commit has not made durable.
+            let mut turn = state.write().unwrap_or_else(PoisonError::into_inner);
+            let mut handled = 0;
+            if let Some(command) = first {
+                self.handle(&mut turn.replica, command, &mut waiting);
+                handled += 1;
             }
             let linger = Instant::now() + if busy { LINGER } else { Duration::ZERO };
             while handled > 0 && handled < MAX_BATCH && waiting.stop.is_none() {
                 let left = linger.saturating_duration_since(Instant::now());
                 match commands.recv_timeout(left) {
                     Ok(command) => {
-                        self.handle(command, &mut waiting);
+                        self.handle(&mut turn.replica, command, &mut waiting);
                         handled += 1;
                     }
                     Err(_) => break,
                 }
             }
             busy = handled > 1;
-            self.replica.handle_timeout(self.shared.now());
-            self.commit(&mut waiting);
+            turn.replica.handle_timeout(self.shared.now());
+            self.commit(&mut turn, &mut waiting);
+            let replica = &mut turn.replica;
             for f in waiting.after_commit.drain(..) {
-                f(&mut self.replica);
+                f(replica);
             }
-            self.flush();
-            self.settle(&mut waiting);
-            if self.replica.stats().rounds != rounds {
-                rounds = self.replica.stats().rounds;
-                dial_new_peers(&self.shared, &self.replica);
+            self.flush(replica);
+            self.settle(replica, &mut waiting);
+            if replica.stats().rounds != rounds {
+                rounds = replica.stats().rounds;
+                dial_new_peers(&self.shared, replica);
             }
         }
         let Owner { store, .. } = self;
@@ -185,7 +222,7 @@ impl Owner {
         }
     }
 
-    fn handle(&mut self, command: Command, waiting: &mut Waiting) {
+    fn handle(&mut self, replica: &mut Replica, command: Command, waiting: &mut Waiting) {
         match command {
             Command::Update {
                 change,
@@ -197,8 +234,8 @@ impl Owner {
                     let _ = reply.send(Err(NodeError::Store(e)));
                     return;
                 }
-                let made = change(&mut self.replica).and_then(|delta| {
-                    let dot = self.replica.last_local_dot().ok_or(NodeError::Stopped)?;
+                let made = change(replica).and_then(|delta| {
+                    let dot = replica.last_local_dot().ok_or(NodeError::Stopped)?;
                     Ok((dot, delta))
                 });
                 match made {
@@ -221,9 +258,9 @@ impl Owner {
                     let _ = reply.send(Ok(()));
                     return;
                 }
-                let before = progress::seen(&self.replica, peer);
-                let result = self.replica.handle_message(self.shared.now(), peer, &bytes);
-                let after = progress::seen(&self.replica, peer);
+                let before = progress::seen(replica, peer);
+                let result = replica.handle_message(self.shared.now(), peer, &bytes);
+                let after = progress::seen(replica, peer);
                 progress::note(&self.shared.catch_up, peer, bytes.len(), before, after);
                 let _ = reply.send(result);
             }
@@ -243,7 +280,7 @@ impl Owner {
                 deadline,
                 reply,
             } => waiting.quorums.push(Quorum {
-                id: (peers > 0).then(|| self.replica.start_read(&key)),
+                id: (peers > 0).then(|| replica.start_read(&key)),
                 key,
                 peers,
                 deadline,
@@ -259,12 +296,13 @@ impl Owner {
     /// A failed commit is undone: the replica restarts from what the store holds, so no read
     /// shows, and no later commit makes durable, a write whose caller was told it failed (the
     /// caller may retry it safely). Peers' changes lost with it come again by anti-entropy.
-    fn commit(&mut self, waiting: &mut Waiting) {
-        match self.replica.persist(&mut self.store) {
+    fn commit(&mut self, state: &mut State, waiting: &mut Waiting) {
+        match state.replica.persist(&mut self.store) {
             Ok(()) => {
                 if waiting.failing.take().is_some() {
                     info!("the store accepts writes again");
                 }
+                state.failure = None;
                 for writer in waiting.committing.drain(..) {
                     if writer.ack == Ack::Local {
                         writer.done();
@@ -279,15 +317,16 @@ impl Owner {
                     error!(error = %e, "cannot write the store; updates fail and nothing is sent until it can");
                 }
                 waiting.failing = Some((e.clone(), Instant::now()));
+                state.failure = Some(e.clone());
                 for writer in waiting.committing.drain(..) {
                     let _ = writer.reply.send(Err(NodeError::Store(e.clone())));
                 }
                 match self.store.reload() {
                     Ok(durable) => {
-                        let mut config = self.replica.config().clone();
+                        let mut config = state.replica.config().clone();
                         // A fresh seed: transfer ids must not repeat those already sent.
                         config.seed = super::seed_from_clock(config.id);
-                        self.replica = Replica::restore(config, durable);
+                        state.replica = Replica::restore(config, durable);
                     }
                     Err(e) => {
                         error!(error = %e, "cannot read the store back either; uncommitted changes stay in memory, unsent");
@@ -298,13 +337,13 @@ impl Owner {
     }
 
     /// Moves the replica's messages onto the peers' queues and its events out.
-    fn flush(&mut self) {
-        let pending: Vec<_> = self.replica.transfers_pending().collect();
+    fn flush(&mut self, replica: &mut Replica) {
+        let pending: Vec<_> = replica.transfers_pending().collect();
         for peer in pending {
-            self.replica.set_credit(peer, self.shared.room(peer));
+            replica.set_credit(peer, self.shared.room(peer));
         }
-        let transmits: Vec<_> = std::iter::from_fn(|| self.replica.poll_transmit()).collect();
-        for event in std::iter::from_fn(|| self.replica.poll_event()) {
+        let transmits: Vec<_> = std::iter::from_fn(|| replica.poll_transmit()).collect();
+        for event in std::iter::from_fn(|| replica.poll_event()) {
             match &event {
                 Event::TypeConflict { key } => {
                     warn!(%key, "two types were written under this key; the later type won and the other's writes are lost");
@@ -323,21 +362,19 @@ impl Owner {
 
     /// Answers the writers whose acknowledgement level is met or whose time is up, and the
     /// readers whose token has arrived or whose time is up.
-    fn settle(&mut self, waiting: &mut Waiting) {
+    fn settle(&mut self, replica: &mut Replica, waiting: &mut Waiting) {
         let now = Instant::now();
         // The cluster is the trusted peers: ids merely heard of (say, from a peer exchange
         // flooded with made-up ones) neither count towards a level nor make it unreachable.
         let trust = &self.shared.trust;
-        let peers = self
-            .replica
+        let peers = replica
             .peers()
             .filter(|p| trust.contains(p.info.id))
             .count();
         let mut still = Vec::new();
         for writer in waiting.acking.drain(..) {
             let wanted = writer.ack.peers_needed(peers);
-            let acked = self
-                .replica
+            let acked = replica
                 .holders(writer.dot)
                 .filter(|id| trust.contains(*id))
                 .count();
@@ -360,8 +397,8 @@ impl Owner {
         );
         let mut still = Vec::new();
         for reader in waiting.reading.drain(..) {
-            if self.replica.is_persisted() && self.replica.seen().contains(reader.dot) {
-                (reader.then)(Some(&self.replica));
+            if replica.is_persisted() && replica.seen().contains(reader.dot) {
+                (reader.then)(Some(replica));
             } else if now >= reader.deadline {
                 (reader.then)(None);
             } else {
@@ -371,16 +408,14 @@ impl Owner {
         waiting.reading = still;
         let mut still = Vec::new();
         for quorum in waiting.quorums.drain(..) {
-            let answered = quorum.id.map_or(0, |id| self.replica.read_answers(id));
+            let answered = quorum.id.map_or(0, |id| replica.read_answers(id));
             let done = answered >= quorum.peers;
             let over = now >= quorum.deadline || quorum.reply.is_closed();
             if let Some(id) = quorum.id.filter(|_| done || over) {
-                self.replica.end_read(id);
+                replica.end_read(id);
             }
             if done {
-                let _ = quorum
-                    .reply
-                    .send(Ok(self.replica.get(&quorum.key).cloned()));
+                let _ = quorum.reply.send(Ok(replica.get(&quorum.key).cloned()));
             } else if over {
                 let _ = quorum.reply.send(Err(NodeError::ReadTimeout {
                     answered: answered.saturating_add(1),
@@ -394,9 +429,8 @@ impl Owner {
     }
 
     /// The replica's next round, or the earliest deadline of a waiting call.
-    fn next_wakeup(&self, waiting: &Waiting) -> Instant {
-        let round = self
-            .replica
+    fn next_wakeup(&self, replica: &Replica, waiting: &Waiting) -> Instant {
+        let round = replica
             .poll_timeout()
             .map_or(Instant::now() + Duration::from_secs(1), |at| {
                 Instant::now() + Duration::from_millis(at.saturating_sub(self.shared.now()))
@@ -409,6 +443,11 @@ impl Owner {
             .chain(waiting.quorums.iter().map(|q| q.deadline))
             .fold(round, Instant::min)
     }
+}
+
+/// The state for a read on the owner's thread (it is the only writer, so this never waits).
+fn read(state: &RwLock<State>) -> std::sync::RwLockReadGuard<'_, State> {
+    state.read().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Waiting {
