@@ -13,7 +13,9 @@
 //! a channel. It commits the changes of everything waiting in one transaction (group commit)
 //! and only then answers writers and lets messages go: an update acknowledged at
 //! [`Ack::Local`] survives SIGKILL, and no dot is ever sent before it is durable, so a
-//! restarted node never reuses one.
+//! restarted node never reuses one. Reads ([`Node::with`] and the typed handles' getters) do
+//! not queue behind it: they share a read lock that the owner takes for writing for each whole
+//! turn, so they see only committed states and copy nothing.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), crdt_net::node::NodeError> {
@@ -579,7 +581,9 @@ impl Node {
         self.shared.id
     }
 
-    /// The object at `key`.
+    /// A copy of the object at `key`, read on the owner thread after its turn's commit. To
+    /// read without copying or waiting for the owner, use [`with`](Node::with) or a typed
+    /// handle's getters.
     pub async fn get(&self, key: &str) -> Option<Object> {
         let key = key.to_owned();
         self.query(move |r| r.get(&key).cloned()).await.flatten()
