@@ -93,6 +93,8 @@ async fn a_sync_read_never_shows_a_write_that_a_crash_would_lose() {
             "--test-threads=1",
         ])
         .env(CRASH_CHILD, &data)
+        // Where a core dump would land, if the system writes them: gone with the directory.
+        .current_dir(dir.path())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
