@@ -54,10 +54,42 @@ impl CausalContext {
         }
         if Some(dot.counter) == seen.checked_add(1) {
             self.vv.raise(dot.replica, dot.counter);
-            self.compact();
+            self.fold(dot.replica);
         } else {
             self.cloud.insert(dot);
         }
+    }
+
+    /// Folds the cloud dots of `replica` that its vector entry now reaches (or continues) into
+    /// the vector: `O(log n)` per dot folded, where [`compact`](Self::compact) walks the cloud.
+    fn fold(&mut self, replica: ReplicaId) {
+        if self.cloud.is_empty() {
+            return;
+        }
+        let mut seen = self.vv.get(replica);
+        let all = Dot::new(replica, 0)..=Dot::new(replica, u64::MAX);
+        while let Some(&first) = self.cloud.range(all.clone()).next() {
+            if first.counter > seen.saturating_add(1) {
+                break;
+            }
+            self.cloud.remove(&first);
+            seen = seen.max(first.counter);
+        }
+        self.vv.raise(replica, seen);
+    }
+
+    /// How many dots the context holds (saturating): the length of [`dots`](Self::dots).
+    pub fn dot_count(&self) -> u64 {
+        self.vv.total().saturating_add(self.cloud.len() as u64)
+    }
+
+    /// Every dot, replica by replica: the vector's prefixes, then the cloud. As many as
+    /// [`dot_count`](Self::dot_count) says, which can be vast: check it first.
+    pub fn dots(&self) -> impl Iterator<Item = Dot> + '_ {
+        self.vv
+            .iter()
+            .flat_map(|(r, n)| (1..=n).map(move |c| Dot::new(r, c)))
+            .chain(self.cloud.iter().copied())
     }
 
     /// Records the dots `(replica, from..=to)`; returns how many went to the cloud, or `None`
@@ -202,14 +234,27 @@ impl CausalContext {
     }
 }
 
+/// Up to this many cloud dots of another context are merged one by one.
+const SMALL_CLOUD: usize = 16;
+
 impl Crdt for CausalContext {
     fn merge(&mut self, other: &Self) {
         self.vv.merge(&other.vv);
-        if !other.cloud.is_empty() {
+        if other.cloud.len() > SMALL_CLOUD {
             self.cloud.extend(other.cloud.iter().copied());
-        }
-        if !self.cloud.is_empty() {
             self.compact();
+            return;
+        }
+        // A delta's context is a dot or two: fold only the replicas it touches, and insert its
+        // cloud dots one by one (a dot that continues our prefix never enters our cloud), so the
+        // merge costs what the delta holds, not what our cloud holds.
+        if !self.cloud.is_empty() {
+            for (replica, _) in other.vv.iter() {
+                self.fold(replica);
+            }
+        }
+        for &dot in &other.cloud {
+            self.insert(dot);
         }
     }
 }

@@ -49,6 +49,7 @@ extern crate alloc;
 mod causal;
 pub mod codec;
 mod dot;
+mod dot_index;
 mod dots;
 mod gcounter;
 mod hlc;
