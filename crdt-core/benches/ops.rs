@@ -77,6 +77,21 @@ fn merge(c: &mut Criterion) {
             BatchSize::LargeInput,
         );
     });
+    // A remove delta names dots: the set looks them up in its dot index, built here by a
+    // first merge (a re-add names the element's old dot).
+    let mut indexed = big.clone();
+    indexed.merge(&indexed.clone().add(replica(9), 31));
+    let delta = indexed.clone().remove(&(31 * 5_000));
+    g.bench_function("orset_10k_with_remove_delta", |b| {
+        b.iter_batched(
+            || indexed.clone(),
+            |mut s| {
+                s.merge(&delta);
+                s
+            },
+            BatchSize::LargeInput,
+        );
+    });
     let counters: Vec<GCounter> = (0..64)
         .map(|r| {
             let mut c = GCounter::new();
