@@ -1,10 +1,10 @@
 //! Causal contexts: the set of events a replica has seen, kept compact.
 
-use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::cloud::Cloud;
 use crate::codec::{deserialize_ascending, deserialize_seq_where};
 use crate::{Crdt, Dot, ReplicaId, VersionVector};
 
@@ -29,7 +29,7 @@ use crate::{Crdt, Dot, ReplicaId, VersionVector};
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct CausalContext {
     vv: VersionVector,
-    cloud: BTreeSet<Dot>,
+    cloud: Cloud,
 }
 
 impl CausalContext {
@@ -37,7 +37,7 @@ impl CausalContext {
     pub const fn new() -> Self {
         CausalContext {
             vv: VersionVector::new(),
-            cloud: BTreeSet::new(),
+            cloud: Cloud::new(),
         }
     }
 
@@ -67,8 +67,7 @@ impl CausalContext {
             return;
         }
         let mut seen = self.vv.get(replica);
-        let all = Dot::new(replica, 0)..=Dot::new(replica, u64::MAX);
-        while let Some(&first) = self.cloud.range(all.clone()).next() {
+        while let Some((first, _)) = self.cloud.bounds_of(replica) {
             if first.counter > seen.saturating_add(1) {
                 break;
             }
@@ -89,7 +88,7 @@ impl CausalContext {
         self.vv
             .iter()
             .flat_map(|(r, n)| (1..=n).map(move |c| Dot::new(r, c)))
-            .chain(self.cloud.iter().copied())
+            .chain(self.cloud.iter())
     }
 
     /// Records the dots `(replica, from..=to)`; returns how many went to the cloud, or `None`
@@ -136,9 +135,8 @@ impl CausalContext {
     pub fn highest(&self, replica: ReplicaId) -> u64 {
         let highest_in_cloud = self
             .cloud
-            .range(Dot::new(replica, 0)..=Dot::new(replica, u64::MAX))
-            .next_back()
-            .map_or(0, |d| d.counter);
+            .bounds_of(replica)
+            .map_or(0, |(_, last)| last.counter);
         self.vv.get(replica).max(highest_in_cloud)
     }
 
@@ -193,8 +191,8 @@ impl CausalContext {
                 }
             }
         }
-        for dot in theirs.cloud.iter().filter(|d| !self.contains(**d)) {
-            push(*dot, &mut missing)?;
+        for dot in theirs.cloud.iter().filter(|d| !self.contains(*d)) {
+            push(dot, &mut missing)?;
         }
         missing.sort_unstable();
         Some(missing)
@@ -207,7 +205,7 @@ impl CausalContext {
 
     /// The dots seen beyond a gap, in order.
     pub fn cloud(&self) -> impl Iterator<Item = Dot> + '_ {
-        self.cloud.iter().copied()
+        self.cloud.iter()
     }
 
     /// Whether no dot has been seen.
@@ -241,7 +239,7 @@ impl Crdt for CausalContext {
     fn merge(&mut self, other: &Self) {
         self.vv.merge(&other.vv);
         if other.cloud.len() > SMALL_CLOUD {
-            self.cloud.extend(other.cloud.iter().copied());
+            self.cloud.extend(other.cloud.iter());
             self.compact();
             return;
         }
@@ -253,7 +251,7 @@ impl Crdt for CausalContext {
                 self.fold(replica);
             }
         }
-        for &dot in &other.cloud {
+        for dot in other.cloud.iter() {
             self.insert(dot);
         }
     }
@@ -291,10 +289,10 @@ impl Serialize for CausalContext {
 ///
 /// Cloud dots of one replica are often close together (a piece of a large set, a burst of
 /// deltas received out of order), so gaps take a byte where counters would take three.
-fn cloud_runs(cloud: &BTreeSet<Dot>) -> Vec<(ReplicaId, Vec<u64>)> {
+fn cloud_runs(cloud: &Cloud) -> Vec<(ReplicaId, Vec<u64>)> {
     let mut runs: Vec<(ReplicaId, Vec<u64>)> = Vec::new();
     let mut previous: Option<Dot> = None;
-    for &dot in cloud {
+    for dot in cloud.iter() {
         match (previous, runs.last_mut()) {
             (Some(p), Some(run)) if p.replica == dot.replica => {
                 run.1.push(dot.counter - p.counter);
@@ -316,7 +314,7 @@ impl<'de> Deserialize<'de> for CausalContext {
             cloud: Vec<(ReplicaId, Run)>,
         }
         let raw = Raw::deserialize(de)?;
-        let mut cloud = BTreeSet::new();
+        let mut cloud = Cloud::new();
         for (replica, run) in raw.cloud {
             // Every cloud dot must lie beyond the gap after its replica's vector entry, or
             // it would have been compacted.

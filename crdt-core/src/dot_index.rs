@@ -5,9 +5,11 @@
 //! holds this dot" in `O(log n)`. It is a cache: never part of a state's equality, hash or
 //! encoding, built the first time a set needs it and kept up to date from then on.
 
+use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
+use crate::dots::Dots;
 use crate::{Dot, ReplicaId};
 
 /// Dot to element, for every dot live in a set, plus some that no longer are.
@@ -121,6 +123,63 @@ impl<T> DotIndex<T> {
     /// Whether stale entries outnumber live ones, so a rebuild pays for itself.
     pub(crate) fn wants_rebuild(&self) -> bool {
         self.stale > self.len.saturating_sub(self.stale).saturating_add(32)
+    }
+}
+
+/// The state of a set's [`DotIndex`].
+#[derive(Clone, Debug)]
+pub(crate) enum Index<T> {
+    /// Not built: built the first time a small merge into a large set needs it.
+    Absent,
+    Built(Box<DotIndex<T>>),
+    /// The set holds one dot on two elements (only a replica that reused a dot makes such a
+    /// state): merges that remove by dot walk the set instead.
+    Unusable,
+}
+
+impl<T: Clone> Index<T> {
+    /// Records that `value` now holds `dot`.
+    pub(crate) fn insert(&mut self, dot: Dot, value: &T) {
+        if let Index::Built(index) = self {
+            if index.insert(dot, value.clone()).is_err() {
+                *self = Index::Unusable;
+            }
+        }
+    }
+
+    /// Records that `n` dots are no longer live.
+    pub(crate) fn forget(&mut self, n: usize) {
+        if let Index::Built(index) = self {
+            index.forget(n);
+        }
+    }
+
+    /// Drops the index once mostly stale (it is rebuilt when next needed), so its memory stays
+    /// proportional to the set's.
+    pub(crate) fn tidy(&mut self) {
+        if let Index::Built(index) = self {
+            if index.wants_rebuild() {
+                *self = Index::Absent;
+            }
+        }
+    }
+
+    /// Records that `value`'s dots changed from `before` to `after`.
+    pub(crate) fn replace(&mut self, value: &T, before: &Dots, after: Option<&Dots>) {
+        if let Index::Built(_) = self {
+            let mut gone = 0;
+            for dot in before.iter() {
+                if !after.is_some_and(|a| a.contains(dot)) {
+                    gone += 1;
+                }
+            }
+            for dot in after.into_iter().flat_map(Dots::iter) {
+                if !before.contains(dot) {
+                    self.insert(dot, value);
+                }
+            }
+            self.forget(gone);
+        }
     }
 }
 

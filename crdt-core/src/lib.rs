@@ -47,6 +47,7 @@
 extern crate alloc;
 
 mod causal;
+mod cloud;
 pub mod codec;
 mod dot;
 mod dot_index;

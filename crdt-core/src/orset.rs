@@ -7,7 +7,7 @@ use serde::ser::SerializeStruct;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::codec::deserialize_ascending;
-use crate::dot_index::DotIndex;
+use crate::dot_index::{DotIndex, Index};
 use crate::dots::Dots;
 use crate::{CausalContext, Crdt, Decompose, Dot, ReplicaId};
 use alloc::boxed::Box;
@@ -42,63 +42,6 @@ pub struct OrSet<T> {
     /// Which element holds a dot, for deltas that remove by dot. A cache: not part of the
     /// state, so equality, hashing and encoding ignore it.
     index: Index<T>,
-}
-
-/// The state of a set's [`DotIndex`].
-#[derive(Clone, Debug)]
-enum Index<T> {
-    /// Not built: built the first time a small merge into a large set needs it.
-    Absent,
-    Built(Box<DotIndex<T>>),
-    /// The set holds one dot on two elements (only a replica that reused a dot makes such a
-    /// state): merges that remove by dot walk the set instead.
-    Unusable,
-}
-
-impl<T: Clone> Index<T> {
-    /// Records that `value` now holds `dot`.
-    fn insert(&mut self, dot: Dot, value: &T) {
-        if let Index::Built(index) = self {
-            if index.insert(dot, value.clone()).is_err() {
-                *self = Index::Unusable;
-            }
-        }
-    }
-
-    /// Records that `n` dots are no longer live.
-    fn forget(&mut self, n: usize) {
-        if let Index::Built(index) = self {
-            index.forget(n);
-        }
-    }
-
-    /// Drops the index once mostly stale (it is rebuilt when next needed), so its memory stays
-    /// proportional to the set's.
-    fn tidy(&mut self) {
-        if let Index::Built(index) = self {
-            if index.wants_rebuild() {
-                *self = Index::Absent;
-            }
-        }
-    }
-
-    /// Records that `value`'s dots changed from `before` to `after`.
-    fn replace(&mut self, value: &T, before: &Dots, after: Option<&Dots>) {
-        if let Index::Built(_) = self {
-            let mut gone = 0;
-            for dot in before.iter() {
-                if !after.is_some_and(|a| a.contains(dot)) {
-                    gone += 1;
-                }
-            }
-            for dot in after.into_iter().flat_map(Dots::iter) {
-                if !before.contains(dot) {
-                    self.insert(dot, value);
-                }
-            }
-            self.forget(gone);
-        }
-    }
 }
 
 impl<T> Default for OrSet<T> {
