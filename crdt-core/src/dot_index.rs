@@ -108,11 +108,8 @@ impl<T> DotIndex<T> {
             .ok()
             .and_then(|i| self.runs.get(i))
             .map(|r| &r.1);
-        run.and_then(|run| {
-            let i = run.binary_search_by_key(&dot.counter, |e| e.0).ok()?;
-            run.get(i).map(|e| &e.1)
-        })
-        .or_else(|| self.late.get(&dot))
+        run.and_then(|run| run.get(position(run, dot.counter)?).map(|e| &e.1))
+            .or_else(|| self.late.get(&dot))
     }
 
     /// Notes that `n` recorded dots are no longer live.
@@ -183,12 +180,70 @@ impl<T: Clone> Index<T> {
     }
 }
 
+/// Where `counter` is in `run` (ascending by counter).
+///
+/// A replica's counters are nearly consecutive, so interpolating between the first and last
+/// counter lands on or next to the entry: the search gallops out from there, a probe or two
+/// where a binary search would take a dozen scattered ones.
+fn position<T>(run: &[(u64, T)], counter: u64) -> Option<usize> {
+    let (first, last) = (run.first()?.0, run.last()?.0);
+    if counter < first || counter > last {
+        return None;
+    }
+    let top = run.len() - 1;
+    let span = u128::from(last - first).max(1);
+    let guess = (u128::from(counter - first) * top as u128 / span) as usize;
+    let at = |i: usize| run.get(i).map_or(u64::MAX, |e| e.0);
+    // Bracket the counter between `lo` and `hi`, doubling the step away from the guess.
+    let (mut lo, mut hi) = (guess, guess);
+    let mut step = 1;
+    while at(lo) > counter {
+        hi = lo;
+        lo = lo.saturating_sub(step);
+        step = step.saturating_mul(2);
+    }
+    while at(hi) < counter && hi < top {
+        lo = hi;
+        hi = hi.saturating_add(step).min(top);
+        step = step.saturating_mul(2);
+    }
+    let i = run
+        .get(lo..=hi)?
+        .binary_search_by_key(&counter, |e| e.0)
+        .ok()?;
+    Some(lo + i)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn d(r: u64, c: u64) -> Dot {
         Dot::new(ReplicaId::new(r), c)
+    }
+
+    #[test]
+    fn the_galloping_search_finds_every_counter_and_no_other() {
+        let mut rng = fastrand::Rng::with_seed(4);
+        for _ in 0..200 {
+            let mut counter = rng.u64(1..5);
+            let run: Vec<(u64, ())> = (0..rng.usize(1..300))
+                .map(|_| {
+                    counter += if rng.u8(0..10) == 0 {
+                        rng.u64(1..1000)
+                    } else {
+                        1
+                    };
+                    (counter, ())
+                })
+                .collect();
+            for c in 0..=counter + 2 {
+                let expected = run.binary_search_by_key(&c, |e| e.0).ok();
+                assert_eq!(position(&run, c), expected, "{c} in {run:?}");
+            }
+        }
+        assert_eq!(position(&[(u64::MAX, ())], u64::MAX), Some(0));
+        assert_eq!(position(&[(1, ()), (u64::MAX, ())], u64::MAX - 1), None);
     }
 
     #[test]

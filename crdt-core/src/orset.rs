@@ -268,11 +268,18 @@ impl<T: Ord + Clone> OrSet<T> {
         if theirs.contains_key(value) {
             return;
         }
-        let Some(dots) = self.entries.get_mut(value).filter(|d| d.contains(dot)) else {
-            return; // a stale index entry: the dot is no longer live here
+        // Taken out and put back only if something is left: one descent of the tree for the
+        // usual element of one dot.
+        let Some((value, mut dots)) = self.entries.remove_entry(value) else {
+            return;
         };
-        if !dropped(dots) {
-            self.entries.remove(value);
+        if !dots.contains(dot) {
+            // A stale index entry: the dot is no longer live here.
+            self.entries.insert(value, dots);
+            return;
+        }
+        if dropped(&mut dots) {
+            self.entries.insert(value, dots);
         }
         self.index.forget(1);
     }
