@@ -78,13 +78,13 @@ impl CausalContext {
     }
 
     /// How many dots the context holds (saturating): the length of [`dots`](Self::dots).
-    pub fn dot_count(&self) -> u64 {
+    pub(crate) fn dot_count(&self) -> u64 {
         self.vv.total().saturating_add(self.cloud.len() as u64)
     }
 
     /// Every dot, replica by replica: the vector's prefixes, then the cloud. As many as
     /// [`dot_count`](Self::dot_count) says, which can be vast: check it first.
-    pub fn dots(&self) -> impl Iterator<Item = Dot> + '_ {
+    pub(crate) fn dots(&self) -> impl Iterator<Item = Dot> + '_ {
         self.vv
             .iter()
             .flat_map(|(r, n)| (1..=n).map(move |c| Dot::new(r, c)))
