@@ -67,7 +67,7 @@ impl CausalContext {
             return;
         }
         let mut seen = self.vv.get(replica);
-        while let Some((first, _)) = self.cloud.bounds_of(replica) {
+        while let Some(first) = self.cloud.first_of(replica) {
             if first.counter > seen.saturating_add(1) {
                 break;
             }
@@ -133,10 +133,7 @@ impl CausalContext {
 
     /// The highest counter of `replica` seen, in the vector or the cloud (0 if none).
     pub fn highest(&self, replica: ReplicaId) -> u64 {
-        let highest_in_cloud = self
-            .cloud
-            .bounds_of(replica)
-            .map_or(0, |(_, last)| last.counter);
+        let highest_in_cloud = self.cloud.last_of(replica).map_or(0, |last| last.counter);
         self.vv.get(replica).max(highest_in_cloud)
     }
 

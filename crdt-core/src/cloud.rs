@@ -87,17 +87,26 @@ impl Cloud {
         }
     }
 
-    /// The lowest and the highest dot of `replica`.
-    pub(crate) fn bounds_of(&self, replica: ReplicaId) -> Option<(Dot, Dot)> {
+    /// The lowest dot of `replica`.
+    pub(crate) fn first_of(&self, replica: ReplicaId) -> Option<Dot> {
         match &self.0 {
             Repr::Empty => None,
-            Repr::One(one) => (one.replica == replica).then_some((*one, *one)),
-            Repr::Many(set) => {
-                let mut of = set.range(Dot::new(replica, 0)..=Dot::new(replica, u64::MAX));
-                let first = *of.next()?;
-                Some((first, of.next_back().copied().unwrap_or(first)))
-            }
+            Repr::One(one) => (one.replica == replica).then_some(*one),
+            Repr::Many(set) => set.range(Self::all_of(replica)).next().copied(),
         }
+    }
+
+    /// The highest dot of `replica`.
+    pub(crate) fn last_of(&self, replica: ReplicaId) -> Option<Dot> {
+        match &self.0 {
+            Repr::Empty => None,
+            Repr::One(one) => (one.replica == replica).then_some(*one),
+            Repr::Many(set) => set.range(Self::all_of(replica)).next_back().copied(),
+        }
+    }
+
+    fn all_of(replica: ReplicaId) -> core::ops::RangeInclusive<Dot> {
+        Dot::new(replica, 0)..=Dot::new(replica, u64::MAX)
     }
 
     /// The dots, ascending.
@@ -177,8 +186,9 @@ mod tests {
         cloud.insert(d(2, 3));
         cloud.insert(d(1, 9));
         assert_eq!(cloud.len(), 3);
-        assert_eq!(cloud.bounds_of(ReplicaId::new(1)), Some((d(1, 5), d(1, 9))));
-        assert_eq!(cloud.bounds_of(ReplicaId::new(3)), None);
+        assert_eq!(cloud.first_of(ReplicaId::new(1)), Some(d(1, 5)));
+        assert_eq!(cloud.last_of(ReplicaId::new(1)), Some(d(1, 9)));
+        assert_eq!(cloud.last_of(ReplicaId::new(3)), None);
         cloud.remove(&d(2, 3));
         cloud.retain(|x| x.counter != 9);
         assert_eq!(cloud, one);
