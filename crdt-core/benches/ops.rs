@@ -92,6 +92,23 @@ fn merge(c: &mut Criterion) {
             BatchSize::LargeInput,
         );
     });
+    // A map's key set is an OR-Set: a key's remove delta is found through its index too.
+    let mut map: OrMap<u64, GCounter> = OrMap::new();
+    for k in 0..10_000u64 {
+        map.update(replica(k % 8), k * 31, |c| c.inc(replica(k % 8), 1));
+    }
+    map.merge(&map.clone().update(replica(9), 31, |c| c.inc(replica(9), 1)));
+    let delta = map.clone().remove(&(31 * 5_000));
+    g.bench_function("ormap_10k_with_key_remove_delta", |b| {
+        b.iter_batched(
+            || map.clone(),
+            |mut m| {
+                m.merge(&delta);
+                m
+            },
+            BatchSize::LargeInput,
+        );
+    });
     let counters: Vec<GCounter> = (0..64)
         .map(|r| {
             let mut c = GCounter::new();
