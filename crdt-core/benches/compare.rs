@@ -476,128 +476,44 @@ fn small_changes() {
         big.add(ReplicaId::new(r), e);
         cbig.apply(cbig.add(e, cbig.read_ctx().derive_add_ctx(r)));
     }
-    let mut writer = big.clone();
-    let add_deltas: Vec<OrSet<u64>> = fresh
-        .iter()
-        .map(|&e| writer.add(ReplicaId::new(3), e))
-        .collect();
-    let mut cwriter = cbig.clone();
-    let add_ops: Vec<_> = fresh
-        .iter()
-        .map(|&e| {
-            let op = cwriter.add(e, cwriter.read_ctx().derive_add_ctx(3));
-            cwriter.apply(op.clone());
-            op
-        })
-        .collect();
+    let add = |s: &mut OrSet<u64>, e: u64| s.add(ReplicaId::new(3), e);
+    let add_op = |s: &crdts::Orswot<u64, u64>, e: u64| s.add(e, s.read_ctx().derive_add_ctx(3));
+    let (add_deltas, add_ops) = made_and_applied("add", &fresh, (&big, &cbig), add, add_op);
 
-    // Making the changes: one add each.
-    let (_, t_ours) = fastest(3, || {
-        let mut s = big.clone();
-        let start = Instant::now();
-        for &e in &fresh {
-            black_box(s.add(ReplicaId::new(3), e));
-        }
-        (s, start.elapsed())
-    });
-    let (_, t_theirs) = fastest(3, || {
-        let mut s = cbig.clone();
-        let start = Instant::now();
-        for &e in &fresh {
-            let op = s.add(e, s.read_ctx().derive_add_ctx(3));
-            s.apply(black_box(op));
-        }
-        (s, start.elapsed())
-    });
-    row(
-        "OR-Set 90k: one add (made)",
-        ns(t_ours, SMALL_DELTAS),
-        ns(t_theirs, SMALL_DELTAS),
-        "ns",
-    );
-
-    // Applying them at another replica.
-    let (applied, t_ours) = fastest(3, || {
-        let mut s = big.clone();
-        let start = Instant::now();
-        for d in &add_deltas {
-            s.merge(black_box(d));
-        }
-        (s, start.elapsed())
-    });
-    let (capplied, t_theirs) = fastest(3, || {
-        let mut s = cbig.clone();
-        let start = Instant::now();
-        for op in &add_ops {
-            s.apply(black_box(op.clone()));
-        }
-        (s, start.elapsed())
-    });
-    assert_eq!(applied.len(), capplied.read().val.len());
-    row(
-        "OR-Set 90k: one add delta/op (applied)",
-        ns(t_ours, SMALL_DELTAS),
-        ns(t_theirs, SMALL_DELTAS),
-        "ns",
-    );
-
-    // Removing 1,000 elements, and applying the removes elsewhere.
+    // Removing 1,000 elements, and applying the removes elsewhere. A remove delta names dots,
+    // so applying one looks them up in the set's dot index, built the first time one arrives.
     let gone: Vec<u64> = elements.iter().step_by(90).copied().collect();
-    let (_, t_ours) = fastest(3, || {
+    let mut indexed = big.clone();
+    let first_remove = indexed.clone().remove(&elements[1]);
+    let (_, t_first) = fastest(3, || {
         let mut s = big.clone();
         let start = Instant::now();
-        for e in &gone {
-            black_box(s.remove(e));
-        }
+        s.merge(black_box(&first_remove));
         (s, start.elapsed())
     });
-    let (_, t_theirs) = fastest(3, || {
-        let mut s = cbig.clone();
-        let start = Instant::now();
-        for &e in &gone {
-            let op = s.rm(e, s.contains(&e).derive_rm_ctx());
-            s.apply(black_box(op));
-        }
-        (s, start.elapsed())
-    });
-    row(
-        "OR-Set 90k: one remove (made)",
-        ns(t_ours, gone.len()),
-        ns(t_theirs, gone.len()),
-        "ns",
+    // A re-add of a present element names its old dot too: merging it builds the index.
+    indexed.merge(&indexed.clone().add(ReplicaId::new(5), elements[1]));
+    let remove = |s: &mut OrSet<u64>, e: u64| s.remove(&e);
+    let remove_op = |s: &crdts::Orswot<u64, u64>, e: u64| s.rm(e, s.contains(&e).derive_rm_ctx());
+    made_and_applied("remove", &gone, (&indexed, &cbig), remove, remove_op);
+    println!(
+        "{:<44} {:>11.2} {:<2}",
+        "OR-Set 90k: first remove applied (builds index)",
+        t_first.as_secs_f64() * 1e6,
+        "µs"
     );
-    let mut remover = big.clone();
-    let rm_deltas: Vec<OrSet<u64>> = gone.iter().map(|e| remover.remove(e)).collect();
-    let mut cremover = cbig.clone();
-    let rm_ops: Vec<_> = gone
-        .iter()
-        .map(|&e| {
-            let op = cremover.rm(e, cremover.contains(&e).derive_rm_ctx());
-            cremover.apply(op.clone());
-            op
-        })
-        .collect();
-    let (_, t_ours) = fastest(3, || {
-        let mut s = big.clone();
-        let start = Instant::now();
-        for d in &rm_deltas {
-            s.merge(black_box(d));
-        }
-        (s, start.elapsed())
-    });
-    let (_, t_theirs) = fastest(3, || {
-        let mut s = cbig.clone();
-        let start = Instant::now();
-        for op in &rm_ops {
-            s.apply(black_box(op.clone()));
-        }
-        (s, start.elapsed())
-    });
+    let theirs_mem = heap_size_of(|| cbig.clone()) as f64 / BIG_SET as f64;
     row(
-        "OR-Set 90k: one remove delta/op (applied)",
-        ns(t_ours, gone.len()),
-        ns(t_theirs, gone.len()),
-        "ns",
+        "OR-Set 90k by adds: heap B/element, no index",
+        heap_size_of(|| big.clone()) as f64 / BIG_SET as f64,
+        theirs_mem,
+        "B",
+    );
+    row(
+        "OR-Set 90k by adds: heap B/element, indexed",
+        heap_size_of(|| indexed.clone()) as f64 / BIG_SET as f64,
+        theirs_mem,
+        "B",
     );
 
     // Bytes of one add: our delta (with its version byte) against crdts' op (postcard).
@@ -634,6 +550,81 @@ fn small_changes() {
         theirs_bytes as f64 / MAP_KEYS as f64,
         "B",
     );
+}
+
+/// Times one kind of change on the converged sets: making one per item at a replica (`ours`
+/// returns the delta; `theirs` returns crdts' op, which is then applied), then applying the
+/// deltas and ops at another replica. Returns the deltas and ops.
+fn made_and_applied<Op: Clone>(
+    kind: &str,
+    items: &[u64],
+    (big, cbig): (&OrSet<u64>, &crdts::Orswot<u64, u64>),
+    ours: impl Fn(&mut OrSet<u64>, u64) -> OrSet<u64>,
+    theirs: impl Fn(&crdts::Orswot<u64, u64>, u64) -> Op,
+) -> (Vec<OrSet<u64>>, Vec<Op>)
+where
+    crdts::Orswot<u64, u64>: CmRDT<Op = Op>,
+{
+    let (_, t_ours) = fastest(3, || {
+        let mut s = big.clone();
+        let start = Instant::now();
+        for &e in items {
+            black_box(ours(&mut s, e));
+        }
+        (s, start.elapsed())
+    });
+    let (_, t_theirs) = fastest(3, || {
+        let mut s = cbig.clone();
+        let start = Instant::now();
+        for &e in items {
+            let op = theirs(&s, e);
+            s.apply(black_box(op));
+        }
+        (s, start.elapsed())
+    });
+    row(
+        &format!("OR-Set 90k: one {kind} (made)"),
+        ns(t_ours, items.len()),
+        ns(t_theirs, items.len()),
+        "ns",
+    );
+
+    let mut writer = big.clone();
+    let deltas: Vec<OrSet<u64>> = items.iter().map(|&e| ours(&mut writer, e)).collect();
+    let mut cwriter = cbig.clone();
+    let ops: Vec<Op> = items
+        .iter()
+        .map(|&e| {
+            let op = theirs(&cwriter, e);
+            cwriter.apply(op.clone());
+            op
+        })
+        .collect();
+    let (applied, t_ours) = fastest(3, || {
+        let mut s = big.clone();
+        let start = Instant::now();
+        for d in &deltas {
+            s.merge(black_box(d));
+        }
+        (s, start.elapsed())
+    });
+    let (capplied, t_theirs) = fastest(3, || {
+        let mut s = cbig.clone();
+        let start = Instant::now();
+        for op in &ops {
+            s.apply(black_box(op.clone()));
+        }
+        (s, start.elapsed())
+    });
+    assert_eq!(applied, writer);
+    assert_eq!(applied.len(), capplied.read().val.len());
+    row(
+        &format!("OR-Set 90k: one {kind} delta/op (applied)"),
+        ns(t_ours, items.len()),
+        ns(t_theirs, items.len()),
+        "ns",
+    );
+    (deltas, ops)
 }
 
 fn ns(d: Duration, ops: usize) -> f64 {

@@ -77,6 +77,38 @@ fn merge(c: &mut Criterion) {
             BatchSize::LargeInput,
         );
     });
+    // A remove delta names dots: the set looks them up in its dot index, built here by a
+    // first merge (a re-add names the element's old dot).
+    let mut indexed = big.clone();
+    indexed.merge(&indexed.clone().add(replica(9), 31));
+    let delta = indexed.clone().remove(&(31 * 5_000));
+    g.bench_function("orset_10k_with_remove_delta", |b| {
+        b.iter_batched(
+            || indexed.clone(),
+            |mut s| {
+                s.merge(&delta);
+                s
+            },
+            BatchSize::LargeInput,
+        );
+    });
+    // A map's key set is an OR-Set: a key's remove delta is found through its index too.
+    let mut map: OrMap<u64, GCounter> = OrMap::new();
+    for k in 0..10_000u64 {
+        map.update(replica(k % 8), k * 31, |c| c.inc(replica(k % 8), 1));
+    }
+    map.merge(&map.clone().update(replica(9), 31, |c| c.inc(replica(9), 1)));
+    let delta = map.clone().remove(&(31 * 5_000));
+    g.bench_function("ormap_10k_with_key_remove_delta", |b| {
+        b.iter_batched(
+            || map.clone(),
+            |mut m| {
+                m.merge(&delta);
+                m
+            },
+            BatchSize::LargeInput,
+        );
+    });
     let counters: Vec<GCounter> = (0..64)
         .map(|r| {
             let mut c = GCounter::new();

@@ -1,10 +1,10 @@
 //! Causal contexts: the set of events a replica has seen, kept compact.
 
-use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::cloud::Cloud;
 use crate::codec::{deserialize_ascending, deserialize_seq_where};
 use crate::{Crdt, Dot, ReplicaId, VersionVector};
 
@@ -29,7 +29,7 @@ use crate::{Crdt, Dot, ReplicaId, VersionVector};
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct CausalContext {
     vv: VersionVector,
-    cloud: BTreeSet<Dot>,
+    cloud: Cloud,
 }
 
 impl CausalContext {
@@ -37,7 +37,7 @@ impl CausalContext {
     pub const fn new() -> Self {
         CausalContext {
             vv: VersionVector::new(),
-            cloud: BTreeSet::new(),
+            cloud: Cloud::new(),
         }
     }
 
@@ -54,10 +54,41 @@ impl CausalContext {
         }
         if Some(dot.counter) == seen.checked_add(1) {
             self.vv.raise(dot.replica, dot.counter);
-            self.compact();
+            self.fold(dot.replica);
         } else {
             self.cloud.insert(dot);
         }
+    }
+
+    /// Folds the cloud dots of `replica` that its vector entry now reaches (or continues) into
+    /// the vector: `O(log n)` per dot folded, where [`compact`](Self::compact) walks the cloud.
+    fn fold(&mut self, replica: ReplicaId) {
+        if self.cloud.is_empty() {
+            return;
+        }
+        let mut seen = self.vv.get(replica);
+        while let Some(first) = self.cloud.first_of(replica) {
+            if first.counter > seen.saturating_add(1) {
+                break;
+            }
+            self.cloud.remove(&first);
+            seen = seen.max(first.counter);
+        }
+        self.vv.raise(replica, seen);
+    }
+
+    /// How many dots the context holds (saturating): the length of [`dots`](Self::dots).
+    pub(crate) fn dot_count(&self) -> u64 {
+        self.vv.total().saturating_add(self.cloud.len() as u64)
+    }
+
+    /// Every dot, replica by replica: the vector's prefixes, then the cloud. As many as
+    /// [`dot_count`](Self::dot_count) says, which can be vast: check it first.
+    pub(crate) fn dots(&self) -> impl Iterator<Item = Dot> + '_ {
+        self.vv
+            .iter()
+            .flat_map(|(r, n)| (1..=n).map(move |c| Dot::new(r, c)))
+            .chain(self.cloud.iter())
     }
 
     /// Records the dots `(replica, from..=to)`; returns how many went to the cloud, or `None`
@@ -102,11 +133,7 @@ impl CausalContext {
 
     /// The highest counter of `replica` seen, in the vector or the cloud (0 if none).
     pub fn highest(&self, replica: ReplicaId) -> u64 {
-        let highest_in_cloud = self
-            .cloud
-            .range(Dot::new(replica, 0)..=Dot::new(replica, u64::MAX))
-            .next_back()
-            .map_or(0, |d| d.counter);
+        let highest_in_cloud = self.cloud.last_of(replica).map_or(0, |last| last.counter);
         self.vv.get(replica).max(highest_in_cloud)
     }
 
@@ -161,8 +188,8 @@ impl CausalContext {
                 }
             }
         }
-        for dot in theirs.cloud.iter().filter(|d| !self.contains(**d)) {
-            push(*dot, &mut missing)?;
+        for dot in theirs.cloud.iter().filter(|d| !self.contains(*d)) {
+            push(dot, &mut missing)?;
         }
         missing.sort_unstable();
         Some(missing)
@@ -175,7 +202,7 @@ impl CausalContext {
 
     /// The dots seen beyond a gap, in order.
     pub fn cloud(&self) -> impl Iterator<Item = Dot> + '_ {
-        self.cloud.iter().copied()
+        self.cloud.iter()
     }
 
     /// Whether no dot has been seen.
@@ -202,14 +229,27 @@ impl CausalContext {
     }
 }
 
+/// Up to this many cloud dots of another context are merged one by one.
+const SMALL_CLOUD: usize = 16;
+
 impl Crdt for CausalContext {
     fn merge(&mut self, other: &Self) {
         self.vv.merge(&other.vv);
-        if !other.cloud.is_empty() {
-            self.cloud.extend(other.cloud.iter().copied());
-        }
-        if !self.cloud.is_empty() {
+        if other.cloud.len() > SMALL_CLOUD {
+            self.cloud.extend(other.cloud.iter());
             self.compact();
+            return;
+        }
+        // A delta's context is a dot or two: fold only the replicas it touches, and insert its
+        // cloud dots one by one (a dot that continues our prefix never enters our cloud), so the
+        // merge costs what the delta holds, not what our cloud holds.
+        if !self.cloud.is_empty() {
+            for (replica, _) in other.vv.iter() {
+                self.fold(replica);
+            }
+        }
+        for dot in other.cloud.iter() {
+            self.insert(dot);
         }
     }
 }
@@ -246,10 +286,10 @@ impl Serialize for CausalContext {
 ///
 /// Cloud dots of one replica are often close together (a piece of a large set, a burst of
 /// deltas received out of order), so gaps take a byte where counters would take three.
-fn cloud_runs(cloud: &BTreeSet<Dot>) -> Vec<(ReplicaId, Vec<u64>)> {
+fn cloud_runs(cloud: &Cloud) -> Vec<(ReplicaId, Vec<u64>)> {
     let mut runs: Vec<(ReplicaId, Vec<u64>)> = Vec::new();
     let mut previous: Option<Dot> = None;
-    for &dot in cloud {
+    for dot in cloud.iter() {
         match (previous, runs.last_mut()) {
             (Some(p), Some(run)) if p.replica == dot.replica => {
                 run.1.push(dot.counter - p.counter);
@@ -271,7 +311,7 @@ impl<'de> Deserialize<'de> for CausalContext {
             cloud: Vec<(ReplicaId, Run)>,
         }
         let raw = Raw::deserialize(de)?;
-        let mut cloud = BTreeSet::new();
+        let mut cloud = Cloud::new();
         for (replica, run) in raw.cloud {
             // Every cloud dot must lie beyond the gap after its replica's vector entry, or
             // it would have been compacted.

@@ -1,34 +1,96 @@
 //! The dot kernel shared by the observed-remove types: sets of dots and their join.
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::cmp::Ordering;
+use core::num::NonZeroU64;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::causal::ascending_dots;
-use crate::{CausalContext, Dot};
+use crate::{CausalContext, Dot, ReplicaId};
 
 /// The dots that keep one element alive: almost always one, several after concurrent adds.
 ///
-/// One dot is stored inline, so a typical set element costs no allocation of its own.
-#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+/// One dot is stored inline in 16 bytes (its counter, never 0, leaves room for the tag), so a
+/// typical set element costs no allocation of its own and a set's tree nodes stay small.
+#[derive(Clone, Debug)]
 pub(crate) enum Dots {
-    One(Dot),
-    /// Two or more, ascending.
-    Many(Vec<Dot>),
+    One(InlineDot),
+    /// Two or more, ascending (or, only if built from a dot with counter 0, that one dot).
+    /// Boxed so the variant takes 8 bytes and the enum 16 (a `Vec` or boxed slice would take
+    /// 24): the rare case pays one more allocation.
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<Dot>>),
+}
+
+/// A dot whose counter is not 0, the space-saving form of [`Dot`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct InlineDot {
+    replica: ReplicaId,
+    counter: NonZeroU64,
+}
+
+impl InlineDot {
+    fn dot(self) -> Dot {
+        Dot::new(self.replica, self.counter.get())
+    }
 }
 
 impl Dots {
-    pub(crate) fn as_slice(&self) -> &[Dot] {
-        match self {
-            Dots::One(dot) => core::slice::from_ref(dot),
-            Dots::Many(dots) => dots,
+    /// Just `dot`.
+    pub(crate) fn one(dot: Dot) -> Dots {
+        match NonZeroU64::new(dot.counter) {
+            Some(counter) => Dots::One(InlineDot {
+                replica: dot.replica,
+                counter,
+            }),
+            // Never made by this crate (counters start at 1), but representable.
+            None => Dots::Many(Box::new(alloc::vec![dot])),
         }
+    }
+
+    /// Calls `f` with the dots as an ascending slice.
+    pub(crate) fn with_slice<R>(&self, f: impl FnOnce(&[Dot]) -> R) -> R {
+        match self {
+            Dots::One(one) => f(&[one.dot()]),
+            Dots::Many(dots) => f(dots),
+        }
+    }
+
+    /// The dots, ascending.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = Dot> + '_ {
+        let (one, many) = match self {
+            Dots::One(one) => (Some(one.dot()), None),
+            Dots::Many(dots) => (None, Some(dots.iter().copied())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+
+    /// How many dots.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Dots::One(_) => 1,
+            Dots::Many(dots) => dots.len(),
+        }
+    }
+
+    /// Whether `dot` is one of them.
+    pub(crate) fn contains(&self, dot: Dot) -> bool {
+        match self {
+            Dots::One(one) => one.dot() == dot,
+            Dots::Many(dots) => dots.binary_search(&dot).is_ok(),
+        }
+    }
+
+    /// The dots without `dot` (`None` when nothing is left).
+    pub(crate) fn without(&self, dot: Dot) -> Option<Dots> {
+        Dots::from_sorted(self.iter().filter(|d| *d != dot).collect())
     }
 
     /// The dots `ctx` has not seen: what survives a merge with a replica that lacks this element.
     pub(crate) fn unseen_by(&self, ctx: &CausalContext) -> Option<Dots> {
         match self {
-            Dots::One(dot) => (!ctx.contains(*dot)).then_some(Dots::One(*dot)),
+            Dots::One(one) => (!ctx.contains(one.dot())).then_some(Dots::One(*one)),
             Dots::Many(dots) => {
                 Dots::from_sorted(dots.iter().copied().filter(|d| !ctx.contains(*d)).collect())
             }
@@ -52,13 +114,10 @@ impl Dots {
                 None => false,
             },
             Some(theirs) => {
-                let joined = join_sorted(
-                    self.as_slice(),
-                    our_ctx,
-                    theirs.as_slice(),
-                    their_ctx,
-                    |d| *d,
-                );
+                let joined = self.with_slice(|ours| {
+                    theirs
+                        .with_slice(|theirs| join_sorted(ours, our_ctx, theirs, their_ctx, |d| *d))
+                });
                 match Dots::from_sorted(joined) {
                     Some(dots) => {
                         *self = dots;
@@ -74,9 +133,27 @@ impl Dots {
     pub(crate) fn from_sorted(mut dots: Vec<Dot>) -> Option<Dots> {
         match dots.len() {
             0 => None,
-            1 => dots.pop().map(Dots::One),
-            _ => Some(Dots::Many(dots)),
+            1 => dots.pop().map(Dots::one),
+            _ => Some(Dots::Many(Box::new(dots))),
         }
+    }
+}
+
+impl PartialEq for Dots {
+    fn eq(&self, other: &Dots) -> bool {
+        match (self, other) {
+            (Dots::One(a), Dots::One(b)) => a.replica == b.replica && a.counter == b.counter,
+            // By content: a dot with counter 0 has no inline form.
+            _ => self.iter().eq(other.iter()),
+        }
+    }
+}
+
+impl Eq for Dots {}
+
+impl core::hash::Hash for Dots {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        self.with_slice(|dots| dots.hash(state));
     }
 }
 
@@ -135,7 +212,7 @@ pub(crate) fn join_sorted<E: Clone>(
 
 impl Serialize for Dots {
     fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
-        ser.collect_seq(self.as_slice())
+        self.with_slice(|dots| ser.collect_seq(dots))
     }
 }
 

@@ -47,8 +47,10 @@
 extern crate alloc;
 
 mod causal;
+mod cloud;
 pub mod codec;
 mod dot;
+mod dot_index;
 mod dots;
 mod gcounter;
 mod hlc;

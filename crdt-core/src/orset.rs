@@ -1,13 +1,16 @@
 //! The add-wins observed-remove set.
 
+use alloc::collections::btree_map::Entry;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::codec::deserialize_ascending;
+use crate::dot_index::{DotIndex, Index};
 use crate::dots::Dots;
 use crate::{CausalContext, Crdt, Decompose, Dot, ReplicaId};
+use alloc::boxed::Box;
 
 /// An add-wins observed-remove set without tombstones.
 ///
@@ -32,18 +35,52 @@ use crate::{CausalContext, Crdt, Decompose, Dot, ReplicaId};
 /// x.merge(&y);
 /// assert!(x.contains(&1)); // add wins
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone)]
 pub struct OrSet<T> {
     entries: BTreeMap<T, Dots>,
     ctx: CausalContext,
+    /// Which element holds a dot, for deltas that remove by dot. A cache: not part of the
+    /// state, so equality, hashing and encoding ignore it.
+    index: Index<T>,
 }
 
 impl<T> Default for OrSet<T> {
     fn default() -> Self {
+        OrSet::from_parts(BTreeMap::new(), CausalContext::new())
+    }
+}
+
+impl<T> OrSet<T> {
+    fn from_parts(entries: BTreeMap<T, Dots>, ctx: CausalContext) -> Self {
         OrSet {
-            entries: BTreeMap::new(),
-            ctx: CausalContext::new(),
+            entries,
+            ctx,
+            index: Index::Absent,
         }
+    }
+}
+
+impl<T: PartialEq> PartialEq for OrSet<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries == other.entries && self.ctx == other.ctx
+    }
+}
+
+impl<T: Eq> Eq for OrSet<T> {}
+
+impl<T: core::hash::Hash> core::hash::Hash for OrSet<T> {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        self.entries.hash(state);
+        self.ctx.hash(state);
+    }
+}
+
+impl<T: core::fmt::Debug> core::fmt::Debug for OrSet<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("OrSet")
+            .field("entries", &self.entries)
+            .field("ctx", &self.ctx)
+            .finish()
     }
 }
 
@@ -61,12 +98,15 @@ impl<T: Ord + Clone> OrSet<T> {
         let dot = self.ctx.next_dot(replica);
         let mut ctx = CausalContext::new();
         ctx.insert(dot);
-        if let Some(old) = self.entries.insert(value.clone(), Dots::One(dot)) {
-            old.as_slice().iter().for_each(|d| ctx.insert(*d));
+        if let Some(old) = self.entries.insert(value.clone(), Dots::one(dot)) {
+            old.iter().for_each(|d| ctx.insert(d));
+            self.index.forget(old.len());
+            self.index.tidy();
         }
+        self.index.insert(dot, &value);
         let mut entries = BTreeMap::new();
-        entries.insert(value, Dots::One(dot));
-        OrSet { entries, ctx }
+        entries.insert(value, Dots::one(dot));
+        OrSet::from_parts(entries, ctx)
     }
 
     /// Removes `value` if present; returns the delta (empty when there was nothing to remove).
@@ -76,25 +116,24 @@ impl<T: Ord + Clone> OrSet<T> {
         Q: Ord + ?Sized,
     {
         let ctx = match self.entries.remove(value) {
-            Some(dots) => dots.as_slice().iter().copied().collect(),
+            Some(dots) => {
+                self.index.forget(dots.len());
+                self.index.tidy();
+                dots.iter().collect()
+            }
             None => CausalContext::new(),
         };
-        OrSet {
-            entries: BTreeMap::new(),
-            ctx,
-        }
+        OrSet::from_parts(BTreeMap::new(), ctx)
     }
 
     /// Removes every element; returns the delta.
     pub fn clear(&mut self) -> OrSet<T> {
+        self.index = Index::Absent;
         let ctx = core::mem::take(&mut self.entries)
             .values()
-            .flat_map(|dots| dots.as_slice().iter().copied())
+            .flat_map(Dots::iter)
             .collect();
-        OrSet {
-            entries: BTreeMap::new(),
-            ctx,
-        }
+        OrSet::from_parts(BTreeMap::new(), ctx)
     }
 }
 
@@ -129,18 +168,147 @@ impl<T: Ord> OrSet<T> {
     }
 }
 
-/// A delta's context is enumerated for the fast merge path only up to this many dots.
-const SMALL_CONTEXT: usize = 64;
+/// A merge takes the small-delta path when the other side's elements and context dots number at
+/// most this, or an eighth of our elements if more.
+const SMALL_DELTA: usize = 64;
+
+/// Sets up to this size find the element holding a dot by walking; larger ones build an index.
+const INDEX_MIN: usize = 32;
 
 impl<T: Ord + Clone + core::fmt::Debug> Crdt for OrSet<T> {
     fn merge(&mut self, other: &Self) {
-        if other.entries.len() < SMALL_CONTEXT && !self.removes_elsewhere(other) {
-            self.merge_by_lookup(other);
+        if !self.merge_small(other) {
+            self.merge_full(other);
+        }
+        self.index.tidy();
+    }
+}
+
+impl<T: Ord + Clone + core::fmt::Debug> crate::Reset for OrSet<T> {
+    /// [`clear`](OrSet::clear): removes every element observed.
+    fn reset(&mut self) -> Self {
+        self.clear()
+    }
+}
+
+impl<T: Ord + Clone> OrSet<T> {
+    /// The merge of a delta much smaller than this set, in time proportional to the delta:
+    /// each dot of its context that we have seen is looked up (in the index, or by walking a
+    /// small set) to drop it from the element holding it, then each of its elements is joined
+    /// with ours. Returns `false`, changing nothing, if `other` is too large for this to pay.
+    fn merge_small(&mut self, other: &Self) -> bool {
+        let budget = SMALL_DELTA.max(self.entries.len() / 8) as u64;
+        if other.entries.len() as u64 > budget || other.ctx.dot_count() > budget {
+            return false;
+        }
+        let walk = self.entries.len() <= INDEX_MIN;
+        if walk {
+            // Walking a set this small is as fast, and needs no upkeep.
+            self.index = Index::Absent;
+        }
+        let removes = other.ctx.dots().any(|d| self.ctx.contains(d));
+        if removes && !walk && !self.build_index() {
+            return false;
+        }
+        if removes {
+            for dot in other.ctx.dots() {
+                if self.ctx.contains(dot) {
+                    self.drop_seen_dot(dot, &other.entries, walk);
+                }
+            }
+        }
+        for (value, theirs) in &other.entries {
+            // One descent of the tree, for the common case of an element new to us.
+            match self.entries.entry(value.clone()) {
+                Entry::Occupied(ours) if ours.get() == theirs => {}
+                Entry::Occupied(mut ours) => {
+                    let before = ours.get().clone();
+                    let alive = ours.get_mut().join(&self.ctx, Some(theirs), &other.ctx);
+                    self.index
+                        .replace(value, &before, alive.then_some(ours.get()));
+                    if !alive {
+                        ours.remove();
+                    }
+                }
+                Entry::Vacant(slot) => {
+                    if let Some(kept) = theirs.unseen_by(&self.ctx) {
+                        kept.iter().for_each(|d| self.index.insert(d, value));
+                        slot.insert(kept);
+                    }
+                }
+            }
+        }
+        self.ctx.merge(&other.ctx);
+        true
+    }
+
+    /// Drops `dot`, which the other side has seen (and we too), from the element of ours holding
+    /// it, unless the other side holds that element (its join decides then).
+    fn drop_seen_dot(&mut self, dot: Dot, theirs: &BTreeMap<T, Dots>, walk: bool) {
+        let dropped = |dots: &mut Dots| match dots.without(dot) {
+            Some(rest) => {
+                *dots = rest;
+                true
+            }
+            None => false,
+        };
+        if walk {
+            // Every holder, should a faulty replica have put the dot on two elements.
+            self.entries.retain(|value, dots| {
+                !dots.contains(dot) || theirs.contains_key(value) || dropped(dots)
+            });
             return;
         }
-        // One ordered pass over both element maps: elements only we hold survive unless the other
-        // side saw their dots (and so removed them); elements only they hold are new to us unless
-        // we saw their dots; shared elements join their dots.
+        let Index::Built(index) = &self.index else {
+            return;
+        };
+        let Some(value) = index.get(dot) else {
+            return;
+        };
+        if theirs.contains_key(value) {
+            return;
+        }
+        // Taken out and put back only if something is left: one descent of the tree for the
+        // usual element of one dot.
+        let Some((value, mut dots)) = self.entries.remove_entry(value) else {
+            return;
+        };
+        if !dots.contains(dot) {
+            // A stale index entry: the dot is no longer live here.
+            self.entries.insert(value, dots);
+            return;
+        }
+        if dropped(&mut dots) {
+            self.entries.insert(value, dots);
+        }
+        self.index.forget(1);
+    }
+
+    /// Builds the index if it is absent; `false` if it cannot be (a dot on two elements).
+    fn build_index(&mut self) -> bool {
+        if let Index::Absent = self.index {
+            let pairs = self
+                .entries
+                .iter()
+                .flat_map(|(value, dots)| dots.iter().map(move |d| (d, value)));
+            self.index = match DotIndex::build(pairs) {
+                Ok(index) => Index::Built(Box::new(index)),
+                Err(_) => Index::Unusable,
+            };
+        }
+        matches!(self.index, Index::Built(_))
+    }
+
+    /// The merge of any two states: one ordered pass over both element maps.
+    fn merge_full(&mut self, other: &Self) {
+        // Rebuilt when next needed: cheaper than keeping it through a pass that may touch every
+        // element. (An unusable one stays so: the set may still hold a dot twice.)
+        if let Index::Built(_) = self.index {
+            self.index = Index::Absent;
+        }
+        // Elements only we hold survive unless the other side saw their dots (and so removed
+        // them); elements only they hold are new to us unless we saw their dots; shared elements
+        // join their dots.
         let mut theirs = other.entries.iter().peekable();
         let mut new_to_us = Vec::new();
         let our_ctx = &self.ctx;
@@ -158,9 +326,11 @@ impl<T: Ord + Clone + core::fmt::Debug> Crdt for OrSet<T> {
                 new_to_us.push((k.clone(), kept));
             }
         }
-        if self.entries.is_empty() {
-            // Bulk-builds the tree from sorted input, much faster than inserting one by one.
-            self.entries = new_to_us.into_iter().collect();
+        if new_to_us.len() > self.entries.len() / 4 {
+            // Many new elements: bulk-build the tree from the sorted union, faster than inserting
+            // one by one and with full nodes.
+            let ours = core::mem::take(&mut self.entries);
+            self.entries = union_ascending(ours.into_iter(), new_to_us.into_iter()).collect();
         } else {
             self.entries.extend(new_to_us);
         }
@@ -168,47 +338,17 @@ impl<T: Ord + Clone + core::fmt::Debug> Crdt for OrSet<T> {
     }
 }
 
-impl<T: Ord + Clone + core::fmt::Debug> crate::Reset for OrSet<T> {
-    /// [`clear`](OrSet::clear): removes every element observed.
-    fn reset(&mut self) -> Self {
-        self.clear()
-    }
-}
-
-impl<T: Ord + Clone> OrSet<T> {
-    /// Whether `other` may remove elements it does not itself hold: whether its context has a
-    /// dot we have seen that is not live in its elements. Answers `true` when the context is too
-    /// large to check cheaply.
-    fn removes_elsewhere(&self, other: &Self) -> bool {
-        let Some(dots) = other.ctx.missing_from(&CausalContext::new(), SMALL_CONTEXT) else {
-            return true;
-        };
-        dots.into_iter().any(|d| {
-            self.ctx.contains(d) && !other.entries.values().any(|e| e.as_slice().contains(&d))
-        })
-    }
-
-    /// The merge when no element outside `other`'s can change: a lookup per element of
-    /// `other`, instead of a pass over all of ours. This is the common case of applying a small
-    /// delta (an add) to a large set.
-    fn merge_by_lookup(&mut self, other: &Self) {
-        let (entries, ctx) = (&mut self.entries, &self.ctx);
-        for (value, theirs) in &other.entries {
-            match entries.get_mut(value) {
-                Some(ours) => {
-                    if !ours.join(ctx, Some(theirs), &other.ctx) {
-                        entries.remove(value);
-                    }
-                }
-                None => {
-                    if let Some(kept) = theirs.unseen_by(ctx) {
-                        entries.insert(value.clone(), kept);
-                    }
-                }
-            }
-        }
-        self.ctx.merge(&other.ctx);
-    }
+/// Two ascending sequences of pairs with distinct keys, as one ascending sequence.
+fn union_ascending<K: Ord, V>(
+    a: impl Iterator<Item = (K, V)>,
+    b: impl Iterator<Item = (K, V)>,
+) -> impl Iterator<Item = (K, V)> {
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    core::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some(x), Some(y)) if y.0 < x.0 => b.next(),
+        (Some(_), _) => a.next(),
+        (None, _) => b.next(),
+    })
 }
 
 impl<T: Ord + Clone + core::fmt::Debug> Decompose for OrSet<T> {
@@ -228,20 +368,11 @@ impl<T: Ord + Clone + core::fmt::Debug> Decompose for OrSet<T> {
                 .take(max)
                 .map(|(k, d)| (k.clone(), d.clone()))
                 .collect();
-            let ctx = chunk
-                .values()
-                .flat_map(|d| d.as_slice().iter().copied())
-                .collect();
-            pieces.push(OrSet {
-                entries: chunk,
-                ctx,
-            });
+            let ctx = chunk.values().flat_map(Dots::iter).collect();
+            pieces.push(OrSet::from_parts(chunk, ctx));
         }
         if !dead.is_empty() {
-            pieces.push(OrSet {
-                entries: BTreeMap::new(),
-                ctx: dead,
-            });
+            pieces.push(OrSet::from_parts(BTreeMap::new(), dead));
         }
         pieces
     }
@@ -251,11 +382,8 @@ impl<T: Ord> OrSet<T> {
     /// The context minus the live dots: the adds that were removed or replaced. `None` if listing
     /// them would take more than a budget proportional to the set (a context with huge gaps).
     fn removed_dots(&self) -> Option<CausalContext> {
-        let live: alloc::collections::BTreeSet<Dot> = self
-            .entries
-            .values()
-            .flat_map(|d| d.as_slice().iter().copied())
-            .collect();
+        let live: alloc::collections::BTreeSet<Dot> =
+            self.entries.values().flat_map(Dots::iter).collect();
         let mut budget = (live.len() as u64)
             .saturating_mul(4)
             .saturating_add(1 << 16);
@@ -330,42 +458,17 @@ impl<'de, T: Deserialize<'de> + Ord> Deserialize<'de> for OrSet<T> {
         let all_seen = raw
             .entries
             .values()
-            .flat_map(Dots::as_slice)
-            .all(|d| raw.ctx.contains(*d));
+            .flat_map(Dots::iter)
+            .all(|d| raw.ctx.contains(d));
         if !all_seen {
             return Err(serde::de::Error::custom(
                 "a live dot outside the causal context",
             ));
         }
-        Ok(OrSet {
-            entries: raw.entries,
-            ctx: raw.ctx,
-        })
+        Ok(OrSet::from_parts(raw.entries, raw.ctx))
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Live dots `(r, 1)` and `(r, 2^40)` in a context that has seen every dot up to there:
-    /// the removed dots between them are too many to list,
-    /// and finding that out must not cost listing them (the budget is checked first).
-    #[test]
-    fn a_huge_gap_between_live_dots_is_not_listed() {
-        let r = ReplicaId::new(7);
-        let far = 1u64 << 40;
-        let mut entries = BTreeMap::new();
-        for (value, counter) in [("a", 1), ("b", far), ("c", far + 1)] {
-            let dots = Dots::from_sorted(alloc::vec![Dot::new(r, counter)]);
-            entries.insert(value, dots.expect("one dot"));
-        }
-        // Every dot up to far + 1 seen: those between are removed adds.
-        let mut ctx = CausalContext::new();
-        ctx.insert_range(r, 1, far + 1, 0);
-        let set = OrSet { entries, ctx };
-        assert!(set.removed_dots().is_none());
-        // Decompose falls back to the whole set.
-        assert_eq!(set.split(1), alloc::vec![set.clone()]);
-    }
-}
+#[path = "orset_tests.rs"]
+mod tests;

@@ -1,0 +1,268 @@
+//! An index from dots to the OR-Set elements that hold them.
+//!
+//! A remove delta names dots, not elements (its context holds the removed adds' dots), so
+//! without an index applying it means walking the whole set. The index answers "which element
+//! holds this dot" in `O(log n)`. It is a cache: never part of a state's equality, hash or
+//! encoding, built the first time a set needs it and kept up to date from then on.
+
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use crate::dots::Dots;
+use crate::{Dot, ReplicaId};
+
+/// Dot to element, for every dot live in a set, plus some that no longer are.
+///
+/// Forgetting is lazy: a dot that stops being live stays until the stale ones outnumber the
+/// live ones and the owner rebuilds. A stale entry is harmless, because the owner checks that the
+/// element it names still holds the dot, and a dot, once no longer live, never becomes live
+/// again (it stays in the set's causal context, and only unseen dots are added).
+#[derive(Clone, Debug)]
+pub(crate) struct DotIndex<T> {
+    /// Per replica (ascending), its `(counter, element)` pairs ascending by counter. A replica's
+    /// adds mostly arrive in counter order, so most inserts are pushes onto the end.
+    runs: Vec<(ReplicaId, Vec<(u64, T)>)>,
+    /// Pairs that arrived below the last counter of their replica's run.
+    late: BTreeMap<Dot, T>,
+    /// Entries held, live or stale.
+    len: usize,
+    /// Entries whose dot the owner reported no longer live.
+    stale: usize,
+}
+
+/// A dot was found live on two elements: only a state from a faulty or hostile replica (one
+/// that reused a dot) can do that, and the index cannot answer for such a set.
+#[derive(Debug)]
+pub(crate) struct DuplicateDot;
+
+impl<T: Clone> DotIndex<T> {
+    /// The index of `(dot, element)` pairs.
+    pub(crate) fn build<'a>(
+        pairs: impl Iterator<Item = (Dot, &'a T)>,
+    ) -> Result<DotIndex<T>, DuplicateDot>
+    where
+        T: 'a,
+    {
+        let mut by_replica: BTreeMap<ReplicaId, Vec<(u64, T)>> = BTreeMap::new();
+        let mut len = 0;
+        for (dot, value) in pairs {
+            by_replica
+                .entry(dot.replica)
+                .or_default()
+                .push((dot.counter, value.clone()));
+            len += 1;
+        }
+        let mut runs = Vec::with_capacity(by_replica.len());
+        for (replica, mut run) in by_replica {
+            run.sort_unstable_by_key(|e| e.0);
+            if run
+                .windows(2)
+                .any(|w| w.first().map(|e| e.0) == w.get(1).map(|e| e.0))
+            {
+                return Err(DuplicateDot);
+            }
+            runs.push((replica, run));
+        }
+        Ok(DotIndex {
+            runs,
+            late: BTreeMap::new(),
+            len,
+            stale: 0,
+        })
+    }
+
+    /// Records that `value` holds `dot`, which no element held before.
+    pub(crate) fn insert(&mut self, dot: Dot, value: T) -> Result<(), DuplicateDot> {
+        let i = match self.runs.binary_search_by_key(&dot.replica, |r| r.0) {
+            Ok(i) => i,
+            Err(i) => {
+                self.runs.insert(i, (dot.replica, Vec::new()));
+                i
+            }
+        };
+        let Some((_, run)) = self.runs.get_mut(i) else {
+            return Ok(());
+        };
+        match run.last() {
+            Some(last) if last.0 >= dot.counter => {
+                if run.binary_search_by_key(&dot.counter, |e| e.0).is_ok()
+                    || self.late.insert(dot, value).is_some()
+                {
+                    return Err(DuplicateDot);
+                }
+            }
+            _ => run.push((dot.counter, value)),
+        }
+        self.len += 1;
+        Ok(())
+    }
+}
+
+impl<T> DotIndex<T> {
+    /// The element recorded for `dot`, if any (it may no longer hold it).
+    pub(crate) fn get(&self, dot: Dot) -> Option<&T> {
+        let run = self
+            .runs
+            .binary_search_by_key(&dot.replica, |r| r.0)
+            .ok()
+            .and_then(|i| self.runs.get(i))
+            .map(|r| &r.1);
+        run.and_then(|run| run.get(position(run, dot.counter)?).map(|e| &e.1))
+            .or_else(|| self.late.get(&dot))
+    }
+
+    /// Notes that `n` recorded dots are no longer live.
+    pub(crate) fn forget(&mut self, n: usize) {
+        self.stale = self.stale.saturating_add(n);
+    }
+
+    /// Whether stale entries outnumber live ones, so a rebuild pays for itself.
+    pub(crate) fn wants_rebuild(&self) -> bool {
+        self.stale > self.len.saturating_sub(self.stale).saturating_add(32)
+    }
+}
+
+/// The state of a set's [`DotIndex`].
+#[derive(Clone, Debug)]
+pub(crate) enum Index<T> {
+    /// Not built: built the first time a small merge into a large set needs it.
+    Absent,
+    Built(Box<DotIndex<T>>),
+    /// The set holds one dot on two elements (only a replica that reused a dot makes such a
+    /// state): merges that remove by dot walk the set instead.
+    Unusable,
+}
+
+impl<T: Clone> Index<T> {
+    /// Records that `value` now holds `dot`.
+    pub(crate) fn insert(&mut self, dot: Dot, value: &T) {
+        if let Index::Built(index) = self {
+            if index.insert(dot, value.clone()).is_err() {
+                *self = Index::Unusable;
+            }
+        }
+    }
+
+    /// Records that `n` dots are no longer live.
+    pub(crate) fn forget(&mut self, n: usize) {
+        if let Index::Built(index) = self {
+            index.forget(n);
+        }
+    }
+
+    /// Drops the index once mostly stale (it is rebuilt when next needed), so its memory stays
+    /// proportional to the set's.
+    pub(crate) fn tidy(&mut self) {
+        if let Index::Built(index) = self {
+            if index.wants_rebuild() {
+                *self = Index::Absent;
+            }
+        }
+    }
+
+    /// Records that `value`'s dots changed from `before` to `after`.
+    pub(crate) fn replace(&mut self, value: &T, before: &Dots, after: Option<&Dots>) {
+        if let Index::Built(_) = self {
+            let mut gone = 0;
+            for dot in before.iter() {
+                if !after.is_some_and(|a| a.contains(dot)) {
+                    gone += 1;
+                }
+            }
+            for dot in after.into_iter().flat_map(Dots::iter) {
+                if !before.contains(dot) {
+                    self.insert(dot, value);
+                }
+            }
+            self.forget(gone);
+        }
+    }
+}
+
+/// Where `counter` is in `run` (ascending by counter).
+///
+/// A replica's counters are nearly consecutive, so interpolating between the first and last
+/// counter lands on or next to the entry: the search gallops out from there, a probe or two
+/// where a binary search would take a dozen scattered ones.
+fn position<T>(run: &[(u64, T)], counter: u64) -> Option<usize> {
+    let (first, last) = (run.first()?.0, run.last()?.0);
+    if counter < first || counter > last {
+        return None;
+    }
+    let top = run.len() - 1;
+    let span = u128::from(last - first).max(1);
+    let guess = (u128::from(counter - first) * top as u128 / span) as usize;
+    let at = |i: usize| run.get(i).map_or(u64::MAX, |e| e.0);
+    // Bracket the counter between `lo` and `hi`, doubling the step away from the guess.
+    let (mut lo, mut hi) = (guess, guess);
+    let mut step = 1;
+    while at(lo) > counter {
+        hi = lo;
+        lo = lo.saturating_sub(step);
+        step = step.saturating_mul(2);
+    }
+    while at(hi) < counter && hi < top {
+        lo = hi;
+        hi = hi.saturating_add(step).min(top);
+        step = step.saturating_mul(2);
+    }
+    let i = run
+        .get(lo..=hi)?
+        .binary_search_by_key(&counter, |e| e.0)
+        .ok()?;
+    Some(lo + i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(r: u64, c: u64) -> Dot {
+        Dot::new(ReplicaId::new(r), c)
+    }
+
+    #[test]
+    fn the_galloping_search_finds_every_counter_and_no_other() {
+        let mut rng = fastrand::Rng::with_seed(4);
+        for _ in 0..200 {
+            let mut counter = rng.u64(1..5);
+            let run: Vec<(u64, ())> = (0..rng.usize(1..300))
+                .map(|_| {
+                    counter += if rng.u8(0..10) == 0 {
+                        rng.u64(1..1000)
+                    } else {
+                        1
+                    };
+                    (counter, ())
+                })
+                .collect();
+            for c in 0..=counter + 2 {
+                let expected = run.binary_search_by_key(&c, |e| e.0).ok();
+                assert_eq!(position(&run, c), expected, "{c} in {run:?}");
+            }
+        }
+        assert_eq!(position(&[(u64::MAX, ())], u64::MAX), Some(0));
+        assert_eq!(position(&[(1, ()), (u64::MAX, ())], u64::MAX - 1), None);
+    }
+
+    #[test]
+    fn finds_in_order_and_late_dots_and_refuses_duplicates() {
+        let values = [10u32, 20, 30];
+        let mut index = DotIndex::build([(d(1, 2), &values[0]), (d(2, 1), &values[1])].into_iter())
+            .expect("distinct dots");
+        index.insert(d(1, 5), 30).expect("new dot");
+        index.insert(d(1, 3), 40).expect("a late dot");
+        assert_eq!(index.get(d(1, 2)), Some(&10));
+        assert_eq!(index.get(d(2, 1)), Some(&20));
+        assert_eq!(index.get(d(1, 5)), Some(&30));
+        assert_eq!(index.get(d(1, 3)), Some(&40));
+        assert_eq!(index.get(d(1, 4)), None);
+        assert_eq!(index.get(d(3, 1)), None);
+        assert!(index.insert(d(1, 5), 50).is_err());
+        assert!(index.insert(d(1, 3), 50).is_err());
+        assert!(
+            DotIndex::build([(d(1, 2), &values[0]), (d(1, 2), &values[2])].into_iter()).is_err()
+        );
+    }
+}
