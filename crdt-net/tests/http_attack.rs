@@ -7,7 +7,7 @@ mod http_support;
 
 use std::time::Duration;
 
-use crdt_net::http;
+use crdt_net::http::{self, ApiToken, HttpError};
 use http_support::{lone_node, one_node, serve, Served, WAIT};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -372,4 +372,53 @@ async fn a_client_that_stops_reading_does_not_keep_the_node_after_stopping() {
     // `stop` checks that the server returns in time holding no reference to the node.
     api.stop().await;
     drop(stream);
+}
+
+#[test]
+fn a_token_file_that_others_own_or_can_read_through_a_link_is_refused() {
+    use std::os::unix::fs::{chown, symlink, PermissionsExt};
+    let dir = TempDir::new().unwrap();
+    let token = ApiToken::load_or_create(dir.path()).unwrap();
+    let path = ApiToken::path(dir.path());
+    // Owned by another user, that user may rewrite it (to a token of their choosing) however
+    // private its mode. Only root can give a file away, so elsewhere this part is skipped.
+    if chown(&path, Some(65534), Some(65534)).is_ok() {
+        let refused = ApiToken::load_or_create(dir.path());
+        assert!(
+            matches!(refused, Err(HttpError::TokenOwner { uid: 65534, .. })),
+            "{refused:?}"
+        );
+        chown(&path, Some(0), Some(0)).unwrap();
+        // Root's own file is as good as ours (root can read everything anyway).
+        assert!(ApiToken::load_or_create(dir.path()).is_ok());
+    } else {
+        eprintln!("not root: the owner check is not exercised");
+    }
+    // A link is followed, and what it leads to is checked.
+    let elsewhere = TempDir::new().unwrap();
+    let target = elsewhere.path().join("token");
+    std::fs::write(&target, format!("{}\n", token.as_str())).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    symlink(&target, &path).unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let refused = ApiToken::load_or_create(dir.path());
+    assert!(
+        matches!(
+            refused,
+            Err(HttpError::TokenPermissions { mode: 0o644, .. })
+        ),
+        "{refused:?}"
+    );
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(
+        ApiToken::load_or_create(dir.path()).unwrap().as_str(),
+        token.as_str()
+    );
+    // A dangling link is an error, not a reason to make a new token behind it.
+    std::fs::remove_file(&target).unwrap();
+    assert!(matches!(
+        ApiToken::load_or_create(dir.path()),
+        Err(HttpError::Io { .. })
+    ));
+    assert!(!target.exists(), "nothing was written through the link");
 }

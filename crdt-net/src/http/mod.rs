@@ -86,6 +86,15 @@ pub enum HttpError {
         /// Its permission bits.
         mode: u32,
     },
+    /// The token file belongs to another user, who may change it at will; it is not used.
+    /// Fix with `chown`, or delete it for a new one.
+    #[error("{path} belongs to user {uid}, who may change the token; `chown` it to the user running the node, or delete it to make a new one")]
+    TokenOwner {
+        /// The file.
+        path: PathBuf,
+        /// Its owner.
+        uid: u32,
+    },
     /// The token file does not hold a token.
     #[error("{path} does not hold a token ({reason}); delete it to make a new one")]
     TokenMalformed {
