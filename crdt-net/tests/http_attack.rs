@@ -422,3 +422,75 @@ fn a_token_file_that_others_own_or_can_read_through_a_link_is_refused() {
     ));
     assert!(!target.exists(), "nothing was written through the link");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_racing_a_shutdown_are_answered_truthfully() {
+    let dir = TempDir::new().unwrap();
+    let node = lone_node(&dir).await;
+    let api = serve(node, dir, |s| s.grace(Duration::from_millis(200))).await;
+    // Writers that keep writing until the server is gone; each remembers what it was told.
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (client, url, token) = (
+                reqwest::Client::new(),
+                api.url("/v1/objects/k"),
+                api.token.clone(),
+            );
+            tokio::spawn(async move {
+                let mut told = Vec::new();
+                for i in 0..10_000 {
+                    let element = format!("{w}-{i}");
+                    let body = json!({ "op": "add", "value": element }).to_string();
+                    let sent = client.post(&url).bearer_auth(&token).body(body).send();
+                    let Ok(Ok(response)) = tokio::time::timeout(WAIT, sent).await else {
+                        return told; // refused or closed: the server is gone
+                    };
+                    told.push((element, response.status()));
+                }
+                told
+            })
+        })
+        .collect();
+    tokio::time::timeout(WAIT, async {
+        while api.node.get("k").await.is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the writers are writing");
+    let Served {
+        stop,
+        server,
+        node,
+        _dir,
+        ..
+    } = api;
+    let _ = stop.expect("running").send(());
+    tokio::time::timeout(WAIT, server.expect("running"))
+        .await
+        .expect("the server stops in time")
+        .unwrap()
+        .unwrap();
+    let mut ok = 0;
+    for writer in writers {
+        for (element, status) in tokio::time::timeout(WAIT, writer).await.unwrap().unwrap() {
+            match status {
+                StatusCode::OK => {
+                    ok += 1;
+                    let set = node.set::<String>("k");
+                    assert!(
+                        set.contains(&element).await.unwrap(),
+                        "{element} was acknowledged"
+                    );
+                }
+                StatusCode::SERVICE_UNAVAILABLE => {}
+                other => panic!("{element}: {other}"),
+            }
+        }
+    }
+    assert!(ok > 0);
+    let Ok(node) = std::sync::Arc::try_unwrap(node) else {
+        panic!("the server let go of the node");
+    };
+    node.shutdown().await;
+}
