@@ -8,7 +8,7 @@ mod http_support;
 use std::time::Duration;
 
 use crdt_net::http::{self, ApiToken, HttpError};
-use http_support::{lone_node, one_node, serve, Served, WAIT};
+use http_support::{lone_node, next_event, one_node, serve, Served, WAIT};
 use reqwest::StatusCode;
 use serde_json::json;
 use tempfile::TempDir;
@@ -493,4 +493,48 @@ async fn writes_racing_a_shutdown_are_answered_truthfully() {
         panic!("the server let go of the node");
     };
     node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_client_stops_reading_is_bounded_and_holds_up_no_one() {
+    let dir = TempDir::new().unwrap();
+    let node = lone_node(&dir).await;
+    // At the end the stalled stream is still full: dropped after twice the grace period.
+    let api = serve(node, dir, |s| s.grace(Duration::from_millis(200))).await;
+    let open = || {
+        api.client
+            .get(api.url("/v1/events?key=big&value=false"))
+            .bearer_auth(&api.token)
+            .send()
+    };
+    // Two clients: one stops reading, one keeps reading (until it sees the last change).
+    let mut stalled = open().await.unwrap();
+    let mut reading = open().await.unwrap();
+    let reader = tokio::spawn(async move {
+        let mut buffer = String::new();
+        next_event(&mut reading, &mut buffer, |name, event| {
+            name == "change" && event["change"]["value"] == json!(["done"])
+        })
+        .await;
+    });
+    // Each add's change carries a quarter-megabyte element; each remove takes it away again,
+    // so the set stays small while the changes add up to 25 MB.
+    let big = api.node.set::<String>("big");
+    let adds: u64 = 100;
+    for i in 0..adds {
+        let element = format!("{i}{}", "x".repeat(256 * 1024));
+        big.add(&element).await.unwrap();
+        big.remove(&element).await.unwrap();
+    }
+    big.add(&"done".into()).await.unwrap();
+    // The reader gets there: the stalled stream holds up neither it nor the node.
+    tokio::time::timeout(WAIT, reader).await.unwrap().unwrap();
+    // The stalled stream kept what fits in the sockets and its own buffer and counted the
+    // rest, and says so once its client reads again (before, the node's event queue kept all
+    // of it, up to 4096 changes of up to a megabyte each, for as long as the client slept).
+    let mut buffer = String::new();
+    let (_, lagged) = next_event(&mut stalled, &mut buffer, |name, _| name == "lagged").await;
+    let missed = lagged["missed"].as_u64().unwrap();
+    assert!(missed > 0 && missed <= 2 * adds + 1, "{lagged}");
+    api.stop().await;
 }

@@ -225,6 +225,7 @@ impl Server {
             shutdown: stopping,
             grace: self.grace,
         });
+        let held = Arc::downgrade(&state);
         let app = router(state, self.body_limit);
         tokio::select! {
             () = connections.accept(listener, &app) => {}
@@ -241,11 +242,17 @@ impl Server {
             // holding `serve` forever.
             connections.closed(KILL_WAIT).await;
         }
+        // Event streams' forwarding tasks (`sse.rs`) end as soon as they hear of the stop.
+        let deadline = tokio::time::Instant::now() + KILL_WAIT;
+        while held.strong_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         Ok(())
     }
 }
 
-/// How long dropping the connections still open at the end may take.
+/// How long dropping the connections still open at the end, and the event streams' tasks
+/// ending, may take.
 const KILL_WAIT: Duration = Duration::from_secs(1);
 
 /// Returns once the server is stopping (or gone).
