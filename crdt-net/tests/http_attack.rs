@@ -538,3 +538,52 @@ async fn a_stream_whose_client_stops_reading_is_bounded_and_holds_up_no_one() {
     assert!(missed > 0 && missed <= 2 * adds + 1, "{lagged}");
     api.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_of_a_hundred_thousand_elements_is_read_whole() {
+    use crdt_core::Crdt;
+    use crdt_net::{Object, Op};
+    let api = one_node().await;
+    let me = api.node.replica_id();
+    let elements = 100_000;
+    // In batches: merging each add into a batch's delta costs in proportion to the batch.
+    for batch in 0..100 {
+        api.node
+            .update_with("big", move |object| {
+                let mut delta = Object::Empty;
+                for i in 0..elements / 100 {
+                    let element = crdt_net::value::encode(&format!("e{}", batch * 1000 + i));
+                    delta.merge(&object.apply(me, &Op::Add(element))?);
+                }
+                Ok::<_, crdt_net::TypeMismatch>(delta)
+            })
+            .await
+            .unwrap();
+    }
+    let before = peak_rss_kb();
+    let started = std::time::Instant::now();
+    let response = api
+        .client
+        .get(api.url("/v1/objects/big"))
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .unwrap();
+    let body = response.bytes().await.unwrap();
+    eprintln!(
+        "GET of {elements} elements: {} bytes in {:?}, peak RSS {} -> {} kB",
+        body.len(),
+        started.elapsed(),
+        before,
+        peak_rss_kb()
+    );
+    let read: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(read["value"].as_array().map(Vec::len), Some(elements));
+    api.stop().await;
+}
+
+fn peak_rss_kb() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use super::json::object_json;
+use super::json::{KeyJson, ObjectJson};
 use super::request::{timeout, OpName, Write, WriteBody, MAX_PEERS};
 use super::{stopped, AppState};
 use crate::node::{NodeError, ReadLevel, Token};
@@ -248,7 +248,7 @@ pub(super) async fn read(
     State(state): State<Arc<AppState>>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<ReadQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let key = key_of(path)?;
     let Query(query) = query?;
     let timeout = timeout(query.timeout_ms)?;
@@ -272,11 +272,11 @@ pub(super) async fn read(
     };
     let object =
         object.ok_or_else(|| ApiError::not_found(format!("nothing is stored under {key:?}")))?;
-    let mut body = object_json(&object);
-    if let Value::Object(fields) = &mut body {
-        fields.insert("key".into(), Value::String(key));
-    }
-    Ok(Json(body))
+    let body = ObjectJson {
+        object: &object,
+        key: Some(KeyJson::Str(&key)),
+    };
+    Ok(Json(body).into_response())
 }
 
 /// `POST /v1/objects/{key}`: one typed operation; answers with the write's token.

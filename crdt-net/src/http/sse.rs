@@ -8,12 +8,12 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::Stream;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
-use super::json::object_json;
+use super::json::ObjectJson;
 use super::routes::ApiError;
 use super::{stopped, AppState};
 use crate::Event;
@@ -108,9 +108,10 @@ impl Watch {
                 () = self.to_client.closed() => return,
                 places = self.buffer.clone().acquire_many_owned(LAGGED_BYTES), if missed > 0 => {
                     let Ok(places) = places else { return };
-                    let (lagged, _) = sse("lagged", json!({ "missed": missed }));
-                    if self.to_client.send(Buffered(lagged, places)).is_err() {
-                        return;
+                    if let Some((lagged, _)) = sse("lagged", &json!({ "missed": missed })) {
+                        if self.to_client.send(Buffered(lagged, places)).is_err() {
+                            return;
+                        }
                     }
                     missed = 0;
                     continue;
@@ -146,46 +147,51 @@ impl Watch {
         let unfiltered = self.key.is_none();
         match event {
             Event::Changed { key, local, change } if wanted(&key) => {
-                let value = match self.value {
-                    true => Some(
-                        self.state
-                            .node
-                            .get(&key)
-                            .await
-                            .as_ref()
-                            .map_or(Value::Null, object_json),
-                    ),
+                let now = match self.value {
+                    true => Some(self.state.node.get(&key).await),
                     false => None,
                 };
-                let mut data =
-                    json!({ "key": key, "local": local, "change": object_json(&change) });
-                if let (Some(value), Value::Object(fields)) = (value, &mut data) {
-                    fields.insert("value".into(), value);
-                }
-                Some(sse("change", data))
+                let data = ChangeJson {
+                    change: ObjectJson::new(&change),
+                    key: &key,
+                    local,
+                    value: now.as_ref().map(|now| now.as_ref().map(ObjectJson::new)),
+                };
+                sse("change", &data)
             }
             Event::TypeConflict { key } if wanted(&key) => {
-                Some(sse("type_conflict", json!({ "key": key })))
+                sse("type_conflict", &json!({ "key": key }))
             }
             Event::PeerUp(peer) if unfiltered => {
-                Some(sse("peer_up", json!({ "peer": peer.to_string() })))
+                sse("peer_up", &json!({ "peer": peer.to_string() }))
             }
             Event::PeerDown(peer) if unfiltered => {
-                Some(sse("peer_down", json!({ "peer": peer.to_string() })))
+                sse("peer_down", &json!({ "peer": peer.to_string() }))
             }
-            Event::ClockDrift { peer, ahead_ms } if unfiltered => Some(sse(
+            Event::ClockDrift { peer, ahead_ms } if unfiltered => sse(
                 "clock_drift",
-                json!({ "peer": peer.to_string(), "ahead_ms": ahead_ms }),
-            )),
+                &json!({ "peer": peer.to_string(), "ahead_ms": ahead_ms }),
+            ),
             _ => None,
         }
     }
 }
 
+/// A `change` event's data (fields in alphabetical order, as elsewhere).
+#[derive(Serialize)]
+struct ChangeJson<'a> {
+    change: ObjectJson<'a>,
+    key: &'a str,
+    local: bool,
+    /// The object now (`null` if there is none), unless the stream leaves it out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<Option<ObjectJson<'a>>>,
+}
+
 /// An event named `name` carrying `data`, and its size.
-fn sse(name: &'static str, data: Value) -> (SseEvent, usize) {
+fn sse(name: &'static str, data: &impl Serialize) -> Option<(SseEvent, usize)> {
     // JSON text has no line breaks (they are escaped inside strings): one `data:` line.
-    let text = data.to_string();
+    let text = serde_json::to_string(data).ok()?;
     let bytes = text.len();
-    (SseEvent::default().event(name).data(text), bytes)
+    Some((SseEvent::default().event(name).data(text), bytes))
 }
