@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crdt_net::http::{self, ApiToken, HttpError, Server};
-use http_support::{cluster, lone_node, next_event, one_node, read_after, serve, Served, WAIT};
+use http_support::{cluster, lone_api, lone_node, next_event, one_node, read_after, WAIT};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -152,9 +152,7 @@ fn status_of(code: &str) -> StatusCode {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_typed_errors() {
-    let dir = TempDir::new().unwrap();
-    let node = lone_node(&dir).await;
-    let api = serve(node, dir, |s| s.body_limit(64 * 1024)).await;
+    let api = lone_api(|s| s.body_limit(64 * 1024)).await;
     api.post("/v1/objects/n", json!({ "op": "inc" })).await;
     let raw = |body: &'static str| {
         let api = &api;
@@ -643,9 +641,7 @@ async fn levels_and_tokens_work_across_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_cuts_waiting_requests_and_lets_go_of_the_node() {
-    let dir = TempDir::new().unwrap();
-    let node = lone_node(&dir).await;
-    let api = serve(node, dir, |s| s.grace(Duration::from_millis(200))).await;
+    let api = lone_api(|s| s.grace(Duration::from_millis(200))).await;
     let mut stream = api
         .client
         .get(api.url("/v1/events"))
@@ -673,19 +669,7 @@ async fn stopping_cuts_waiting_requests_and_lets_go_of_the_node() {
     .await
     .expect("the write is waiting");
     // Stop the server but keep the node to look at it afterwards.
-    let Served {
-        stop,
-        server,
-        node,
-        _dir,
-        ..
-    } = api;
-    let _ = stop.expect("running").send(());
-    tokio::time::timeout(WAIT, server.expect("running"))
-        .await
-        .expect("the server stops in time")
-        .unwrap()
-        .unwrap();
+    let (node, _dir) = api.stop_server().await;
     let (status, body) = tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap();
     assert_eq!(
         (status, body["error"].as_str()),

@@ -8,7 +8,7 @@ mod http_support;
 use std::time::Duration;
 
 use crdt_net::http::{self, ApiToken, HttpError};
-use http_support::{lone_node, next_event, one_node, serve, Served, WAIT};
+use http_support::{lone_api, next_event, one_node, Served, WAIT};
 use reqwest::StatusCode;
 use serde_json::json;
 use tempfile::TempDir;
@@ -61,9 +61,7 @@ fn keep_alive_request(api: &Served, path: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_finishes_its_headers_is_cut_off() {
-    let dir = TempDir::new().unwrap();
-    let node = lone_node(&dir).await;
-    let api = serve(node, dir, |s| s.header_timeout(Duration::from_millis(300))).await;
+    let api = lone_api(|s| s.header_timeout(Duration::from_millis(300))).await;
     // Half a request line, half the headers, and a finished request left idle.
     let mut held = vec![
         raw(&api, b"GE").await,
@@ -80,9 +78,7 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_limit_are_told_so_and_the_limit_frees_up() {
-    let dir = TempDir::new().unwrap();
-    let node = lone_node(&dir).await;
-    let api = serve(node, dir, |s| s.max_connections(4)).await;
+    let api = lone_api(|s| s.max_connections(4)).await;
     // Four connections that never finish a request hold every place (the kernel hands them
     // to the server in the order they connected, so before the requests below).
     let mut held = Vec::new();
@@ -358,9 +354,7 @@ async fn streams_given_up_by_their_clients_free_their_places() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_does_not_keep_the_node_after_stopping() {
-    let dir = TempDir::new().unwrap();
-    let node = lone_node(&dir).await;
-    let api = serve(node, dir, |s| s.grace(Duration::from_millis(200))).await;
+    let api = lone_api(|s| s.grace(Duration::from_millis(200))).await;
     // An event stream its client never reads, fed far more than the sockets buffer: every
     // change to `big` carries the whole set, half a megabyte.
     let stream = raw(&api, &keep_alive_request(&api, "/v1/events")).await;
@@ -425,9 +419,7 @@ fn a_token_file_that_others_own_or_can_read_through_a_link_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_racing_a_shutdown_are_answered_truthfully() {
-    let dir = TempDir::new().unwrap();
-    let node = lone_node(&dir).await;
-    let api = serve(node, dir, |s| s.grace(Duration::from_millis(200))).await;
+    let api = lone_api(|s| s.grace(Duration::from_millis(200))).await;
     // Writers that keep writing until the server is gone; each remembers what it was told.
     let writers: Vec<_> = (0..4)
         .map(|w| {
@@ -458,19 +450,7 @@ async fn writes_racing_a_shutdown_are_answered_truthfully() {
     })
     .await
     .expect("the writers are writing");
-    let Served {
-        stop,
-        server,
-        node,
-        _dir,
-        ..
-    } = api;
-    let _ = stop.expect("running").send(());
-    tokio::time::timeout(WAIT, server.expect("running"))
-        .await
-        .expect("the server stops in time")
-        .unwrap()
-        .unwrap();
+    let (node, _dir) = api.stop_server().await;
     let mut ok = 0;
     for writer in writers {
         for (element, status) in tokio::time::timeout(WAIT, writer).await.unwrap().unwrap() {
@@ -497,10 +477,8 @@ async fn writes_racing_a_shutdown_are_answered_truthfully() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_whose_client_stops_reading_is_bounded_and_holds_up_no_one() {
-    let dir = TempDir::new().unwrap();
-    let node = lone_node(&dir).await;
     // At the end the stalled stream is still full: dropped after twice the grace period.
-    let api = serve(node, dir, |s| s.grace(Duration::from_millis(200))).await;
+    let api = lone_api(|s| s.grace(Duration::from_millis(200))).await;
     let open = || {
         api.client
             .get(api.url("/v1/events?key=big&value=false"))

@@ -55,16 +55,28 @@ impl Served {
 
     /// Stops the server, checks it ended cleanly and in time and holds no reference to the
     /// node any more, and stops the node.
-    pub async fn stop(mut self) {
-        let _ = self.stop.take().expect("running").send(());
-        let server = self.server.take().expect("running");
-        tokio::time::timeout(WAIT, server)
+    pub async fn stop(self) {
+        let (node, _dir) = self.stop_server().await;
+        let node = Arc::try_unwrap(node).expect("the server let go of the node");
+        node.shutdown().await;
+    }
+
+    /// Stops the server and checks it ended cleanly and in time; the node goes on.
+    pub async fn stop_server(self) -> (Arc<Node>, TempDir) {
+        let Served {
+            stop,
+            server,
+            node,
+            _dir,
+            ..
+        } = self;
+        let _ = stop.expect("running").send(());
+        tokio::time::timeout(WAIT, server.expect("running"))
             .await
             .expect("the server stops in time")
             .expect("the server task did not panic")
             .expect("the server ended cleanly");
-        let node = Arc::try_unwrap(self.node).expect("the server let go of the node");
-        node.shutdown().await;
+        (node, _dir)
     }
 }
 
@@ -124,6 +136,13 @@ pub async fn serve(
         server: Some(server),
         _dir: dir,
     }
+}
+
+/// A node on its own with its API served (its builder passed through `configure`).
+pub async fn lone_api(configure: impl FnOnce(Server) -> Server) -> Served {
+    let dir = TempDir::new().unwrap();
+    let node = lone_node(&dir).await;
+    serve(node, dir, configure).await
 }
 
 /// A node on its own in `dir`.
