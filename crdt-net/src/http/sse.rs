@@ -119,9 +119,14 @@ impl Watch {
                 received = self.events.recv() => received,
             };
             match received {
+                Ok(event) if !self.wants(&event) => {}
+                // Behind a full buffer it is counted, without the cost of rendering it.
+                Ok(_) if missed > 0 || self.buffer.available_permits() == 0 => {
+                    missed = missed.saturating_add(1);
+                }
                 Ok(event) => {
                     if let Some((event, bytes)) = self.render(event).await {
-                        if missed > 0 || !self.buffer(event, bytes) {
+                        if !self.buffer(event, bytes) {
                             missed = missed.saturating_add(1);
                         }
                     }
@@ -138,6 +143,18 @@ impl Watch {
         match self.buffer.clone().try_acquire_many_owned(places) {
             Ok(places) => self.to_client.send(Buffered(event, places)).is_ok(),
             Err(_) => false,
+        }
+    }
+
+    /// Whether this stream sends `event`: those of its key, or all with no key given (peers
+    /// and clocks only then).
+    fn wants(&self, event: &Event) -> bool {
+        match (event, self.key.as_deref()) {
+            (Event::Changed { key, .. } | Event::TypeConflict { key }, Some(wanted)) => {
+                key == wanted
+            }
+            (Event::Changed { .. } | Event::TypeConflict { .. }, None) => true,
+            (_, filter) => filter.is_none(),
         }
     }
 
