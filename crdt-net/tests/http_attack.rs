@@ -565,3 +565,47 @@ fn peak_rss_kb() -> u64 {
     let line = status.lines().find(|l| l.starts_with("VmHWM")).unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_is_taken_as_clients_write_it_and_nothing_else() {
+    let api = one_node().await;
+    let token = &api.token;
+    let status = |header: String| {
+        let request = api.client.get(api.url("/v1/keys"));
+        async move {
+            request
+                .header("authorization", header)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    // The scheme's case does not matter (RFC 9110), nor how many blanks follow it.
+    for header in [
+        format!("Bearer {token}"),
+        format!("bearer {token}"),
+        format!("BEARER {token}"),
+        format!("Bearer   {token}"),
+        format!("Bearer\t{token}"),
+    ] {
+        assert_eq!(status(header.clone()).await, StatusCode::OK, "{header}");
+    }
+    for header in [
+        format!("Bearer{token}"),
+        format!("Bearer {token}x"),
+        format!("Bearer {}", &token[..token.len() - 1]),
+        format!("Basic {token}"),
+        format!("Bearer {token} {token}"),
+        "Bearer".to_owned(),
+        "Bearer ".to_owned(),
+        token.to_owned(),
+    ] {
+        assert_eq!(
+            status(header.clone()).await,
+            StatusCode::UNAUTHORIZED,
+            "{header}"
+        );
+    }
+    api.stop().await;
+}

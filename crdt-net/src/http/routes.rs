@@ -156,11 +156,7 @@ pub(super) async fn authorize(
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
-        .map(HeaderValue::as_bytes)
-        .and_then(|v| {
-            v.strip_prefix(b"Bearer ")
-                .or_else(|| v.strip_prefix(b"bearer "))
-        });
+        .and_then(|v| bearer(v.as_bytes()));
     match presented {
         Some(token) if state.token.matches(token) => next.run(request).await,
         _ => ApiError::new(
@@ -170,6 +166,15 @@ pub(super) async fn authorize(
         )
         .into_response(),
     }
+}
+
+/// The token in an `Authorization` header's value: after the scheme `Bearer` (in any case,
+/// as schemes are) and blanks.
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(b"Bearer".len())?;
+    let token = rest.trim_ascii_start();
+    let separated = token.len() < rest.len();
+    (scheme.eq_ignore_ascii_case(b"Bearer") && separated).then_some(token.trim_ascii_end())
 }
 
 /// Answers `503 stopped` for a request still running the grace period after the server was
