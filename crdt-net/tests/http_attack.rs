@@ -609,3 +609,27 @@ async fn the_token_is_taken_as_clients_write_it_and_nothing_else() {
     }
     api.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_header_timeout_leaves_streams_and_slow_answers_alone() {
+    let api = lone_api(|s| s.header_timeout(Duration::from_millis(100))).await;
+    let mut stream = api
+        .client
+        .get(api.url("/v1/events?key=k"))
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .unwrap();
+    // A request that waits ten times the header timeout for its answer, meanwhile.
+    let (status, body) = api
+        .get("/v1/objects/k?after=00000000000000ff:1&timeout_ms=1000")
+        .await;
+    assert_eq!(body["error"], "not_seen", "{status} {body}");
+    // The stream, open all along, still delivers.
+    api.post("/v1/objects/k", json!({ "op": "add", "value": "x" }))
+        .await;
+    let mut buffer = String::new();
+    let (name, _) = next_event(&mut stream, &mut buffer, |_, _| true).await;
+    assert_eq!(name, "change");
+    api.stop().await;
+}
