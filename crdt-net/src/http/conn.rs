@@ -132,12 +132,12 @@ impl Connections {
 
     /// Waits until every connection has closed, for `wait` at most; whether they all did.
     pub(super) async fn closed(&self, wait: Duration) -> bool {
-        tokio::time::timeout(wait, self.open.acquire_many(self.limit))
-            .await
-            .is_ok_and(|all| all.is_ok())
-            && tokio::time::timeout(wait, self.refusing.acquire_many(REFUSALS as u32))
-                .await
-                .is_ok_and(|all| all.is_ok())
+        let all = async {
+            let open = self.open.acquire_many(self.limit).await;
+            let refusing = self.refusing.acquire_many(REFUSALS as u32).await;
+            open.is_ok() && refusing.is_ok()
+        };
+        tokio::time::timeout(wait, all).await.unwrap_or(false)
     }
 }
 
