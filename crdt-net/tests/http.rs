@@ -1,146 +1,16 @@
 //! The HTTP API with real parts: nodes on loopback QUIC, the API on loopback TCP, a real HTTP
 //! client (reqwest), and the Python client from docs/http-api.md as a real process.
 
+mod http_support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use crdt_net::http::{self, ApiToken, HttpError, Server};
-use crdt_net::node::{Identity, Node, NodeBuilder};
+use http_support::{cluster, lone_api, lone_node, next_event, one_node, read_after, WAIT};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tempfile::TempDir;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-
-/// How long anything in these tests may take before it counts as a failure.
-const WAIT: Duration = Duration::from_secs(20);
-
-/// A node with its API on a loopback port.
-struct Served {
-    node: Arc<Node>,
-    base: String,
-    token: String,
-    client: reqwest::Client,
-    stop: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<Result<(), HttpError>>>,
-    _dir: TempDir,
-}
-
-impl Served {
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.send(self.client.get(self.url(path))).await
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.send(self.client.post(self.url(path)).body(body.to_string()))
-            .await
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    async fn send(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
-        let response = tokio::time::timeout(WAIT, request.bearer_auth(&self.token).send())
-            .await
-            .expect("an answer in time")
-            .expect("an answer");
-        let status = response.status();
-        let body = response.json::<Value>().await.expect("a JSON body");
-        (status, body)
-    }
-
-    /// Stops the server, checks it ended cleanly and in time and holds no reference to the
-    /// node any more, and stops the node.
-    async fn stop(mut self) {
-        let _ = self.stop.take().expect("running").send(());
-        let server = self.server.take().expect("running");
-        tokio::time::timeout(WAIT, server)
-            .await
-            .expect("the server stops in time")
-            .expect("the server task did not panic")
-            .expect("the server ended cleanly");
-        let node = Arc::try_unwrap(self.node).expect("the server let go of the node");
-        node.shutdown().await;
-    }
-}
-
-/// Starts `n` nodes that trust each other (each dialing the ones before it), each with its
-/// API served on a fresh loopback port.
-async fn cluster(n: usize) -> Vec<Served> {
-    let dirs: Vec<TempDir> = (0..n).map(|_| TempDir::new().unwrap()).collect();
-    let keys: Vec<_> = dirs
-        .iter()
-        .map(|d| {
-            Identity::load_or_create(d.path())
-                .unwrap()
-                .fingerprint()
-                .unwrap()
-        })
-        .collect();
-    let mut served: Vec<Served> = Vec::new();
-    for (i, dir) in dirs.into_iter().enumerate() {
-        let mut builder = NodeBuilder::new(dir.path())
-            .listen("127.0.0.1:0".parse().unwrap())
-            .mdns(false)
-            .gossip_interval(Duration::from_millis(100));
-        for (j, key) in keys.iter().enumerate() {
-            if j != i {
-                builder = builder.trust_key(*key);
-            }
-        }
-        for other in &served {
-            builder = builder.peer(other.node.local_addr());
-        }
-        let node = Arc::new(builder.start().await.unwrap());
-        served.push(serve(node, dir, |server| server).await);
-    }
-    served
-}
-
-/// Serves `node`'s API (its builder passed through `configure`).
-async fn serve(node: Arc<Node>, dir: TempDir, configure: impl FnOnce(Server) -> Server) -> Served {
-    let token = ApiToken::load_or_create(dir.path()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = oneshot::channel();
-    let server = configure(Server::new(node.clone(), token.clone()));
-    let server = tokio::spawn(server.serve(listener, async move {
-        let _ = stopped.await;
-    }));
-    Served {
-        node,
-        base,
-        token: token.as_str().to_owned(),
-        client: reqwest::Client::new(),
-        stop: Some(stop),
-        server: Some(server),
-        _dir: dir,
-    }
-}
-
-/// A node on its own in `dir`.
-async fn lone_node(dir: &TempDir) -> Arc<Node> {
-    let builder = NodeBuilder::new(dir.path())
-        .listen("127.0.0.1:0".parse().unwrap())
-        .mdns(false);
-    Arc::new(builder.start().await.unwrap())
-}
-
-/// Reads `key` at `api` once the write `token` names has arrived, and checks it holds
-/// `element`.
-async fn read_after(api: &Served, key: &str, token: &str, element: &str) {
-    let url = format!("/v1/objects/{key}?after={token}&timeout_ms=10000");
-    let (status, body) = api.get(&url).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let elements = body["value"].as_array().unwrap();
-    assert!(elements.contains(&json!(element)), "{body}");
-}
-
-async fn one_node() -> Served {
-    cluster(1).await.pop().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_read_back_typed() {
     let api = one_node().await;
@@ -282,9 +152,7 @@ fn status_of(code: &str) -> StatusCode {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_typed_errors() {
-    let dir = TempDir::new().unwrap();
-    let node = lone_node(&dir).await;
-    let api = serve(node, dir, |s| s.body_limit(64 * 1024)).await;
+    let api = lone_api(|s| s.body_limit(64 * 1024)).await;
     api.post("/v1/objects/n", json!({ "op": "inc" })).await;
     let raw = |body: &'static str| {
         let api = &api;
@@ -467,41 +335,6 @@ async fn requests_without_the_token_are_refused() {
     let (status, _) = api.get("/v1/keys").await;
     assert_eq!(status, StatusCode::OK);
     api.stop().await;
-}
-
-/// Reads Server-Sent Events from `response` until one satisfies `wanted`.
-async fn next_event(
-    response: &mut reqwest::Response,
-    buffer: &mut String,
-    wanted: impl Fn(&str, &Value) -> bool,
-) -> (String, Value) {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            while let Some(end) = buffer.find("\n\n") {
-                let block: String = buffer.drain(..end + 2).collect();
-                let field = |name: &str| {
-                    block
-                        .lines()
-                        .find_map(|l| l.strip_prefix(name))
-                        .map(|v| v.trim_start().to_owned())
-                };
-                if let (Some(name), Some(data)) = (field("event:"), field("data:")) {
-                    let data: Value = serde_json::from_str(&data).unwrap();
-                    if wanted(&name, &data) {
-                        return (name, data);
-                    }
-                }
-            }
-            let chunk = response
-                .chunk()
-                .await
-                .unwrap()
-                .expect("the stream stays open");
-            buffer.push_str(std::str::from_utf8(&chunk).unwrap());
-        }
-    })
-    .await
-    .expect("the event in time")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -808,9 +641,7 @@ async fn levels_and_tokens_work_across_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_cuts_waiting_requests_and_lets_go_of_the_node() {
-    let dir = TempDir::new().unwrap();
-    let node = lone_node(&dir).await;
-    let api = serve(node, dir, |s| s.grace(Duration::from_millis(200))).await;
+    let api = lone_api(|s| s.grace(Duration::from_millis(200))).await;
     let mut stream = api
         .client
         .get(api.url("/v1/events"))
@@ -838,19 +669,7 @@ async fn stopping_cuts_waiting_requests_and_lets_go_of_the_node() {
     .await
     .expect("the write is waiting");
     // Stop the server but keep the node to look at it afterwards.
-    let Served {
-        stop,
-        server,
-        node,
-        _dir,
-        ..
-    } = api;
-    let _ = stop.expect("running").send(());
-    tokio::time::timeout(WAIT, server.expect("running"))
-        .await
-        .expect("the server stops in time")
-        .unwrap()
-        .unwrap();
+    let (node, _dir) = api.stop_server().await;
     let (status, body) = tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap();
     assert_eq!(
         (status, body["error"].as_str()),

@@ -23,6 +23,7 @@
 //! # Ok(()) }
 //! ```
 
+mod conn;
 mod json;
 mod request;
 mod routes;
@@ -56,6 +57,14 @@ pub const MAX_STREAMS: usize = 64;
 /// default.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 
+/// Connections open at once, by default; one more is answered `503 too_many_connections`.
+/// Well above [`MAX_STREAMS`], and well below the file descriptors a process may open.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+
+/// How long a client may take to send a request's headers, and a connection may sit idle
+/// between requests, by default (hyper's own default).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Why the API could not be served, or its token not loaded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -76,6 +85,15 @@ pub enum HttpError {
         path: PathBuf,
         /// Its permission bits.
         mode: u32,
+    },
+    /// The token file belongs to another user, who may change it at will; it is not used.
+    /// Fix with `chown`, or delete it for a new one.
+    #[error("{path} belongs to user {uid}, who may change the token; `chown` it to the user running the node, or delete it to make a new one")]
+    TokenOwner {
+        /// The file.
+        path: PathBuf,
+        /// Its owner.
+        uid: u32,
     },
     /// The token file does not hold a token.
     #[error("{path} does not hold a token ({reason}); delete it to make a new one")]
@@ -112,6 +130,8 @@ pub struct Server {
     allow_remote: bool,
     body_limit: usize,
     grace: Duration,
+    max_connections: usize,
+    header_timeout: Duration,
 }
 
 /// What every handler sees.
@@ -135,7 +155,24 @@ impl Server {
             allow_remote: false,
             body_limit: DEFAULT_BODY_LIMIT,
             grace: DEFAULT_GRACE,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
         }
+    }
+
+    /// How many connections may be open at once (default [`DEFAULT_MAX_CONNECTIONS`], at
+    /// least 1); one more is answered `503 too_many_connections` and closed. Event streams
+    /// and requests waiting for a level or a token each hold one while they last.
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.max_connections = connections;
+        self
+    }
+
+    /// How long a client may take to send a request's headers, and a connection may sit
+    /// idle between requests, before it is closed (default [`DEFAULT_HEADER_TIMEOUT`]).
+    pub fn header_timeout(mut self, timeout: Duration) -> Self {
+        self.header_timeout = timeout;
+        self
     }
 
     /// Whether a listener on an address other than loopback is accepted (default false).
@@ -160,10 +197,10 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes: then event streams end, new connections are
-    /// refused, and requests still running get [`grace`](Server::grace) to finish. When it
-    /// returns, every connection is closed and the server holds no reference to the node
-    /// (so `Arc::try_unwrap` and [`Node::shutdown`] work), unless a client kept a
-    /// connection busy without finishing a request for twice the grace period.
+    /// refused, and requests still running get [`grace`](Server::grace) to finish; a
+    /// connection still open after twice the grace period (its client not reading the
+    /// answer) is dropped. When it returns, every connection is closed and the server holds
+    /// no reference to the node (so `Arc::try_unwrap` and [`Node::shutdown`] work).
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -174,39 +211,49 @@ impl Server {
             return Err(HttpError::NotLoopback(addr));
         }
         let (stop, stopping) = watch::channel(false);
+        let (kill, killed) = watch::channel(false);
+        let connections = conn::Connections::new(
+            self.max_connections,
+            self.header_timeout,
+            stopping.clone(),
+            killed,
+        );
         let state = Arc::new(AppState {
             node: self.node,
             token: self.token,
             streams: Arc::new(Semaphore::new(MAX_STREAMS)),
-            shutdown: stopping.clone(),
+            shutdown: stopping,
             grace: self.grace,
         });
         let held = Arc::downgrade(&state);
         let app = router(state, self.body_limit);
-        let mut graceful = stopping;
-        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = graceful.wait_for(|stop| *stop).await;
-        });
-        // The server finishes once every connection has closed; a connection that never
-        // finishes a request is given up on after twice the grace period.
-        let grace = self.grace;
-        let served = tokio::select! {
-            served = server => served.map_err(HttpError::Serve),
-            () = async {
-                shutdown.await;
-                let _ = stop.send(true);
-                tokio::time::sleep(grace.saturating_mul(2)).await;
-            } => Ok(()),
-        };
-        // axum counts a connection closed a moment before its task drops the router (and so
-        // the node): wait for the last one to let go, for the grace period at most.
-        let deadline = tokio::time::Instant::now() + grace;
+        tokio::select! {
+            () = connections.accept(listener, &app) => {}
+            () = shutdown => {}
+        }
+        // The listener is closed now: new connections are refused. Requests still running
+        // get the grace period, then are answered 503 (`routes::until_stopped`); a connection
+        // still open after twice the grace period (a client not reading its answer) is dropped.
+        let _ = stop.send(true);
+        drop(app);
+        if !connections.closed(self.grace.saturating_mul(2)).await {
+            let _ = kill.send(true);
+            // Dropping a connection is quick; this bound only keeps a stuck task from
+            // holding `serve` forever.
+            connections.closed(KILL_WAIT).await;
+        }
+        // Event streams' forwarding tasks (`sse.rs`) end as soon as they hear of the stop.
+        let deadline = tokio::time::Instant::now() + KILL_WAIT;
         while held.strong_count() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        served
+        Ok(())
     }
 }
+
+/// How long dropping the connections still open at the end, and the event streams' tasks
+/// ending, may take.
+const KILL_WAIT: Duration = Duration::from_secs(1);
 
 /// Returns once the server is stopping (or gone).
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use super::json::object_json;
+use super::json::{KeyJson, ObjectJson};
 use super::request::{timeout, OpName, Write, WriteBody, MAX_PEERS};
 use super::{stopped, AppState};
 use crate::node::{NodeError, ReadLevel, Token};
@@ -156,11 +156,7 @@ pub(super) async fn authorize(
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
-        .map(HeaderValue::as_bytes)
-        .and_then(|v| {
-            v.strip_prefix(b"Bearer ")
-                .or_else(|| v.strip_prefix(b"bearer "))
-        });
+        .and_then(|v| bearer(v.as_bytes()));
     match presented {
         Some(token) if state.token.matches(token) => next.run(request).await,
         _ => ApiError::new(
@@ -170,6 +166,15 @@ pub(super) async fn authorize(
         )
         .into_response(),
     }
+}
+
+/// The token in an `Authorization` header's value: after the scheme `Bearer` (in any case,
+/// as schemes are) and blanks.
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(b"Bearer".len())?;
+    let token = rest.trim_ascii_start();
+    let separated = token.len() < rest.len();
+    (scheme.eq_ignore_ascii_case(b"Bearer") && separated).then_some(token.trim_ascii_end())
 }
 
 /// Answers `503 stopped` for a request still running the grace period after the server was
@@ -248,7 +253,7 @@ pub(super) async fn read(
     State(state): State<Arc<AppState>>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<ReadQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let key = key_of(path)?;
     let Query(query) = query?;
     let timeout = timeout(query.timeout_ms)?;
@@ -272,11 +277,11 @@ pub(super) async fn read(
     };
     let object =
         object.ok_or_else(|| ApiError::not_found(format!("nothing is stored under {key:?}")))?;
-    let mut body = object_json(&object);
-    if let Value::Object(fields) = &mut body {
-        fields.insert("key".into(), Value::String(key));
-    }
-    Ok(Json(body))
+    let body = ObjectJson {
+        object: &object,
+        key: Some(KeyJson::Str(&key)),
+    };
+    Ok(Json(body).into_response())
 }
 
 /// `POST /v1/objects/{key}`: one typed operation; answers with the write's token.

@@ -42,9 +42,10 @@ impl std::fmt::Debug for ApiToken {
 
 impl ApiToken {
     /// The token in `data_dir`'s [`TOKEN_FILE`], made (random, owner-only permissions) if the
-    /// file does not exist. A file that group or others can read or write, or that does not
-    /// hold one token (32 to 256 visible ASCII characters, surrounding blanks ignored), is
-    /// refused rather than used or replaced.
+    /// file does not exist. A file that group or others can read or write, that another user
+    /// than this process's (or root) owns, or that does not hold one token (32 to 256 visible
+    /// ASCII characters, surrounding blanks ignored), is refused rather than used or
+    /// replaced. A symbolic link is followed and what it leads to checked.
     pub fn load_or_create(data_dir: &Path) -> Result<ApiToken, HttpError> {
         let path = Self::path(data_dir);
         match std::fs::symlink_metadata(&path) {
@@ -155,10 +156,18 @@ fn write_private(path: &Path, token: &str) -> std::io::Result<()> {
     file.sync_all()
 }
 
-/// Refuses a token file that anyone but its owner may read or write.
+/// Refuses a token file that anyone but its owner may read or write, or that another user
+/// than this process's (or root) owns.
 #[cfg(unix)]
 fn check_private(path: &Path, meta: &std::fs::Metadata) -> Result<(), HttpError> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let uid = meta.uid();
+    if uid != rustix::process::geteuid().as_raw() && uid != 0 {
+        return Err(HttpError::TokenOwner {
+            path: path.to_owned(),
+            uid,
+        });
+    }
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(HttpError::TokenPermissions {
