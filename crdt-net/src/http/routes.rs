@@ -17,7 +17,7 @@ use super::json::{KeyJson, ObjectJson};
 use super::request::{timeout, OpName, Write, WriteBody, MAX_PEERS};
 use super::{stopped, AppState};
 use crate::node::{NodeError, ReadLevel, Token};
-use crate::{Op, UpdateError};
+use crate::{Object, Op, UpdateError};
 
 /// A failed request, sent as `{"error": CODE, "message": TEXT, ...details}` with its status.
 #[derive(Debug)]
@@ -263,25 +263,29 @@ pub(super) async fn read(
         )));
     }
     let node = &state.node;
-    let mut object = match &query.after {
+    let not_found = || ApiError::not_found(format!("nothing is stored under {key:?}"));
+    let render = |object: &Object| {
+        let body = ObjectJson {
+            object,
+            key: Some(KeyJson::Str(&key)),
+        };
+        Json(body).into_response()
+    };
+    let waited = match &query.after {
         Some(token) => {
             let token: Token = token.parse()?;
             node.get_after(&key, token, timeout).await?
         }
         None => None,
     };
-    object = match query.read {
+    let object = match query.read {
         Some(peers) if peers > 0 => node.read(&key, ReadLevel::Peers(peers), timeout).await?,
-        _ if query.after.is_some() => object,
-        _ => node.get(&key).await,
+        _ if query.after.is_some() => waited,
+        // A plain read renders the object where it is, under the node's read lock, instead
+        // of copying it first (a large set was copied whole for every read).
+        _ => return node.with(&key, render)?.ok_or_else(not_found),
     };
-    let object =
-        object.ok_or_else(|| ApiError::not_found(format!("nothing is stored under {key:?}")))?;
-    let body = ObjectJson {
-        object: &object,
-        key: Some(KeyJson::Str(&key)),
-    };
-    Ok(Json(body).into_response())
+    object.as_ref().map(render).ok_or_else(not_found)
 }
 
 /// `POST /v1/objects/{key}`: one typed operation; answers with the write's token.
@@ -299,7 +303,7 @@ pub(super) async fn write(
     // needs), which no one asked for.
     if matches!(write.op, OpName::Remove | OpName::Delete)
         && write.path.is_empty()
-        && node.get(&key).await.is_none()
+        && node.with(&key, |_| ())?.is_none()
     {
         return Err(ApiError::not_found(format!(
             "nothing is stored under {key:?}"

@@ -16,7 +16,7 @@ use tokio::sync::{broadcast, mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use super::json::ObjectJson;
 use super::routes::ApiError;
 use super::{stopped, AppState};
-use crate::Event;
+use crate::{Event, Object};
 
 /// `GET /v1/events`'s query.
 #[derive(Deserialize)]
@@ -164,17 +164,28 @@ impl Watch {
         let unfiltered = self.key.is_none();
         match event {
             Event::Changed { key, local, change } if wanted(&key) => {
-                let now = match self.value {
-                    true => Some(self.state.node.get(&key).await),
-                    false => None,
+                let render = |now: Option<Option<&Object>>| {
+                    let data = ChangeJson {
+                        change: ObjectJson::new(&change),
+                        key: &key,
+                        local,
+                        value: now.map(|now| now.map(ObjectJson::new)),
+                    };
+                    sse("change", &data)
                 };
-                let data = ChangeJson {
-                    change: ObjectJson::new(&change),
-                    key: &key,
-                    local,
-                    value: now.as_ref().map(|now| now.as_ref().map(ObjectJson::new)),
-                };
-                sse("change", &data)
+                if !self.value {
+                    return render(None);
+                }
+                // The object as it is now, rendered where it is (under the node's read lock)
+                // instead of copied first.
+                match self.state.node.with(&key, |now| render(Some(Some(now)))) {
+                    Ok(Some(rendered)) => rendered,
+                    Ok(None) => render(Some(None)),
+                    Err(_) => {
+                        let now = self.state.node.get(&key).await;
+                        render(Some(now.as_ref()))
+                    }
+                }
             }
             Event::TypeConflict { key } if wanted(&key) => {
                 sse("type_conflict", &json!({ "key": key }))
