@@ -8,7 +8,7 @@
 //! ids (as real nodes do), so version vectors cost what they cost in deployment.
 
 use crdt_core::{Crdt, ReplicaId};
-use crdt_net::sim::{Sim, SimConfig};
+use crdt_net::sim::{written_by, Sim, SimConfig};
 use crdt_net::{Config, Durable, Object, Op, Replica};
 
 const INTERVAL: u64 = 100;
@@ -29,35 +29,31 @@ fn config(replicas: usize, seed: u64) -> SimConfig {
     }
 }
 
-/// Bytes per idle exchange (one digest and its in-sync answer) between converged replicas, as
-/// the number of writers grows.
+/// Bytes per idle exchange (a round's digest or summary and its answer) among 8 converged
+/// replicas, as the number of writers their context names grows; and all bytes per replica
+/// per round (peer exchange included).
 fn idle_rounds() {
-    println!("\n## Idle rounds (converged replicas, fanout 2, 50 rounds)\n");
-    println!("| writers | bytes per exchange | bytes per writer above 1 writer |");
-    println!("| ---: | ---: | ---: |");
-    let mut one_writer = 0.0;
-    for writers in [1, 8, 64] {
-        let mut sim = Sim::new(config(writers.max(2), 1));
-        for i in 0..writers {
-            sim.update(i, "hits", &Op::Inc(1));
-        }
-        assert!(sim.run_until_converged(60_000).is_some());
+    println!("\n## Idle rounds (8 converged replicas, fanout 2, 50 rounds)\n");
+    println!("| writers | context bytes | bytes per exchange | all bytes per replica per round |");
+    println!("| ---: | ---: | ---: | ---: |");
+    for writers in [1, 64, 1_000] {
+        let state = written_by("hits", writers);
+        let context = crdt_core::codec::encode(&state.seen).len() - 1;
+        let mut sim = Sim::with_states(config(8, 1), |_| state.clone());
         sim.run_for(10 * INTERVAL);
         let before = sim.stats().clone();
         let rounds = 50;
         sim.run_for(rounds * INTERVAL);
-        let bytes = (sim.stats().bytes - before.bytes) as f64;
+        assert!(sim.converged());
+        let exchange = (sim.stats().exchange_bytes - before.exchange_bytes) as f64;
+        let all = (sim.stats().bytes - before.bytes) as f64;
         let exchanges = (rounds * 2 * sim.len() as u64) as f64;
-        let per_exchange = bytes / exchanges;
-        if writers == 1 {
-            one_writer = per_exchange;
-        }
-        let per_writer = if writers > 1 {
-            format!("{:.1}", (per_exchange - one_writer) / (writers - 1) as f64)
-        } else {
-            "-".into()
-        };
-        println!("| {writers} | {per_exchange:.1} | {per_writer} |");
+        let replica_rounds = (rounds * sim.len() as u64) as f64;
+        println!(
+            "| {writers} | {context} | {:.1} | {:.1} |",
+            exchange / exchanges,
+            all / replica_rounds
+        );
     }
 }
 

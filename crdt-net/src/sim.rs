@@ -139,6 +139,9 @@ pub struct SimStats {
     pub lost_unacknowledged: u64,
     /// The most bytes ever in flight on one link: what a sender queued for one peer.
     pub peak_in_flight: u64,
+    /// Bytes of anti-entropy exchanges: digests, summaries and their answers (`InSync`,
+    /// `Mismatch`), without the deltas or state they set off.
+    pub exchange_bytes: u64,
 }
 
 /// A simulated cluster.
@@ -487,6 +490,10 @@ impl Sim {
     fn schedule(&mut self, from: usize, to: ReplicaId, payload: Vec<u8>) {
         self.stats.messages += 1;
         self.stats.bytes += payload.len() as u64;
+        // The message's variant index follows the version byte (docs/wire-format.md).
+        if matches!(payload.get(1), Some(0 | 1 | 9 | 10)) {
+            self.stats.exchange_bytes += payload.len() as u64;
+        }
         self.stats.largest_message = self.stats.largest_message.max(payload.len() as u64);
         let Some(&to) = self.index.get(&to) else {
             return;
@@ -517,6 +524,29 @@ impl Sim {
             }));
         }
     }
+}
+
+/// The state of a G-Counter at `key` incremented once by each of `writers` replicas with full
+/// 64-bit ids (none of them a simulated replica): a converged state whose context names
+/// `writers` writers, to start a [`Sim::with_states`] from.
+pub fn written_by(key: &str, writers: usize) -> Durable {
+    let mut state = Durable::default();
+    for i in 0..writers as u64 {
+        let id = ReplicaId::new((i + (1 << 20)).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1 << 63);
+        let mut writer = Replica::new(Config::new(id));
+        if writer.update(key, &Op::Inc(1)).is_err() {
+            continue;
+        }
+        let d = writer.durable();
+        for (k, object) in &d.objects {
+            state.objects.entry(k.clone()).or_default().merge(object);
+        }
+        for (k, touched) in &d.touched {
+            state.touched.entry(k.clone()).or_default().merge(touched);
+        }
+        state.seen.merge(&d.seen);
+    }
+    state
 }
 
 /// Equal objects, treating a missing key and an empty object alike.

@@ -3,7 +3,7 @@
 
 use crdt_core::{CausalContext, Dot, ReplicaId, VersionVector};
 use crdt_net::message::{
-    DeltaEntry, Digest, ReadReply, ReadRequest, StateChunk, StateDone, StateEntry,
+    fingerprint, DeltaEntry, Digest, ReadReply, ReadRequest, StateChunk, StateDone, StateEntry,
 };
 use crdt_net::store::MemStore;
 use crdt_net::{Config, Message, Object, Op, PeerInfo, ProtocolError, Replica, Transmit};
@@ -153,6 +153,7 @@ fn golden_messages() -> Vec<(&'static str, Message)> {
     let seen: CausalContext = [Dot::new(A, 1), Dot::new(A, 2), Dot::new(B, 1)]
         .into_iter()
         .collect();
+    let seen_again = seen.clone();
     let mut counter = Object::Empty;
     let delta = counter.apply(A, &Op::Inc(3)).unwrap();
     vec![
@@ -224,6 +225,8 @@ fn golden_messages() -> Vec<(&'static str, Message)> {
                 }),
             }),
         ),
+        ("summary", Message::Summary(fingerprint(&seen_again))),
+        ("mismatch", Message::Mismatch),
     ]
 }
 

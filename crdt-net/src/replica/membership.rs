@@ -4,7 +4,7 @@
 use crdt_core::{CausalContext, Dot, ReplicaId};
 
 use super::{PeerStatus, Replica};
-use crate::message::PeerInfo;
+use crate::message::{Fingerprint, PeerInfo};
 use crate::Event;
 
 #[derive(Debug)]
@@ -13,6 +13,12 @@ pub(super) struct Peer {
     /// What it has seen, as far as we know.
     pub(super) known: CausalContext,
     pub(super) awaiting_reply: bool,
+    /// Whether our last round sent it a [`Message::Summary`](crate::Message::Summary) not yet
+    /// answered with a mismatch: only then does a mismatch get our full digest.
+    pub(super) summary_sent: bool,
+    /// The fingerprint of our context when our last round's digest or summary went to it:
+    /// its `InSync` then means it has at least that context.
+    pub(super) digest_sent: Option<Fingerprint>,
     missed: u32,
     pub(super) down: bool,
     /// Whether it has been heard from since it was added.
@@ -80,6 +86,8 @@ impl Replica {
                         info,
                         known: CausalContext::new(),
                         awaiting_reply: false,
+                        summary_sent: false,
+                        digest_sent: None,
                         missed: 0,
                         down: false,
                         heard: false,

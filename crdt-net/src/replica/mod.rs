@@ -17,7 +17,7 @@ use read::PendingRead;
 use transfer::{fit, Incoming, Outgoing};
 
 use crate::log::DeltaLog;
-use crate::message::{DeltaEntry, Digest, Message, PeerInfo, Resume};
+use crate::message::{fingerprint, DeltaEntry, Digest, Fingerprint, Message, PeerInfo, Resume};
 use crate::store::{Batch, Store, StoreError};
 use crate::{Object, Op, ProtocolError, UpdateError, MAX_DEPTH};
 
@@ -661,7 +661,7 @@ impl Replica {
         self.heard_from(from);
         match message {
             Message::Digest(digest) => self.on_digest(now, from, digest),
-            Message::InSync => self.pull_finished(from),
+            Message::InSync => self.on_in_sync(from),
             Message::Deltas(entries) => self.on_deltas(now, from, entries),
             Message::Ack(mut dots) => {
                 let max_writers = self.config.max_writers;
@@ -682,6 +682,8 @@ impl Replica {
             Message::Peers(list) => list.into_iter().for_each(|info| self.add_peer(info)),
             Message::Read(request) => self.on_read(from, request),
             Message::ReadReply(reply) => self.on_read_reply(now, from, reply),
+            Message::Summary(theirs) => self.on_summary(from, theirs),
+            Message::Mismatch => self.on_mismatch(now, from),
         }
         Ok(())
     }
@@ -694,12 +696,20 @@ impl Replica {
         let mut candidates = self.reachable_peers(round);
         self.rng.shuffle(&mut candidates);
         candidates.truncate(self.config.fanout);
+        let ours = fingerprint(&self.durable.seen);
         for &to in &candidates {
             let want = self.start_pull(to, now);
-            let digest = self.digest(to, true, want);
+            let summary = self.summary_will_do(to);
+            let digest = if summary {
+                Message::Summary(ours)
+            } else {
+                self.digest(to, true, want)
+            };
             self.send(to, &digest);
             if let Some(peer) = self.peers.get_mut(&to) {
                 peer.awaiting_reply = true;
+                peer.summary_sent = summary;
+                peer.digest_sent = Some(ours);
             }
         }
         if let Some(&to) = candidates.first() {
@@ -786,6 +796,75 @@ impl Replica {
         })
     }
 
+    /// Whether a round's digest to `to` may be a [`Message::Summary`]: when `to` is known to
+    /// have everything this replica has (so the fingerprints most likely match), no transfer
+    /// from it is to be resumed, and the context is larger than its fingerprint. Otherwise
+    /// the peer most likely lacks something, and the full digest saves a round trip.
+    fn summary_will_do(&self, to: ReplicaId) -> bool {
+        let known = self
+            .peers
+            .get(&to)
+            .is_some_and(|p| p.known.includes(&self.durable.seen));
+        known
+            && self.resume_point(to).is_none()
+            && encoded_len(&self.durable.seen) > std::mem::size_of::<Fingerprint>()
+    }
+
+    /// A peer's summary: if its fingerprint is ours, the peer has seen exactly what this
+    /// replica has (as a full digest with our context would claim), so there is nothing to
+    /// exchange; else it is asked for its full digest.
+    fn on_summary(&mut self, from: ReplicaId, theirs: Fingerprint) {
+        if theirs != fingerprint(&self.durable.seen) {
+            self.send(from, &Message::Mismatch);
+            return;
+        }
+        let ours = self.durable.seen.clone();
+        let max_writers = self.config.max_writers;
+        if let Some(peer) = self.peers.get_mut(&from) {
+            peer.known = ours.clone();
+            bound_known(&mut peer.known, max_writers);
+        }
+        self.learn_in_transfer(from, &ours);
+        // Nothing to pull from a peer that has what we have.
+        self.pull_finished(from);
+        self.send(from, &Message::InSync);
+    }
+
+    /// The peer has everything our round's digest or summary said we had (or claims so, as
+    /// a digest of its own could): if our context is still that one, it is known to the peer.
+    fn on_in_sync(&mut self, from: ReplicaId) {
+        self.pull_finished(from);
+        let Some(sent) = self.peers.get_mut(&from).and_then(|p| p.digest_sent.take()) else {
+            return;
+        };
+        if sent != fingerprint(&self.durable.seen) {
+            return;
+        }
+        let ours = self.durable.seen.clone();
+        let max_writers = self.config.max_writers;
+        if let Some(peer) = self.peers.get_mut(&from) {
+            peer.known.merge(&ours);
+            bound_known(&mut peer.known, max_writers);
+        }
+    }
+
+    /// The answer to our summary: the peer's context differs, so the round goes on as with a
+    /// full digest. Answered once per summary sent, so a peer cannot have full digests sent
+    /// at will.
+    fn on_mismatch(&mut self, now: Millis, from: ReplicaId) {
+        let Some(peer) = self.peers.get_mut(&from) else {
+            return;
+        };
+        if !std::mem::take(&mut peer.summary_sent) {
+            return;
+        }
+        peer.awaiting_reply = true;
+        let held = self.pull.is_some_and(|(p, _, _)| p == from);
+        let want = held || self.start_pull(from, now);
+        let digest = self.digest(from, true, want);
+        self.send(from, &digest);
+    }
+
     fn on_digest(&mut self, now: Millis, from: ReplicaId, digest: Digest) {
         let max_writers = self.config.max_writers;
         if let Some(peer) = self.peers.get_mut(&from) {
@@ -848,6 +927,13 @@ impl Replica {
     }
 
     fn on_deltas(&mut self, now: Millis, from: ReplicaId, entries: Vec<DeltaEntry>) {
+        // The sender holds what it sends (committed before it left), as its digest would say;
+        // knowing so lets the next round to it be a summary.
+        let max_writers = self.config.max_writers;
+        if let Some(peer) = self.peers.get_mut(&from) {
+            entries.iter().for_each(|e| peer.known.insert(e.dot));
+            bound_known(&mut peer.known, max_writers);
+        }
         for entry in entries {
             if self.durable.seen.contains(entry.dot) {
                 self.acks_due.entry(from).or_default().insert(entry.dot);
