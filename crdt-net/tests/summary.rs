@@ -189,6 +189,13 @@ fn a_peer_that_lost_its_state_is_caught_up_though_known_to_have_everything() {
     assert_eq!(c.get(B).get("c").map(|o| o.to_string()), Some("1".into()));
 }
 
+/// Every message `r` sends now, decoded.
+fn sent(r: &mut Replica) -> Vec<Message> {
+    std::iter::from_fn(|| r.poll_transmit())
+        .map(|t| Message::decode(&t.payload, 1 << 20).unwrap())
+        .collect()
+}
+
 /// A replica holding data, its own write committed, and a twin restored from the same state.
 fn twins() -> (Replica, Replica) {
     let mut r = Replica::new(Config::new(A).with_peer(B).with_peer(C));
@@ -227,9 +234,7 @@ fn a_forged_summary_claims_no_more_than_a_digest_with_our_context_could() {
     );
     let lag = |x: &Replica| x.peers().map(|p| (p.info.id, p.lag)).collect::<Vec<_>>();
     assert_eq!(lag(&r), lag(&twin));
-    let answer: Vec<Message> = std::iter::from_fn(|| r.poll_transmit())
-        .map(|t| Message::decode(&t.payload, 1 << 20).unwrap())
-        .collect();
+    let answer = sent(&mut r);
     assert_eq!(answer, [Message::InSync]);
 }
 
@@ -242,9 +247,7 @@ fn a_summary_of_another_context_changes_nothing_and_claims_nothing() {
         .unwrap();
     assert_eq!(r.durable(), &before);
     assert_eq!(r.holders(dot).count(), 0);
-    let answer: Vec<Message> = std::iter::from_fn(|| r.poll_transmit())
-        .map(|t| Message::decode(&t.payload, 1 << 20).unwrap())
-        .collect();
+    let answer = sent(&mut r);
     assert_eq!(answer, [Message::Mismatch]);
 }
 
@@ -265,10 +268,7 @@ fn a_mismatch_gets_one_full_digest_per_summary_sent_and_none_unasked() {
     assert!(a.poll_transmit().is_none());
     // A round sends B a summary; B's mismatch (made up here) gets one digest, a second none.
     a.handle_timeout(40_000);
-    let sent: Vec<Message> = std::iter::from_fn(|| a.poll_transmit())
-        .map(|t| Message::decode(&t.payload, 1 << 20).unwrap())
-        .collect();
-    assert!(sent.iter().any(|m| matches!(m, Message::Summary(_))));
+    assert!(sent(a).iter().any(|m| matches!(m, Message::Summary(_))));
     for expected in [1, 0] {
         a.handle_message(40_001, B, &mismatch).unwrap();
         let digests = std::iter::from_fn(|| a.poll_transmit())

@@ -52,8 +52,16 @@ pub struct Config {
     /// Share the peer list every this many rounds. Default 10.
     pub peer_exchange_every: u64,
     /// Most peers remembered; ids learned beyond it (say, from a peer exchange flooded with
-    /// made-up ids) are ignored. Default 1024.
+    /// made-up ids) are ignored (with peer sampling, they take the place of a random peer
+    /// outside the view). Default 1024.
     pub max_peers: usize,
+    /// Peer sampling: when non-zero, gossip partners and eager pushes are drawn from a
+    /// partial view of at most this many peers, refreshed by peer exchange (each exchange
+    /// sends half the view and this replica; a received one puts a few of its peers in the
+    /// view, in place of down or random ones), so a replica's traffic per round stays the
+    /// same however many replicas there are. 0 (the default): every known peer is a partner.
+    /// Acknowledgement levels then count only peers heard from.
+    pub view: usize,
     /// Seeds the choice of gossip partners (the replica draws no other randomness).
     pub seed: u64,
     /// How far ahead of this replica's clock a received last-writer-wins timestamp may be,
@@ -85,6 +93,7 @@ impl Config {
             max_backoff_rounds: 32,
             peer_exchange_every: 10,
             max_peers: 1024,
+            view: 0,
             seed: id.get(),
             max_drift: 60_000,
             max_writers: 4096,
@@ -244,6 +253,8 @@ pub struct Replica {
     durable: Durable,
     log: DeltaLog,
     peers: BTreeMap<ReplicaId, Peer>,
+    /// With peer sampling ([`Config::view`]), the peers gossiped with; else empty.
+    view: Vec<ReplicaId>,
     /// Local deltas not yet pushed.
     fresh: Vec<(DeltaEntry, usize)>,
     /// Dots received per peer, to acknowledge.
@@ -264,6 +275,10 @@ pub struct Replica {
     unpersisted: Vec<(String, Object)>,
     /// Whether anything (objects or context) changed since the last commit.
     dirty: bool,
+    /// The fingerprint of `durable.seen` as of the last commit, once computed: the context
+    /// changes only with `dirty` set, so it holds until the next commit (a peer's stream of
+    /// summaries then costs a comparison each, not an encoding of the context).
+    committed_fingerprint: Option<Fingerprint>,
     next_round: Millis,
     /// The peer we last asked for what we lack, and when it last made progress: we ask no other
     /// until a round passes without progress.
@@ -328,6 +343,7 @@ impl Replica {
             log: DeltaLog::new(config.max_log_bytes),
             durable,
             peers: BTreeMap::new(),
+            view: Vec::new(),
             fresh: Vec::new(),
             acks_due: BTreeMap::new(),
             incoming: BTreeMap::new(),
@@ -339,6 +355,7 @@ impl Replica {
             events: VecDeque::new(),
             unpersisted: Vec::new(),
             dirty: false,
+            committed_fingerprint: None,
             next_round,
             pull: None,
             stalled: None,
@@ -349,6 +366,7 @@ impl Replica {
         for info in replica.config.peers.clone() {
             replica.add_peer(info);
         }
+        replica.start_view();
         replica
     }
 
@@ -529,6 +547,7 @@ impl Replica {
         })?;
         self.unpersisted.clear();
         self.dirty = false;
+        self.committed_fingerprint = None;
         Ok(())
     }
 
@@ -679,7 +698,7 @@ impl Replica {
             }
             Message::State(chunk) => self.on_state(now, from, chunk),
             Message::StateDone(done) => self.on_state_done(from, done),
-            Message::Peers(list) => list.into_iter().for_each(|info| self.add_peer(info)),
+            Message::Peers(list) => self.on_peers(list),
             Message::Read(request) => self.on_read(from, request),
             Message::ReadReply(reply) => self.on_read_reply(now, from, reply),
             Message::Summary(theirs) => self.on_summary(from, theirs),
@@ -696,7 +715,7 @@ impl Replica {
         let mut candidates = self.reachable_peers(round);
         self.rng.shuffle(&mut candidates);
         candidates.truncate(self.config.fanout);
-        let ours = fingerprint(&self.durable.seen);
+        let ours = self.own_fingerprint();
         for &to in &candidates {
             let want = self.start_pull(to, now);
             let summary = self.summary_will_do(to);
@@ -714,17 +733,17 @@ impl Replica {
         }
         if let Some(&to) = candidates.first() {
             if round % self.config.peer_exchange_every.max(1) == 0 {
-                let mut list: Vec<PeerInfo> = self.peers.values().map(|p| p.info.clone()).collect();
-                list.push(PeerInfo {
-                    id: self.config.id,
-                    addr: None,
-                });
+                let list = self.exchange_list();
                 self.send(to, &Message::Peers(list));
             }
         }
-        let peers = &self.peers;
-        self.log
-            .trim(|dot| peers.values().all(|p| p.down || p.known.contains(dot)));
+        let (peers, view, sampling) = (&self.peers, &self.view, self.config.view > 0);
+        self.log.trim(|dot| {
+            peers
+                .iter()
+                .filter(|(id, _)| !sampling || view.contains(id))
+                .all(|(_, p)| p.down || p.known.contains(dot))
+        });
     }
 
     /// Whether to ask `peer` for what we lack now; if so, it becomes the one peer we ask. We ask
@@ -796,6 +815,17 @@ impl Replica {
         })
     }
 
+    /// The fingerprint of this replica's context.
+    fn own_fingerprint(&mut self) -> Fingerprint {
+        if self.dirty {
+            return fingerprint(&self.durable.seen);
+        }
+        let seen = &self.durable.seen;
+        *self
+            .committed_fingerprint
+            .get_or_insert_with(|| fingerprint(seen))
+    }
+
     /// Whether a round's digest to `to` may be a [`Message::Summary`]: when `to` is known to
     /// have everything this replica has (so the fingerprints most likely match), no transfer
     /// from it is to be resumed, and the context is larger than its fingerprint. Otherwise
@@ -814,7 +844,7 @@ impl Replica {
     /// replica has (as a full digest with our context would claim), so there is nothing to
     /// exchange; else it is asked for its full digest.
     fn on_summary(&mut self, from: ReplicaId, theirs: Fingerprint) {
-        if theirs != fingerprint(&self.durable.seen) {
+        if theirs != self.own_fingerprint() {
             self.send(from, &Message::Mismatch);
             return;
         }
@@ -837,7 +867,7 @@ impl Replica {
         let Some(sent) = self.peers.get_mut(&from).and_then(|p| p.digest_sent.take()) else {
             return;
         };
-        if sent != fingerprint(&self.durable.seen) {
+        if sent != self.own_fingerprint() {
             return;
         }
         let ours = self.durable.seen.clone();
@@ -1025,7 +1055,7 @@ impl Replica {
             return;
         }
         let fresh = std::mem::take(&mut self.fresh);
-        let up = self.peers_up();
+        let up = self.push_targets();
         self.send_deltas(&up, fresh);
     }
 
