@@ -15,7 +15,8 @@ pub enum Message {
     /// What the sender has seen. `want` asks the receiver to send what the sender lacks;
     /// `reply` asks it to answer with its own digest unless it lacks nothing.
     Digest(Digest),
-    /// The answer to a digest equal to the receiver's: nothing to exchange.
+    /// The answer to a digest or summary when there is nothing to exchange. It names no
+    /// context, so it tells nothing of what the sender holds.
     InSync,
     /// Deltas the receiver lacks, each named by the dot of the update that made it.
     Deltas(Vec<DeltaEntry>),
@@ -35,6 +36,8 @@ pub enum Message {
     /// a [`Message::Digest`] when the sender believes the receiver has everything it has. The
     /// receiver answers [`Message::InSync`] if its own context has the same fingerprint, else
     /// [`Message::Mismatch`]; so an idle exchange costs 20 bytes whatever the context holds.
+    /// Also the answer to a full digest equal to the receiver's context, so the sender learns
+    /// the receiver has it.
     Summary(Fingerprint),
     /// The answer to a [`Message::Summary`] whose fingerprint is not the receiver's: the
     /// sender of the summary sends its full [`Message::Digest`] instead.

@@ -277,3 +277,34 @@ fn a_mismatch_gets_one_full_digest_per_summary_sent_and_none_unasked() {
         assert_eq!(digests, expected);
     }
 }
+
+/// `InSync` names nothing: a late or duplicated one, answering an older digest, must not make
+/// a peer count as holding a write made since.
+#[test]
+fn a_late_in_sync_never_makes_a_peer_count_for_a_later_write() {
+    let mut c = Cluster::new(&[A, B]);
+    c.get(A).update("n", &Op::Inc(3)).unwrap();
+    c.get(B).update("b", &Op::Inc(1)).unwrap();
+    c.drain(0);
+    let a = c.get(A);
+    // A's round digest (or summary) to B; B's answer comes late.
+    a.handle_timeout(10_000);
+    while a.poll_transmit().is_some() {}
+    // A writes; the push to B is lost, and so is A's next round's digest.
+    a.update("later", &Op::Inc(1)).unwrap();
+    let dot = a.last_local_dot().unwrap();
+    a.persist(&mut MemStore::default()).unwrap();
+    while a.poll_transmit().is_some() {}
+    a.handle_timeout(20_000);
+    while a.poll_transmit().is_some() {}
+    // The late answer to the first digest, twice (a duplicate).
+    for _ in 0..2 {
+        a.handle_message(20_001, B, &Message::InSync.encode())
+            .unwrap();
+    }
+    assert_eq!(
+        a.holders(dot).count(),
+        0,
+        "B counted for a write it never got"
+    );
+}

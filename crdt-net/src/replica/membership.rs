@@ -4,7 +4,7 @@
 use crdt_core::{CausalContext, Dot, ReplicaId};
 
 use super::{PeerStatus, Replica};
-use crate::message::{Fingerprint, PeerInfo};
+use crate::message::PeerInfo;
 use crate::Event;
 
 #[derive(Debug)]
@@ -14,11 +14,9 @@ pub(super) struct Peer {
     pub(super) known: CausalContext,
     pub(super) awaiting_reply: bool,
     /// Whether our last round sent it a [`Message::Summary`](crate::Message::Summary) not yet
-    /// answered with a mismatch: only then does a mismatch get our full digest.
-    pub(super) summary_sent: bool,
-    /// The fingerprint of our context when our last round's digest or summary went to it:
-    /// its `InSync` then means it has at least that context.
-    pub(super) digest_sent: Option<Fingerprint>,
+    /// answered with a mismatch (only then does a mismatch get our full digest), and whether
+    /// that round asked it for what we lack.
+    pub(super) summary_sent: Option<bool>,
     missed: u32,
     pub(super) down: bool,
     /// Whether it has been heard from since it was added.
@@ -87,8 +85,7 @@ impl Replica {
                 info,
                 known: CausalContext::new(),
                 awaiting_reply: false,
-                summary_sent: false,
-                digest_sent: None,
+                summary_sent: None,
                 missed: 0,
                 down: false,
                 heard: false,

@@ -60,7 +60,7 @@ pub struct Config {
     /// sends half the view and this replica; a received one puts a few of its peers in the
     /// view, in place of down or random ones), so a replica's traffic per round stays the
     /// same however many replicas there are. 0 (the default): every known peer is a partner.
-    /// Acknowledgement levels then count only peers heard from.
+    /// Acknowledgement levels count only the peers remembered ([`Config::max_peers`]).
     pub view: usize,
     /// Seeds the choice of gossip partners (the replica draws no other randomness).
     pub seed: u64,
@@ -680,7 +680,7 @@ impl Replica {
         self.heard_from(from);
         match message {
             Message::Digest(digest) => self.on_digest(now, from, digest),
-            Message::InSync => self.on_in_sync(from),
+            Message::InSync => self.pull_finished(from),
             Message::Deltas(entries) => self.on_deltas(now, from, entries),
             Message::Ack(mut dots) => {
                 let max_writers = self.config.max_writers;
@@ -702,7 +702,7 @@ impl Replica {
             Message::Read(request) => self.on_read(from, request),
             Message::ReadReply(reply) => self.on_read_reply(now, from, reply),
             Message::Summary(theirs) => self.on_summary(from, theirs),
-            Message::Mismatch => self.on_mismatch(now, from),
+            Message::Mismatch => self.on_mismatch(from),
         }
         Ok(())
     }
@@ -715,20 +715,18 @@ impl Replica {
         let mut candidates = self.reachable_peers(round);
         self.rng.shuffle(&mut candidates);
         candidates.truncate(self.config.fanout);
-        let ours = self.own_fingerprint();
         for &to in &candidates {
             let want = self.start_pull(to, now);
             let summary = self.summary_will_do(to);
             let digest = if summary {
-                Message::Summary(ours)
+                Message::Summary(self.own_fingerprint())
             } else {
                 self.digest(to, true, want)
             };
             self.send(to, &digest);
             if let Some(peer) = self.peers.get_mut(&to) {
                 peer.awaiting_reply = true;
-                peer.summary_sent = summary;
-                peer.digest_sent = Some(ours);
+                peer.summary_sent = summary.then_some(want);
             }
         }
         if let Some(&to) = candidates.first() {
@@ -835,9 +833,12 @@ impl Replica {
             .peers
             .get(&to)
             .is_some_and(|p| p.known.includes(&self.durable.seen));
-        known
-            && self.resume_point(to).is_none()
-            && encoded_len(&self.durable.seen) > std::mem::size_of::<Fingerprint>()
+        known && self.resume_point(to).is_none() && self.summary_pays()
+    }
+
+    /// Whether this replica's context is larger than its fingerprint.
+    fn summary_pays(&self) -> bool {
+        encoded_len(&self.durable.seen) > std::mem::size_of::<Fingerprint>()
     }
 
     /// A peer's summary: if its fingerprint is ours, the peer has seen exactly what this
@@ -860,37 +861,18 @@ impl Replica {
         self.send(from, &Message::InSync);
     }
 
-    /// The peer has everything our round's digest or summary said we had (or claims so, as
-    /// a digest of its own could): if our context is still that one, it is known to the peer.
-    fn on_in_sync(&mut self, from: ReplicaId) {
-        self.pull_finished(from);
-        let Some(sent) = self.peers.get_mut(&from).and_then(|p| p.digest_sent.take()) else {
-            return;
-        };
-        if sent != self.own_fingerprint() {
-            return;
-        }
-        let ours = self.durable.seen.clone();
-        let max_writers = self.config.max_writers;
-        if let Some(peer) = self.peers.get_mut(&from) {
-            peer.known.merge(&ours);
-            bound_known(&mut peer.known, max_writers);
-        }
-    }
-
     /// The answer to our summary: the peer's context differs, so the round goes on as with a
     /// full digest. Answered once per summary sent, so a peer cannot have full digests sent
     /// at will.
-    fn on_mismatch(&mut self, now: Millis, from: ReplicaId) {
+    fn on_mismatch(&mut self, from: ReplicaId) {
         let Some(peer) = self.peers.get_mut(&from) else {
             return;
         };
-        if !std::mem::take(&mut peer.summary_sent) {
+        let Some(want) = peer.summary_sent.take() else {
             return;
-        }
+        };
         peer.awaiting_reply = true;
-        let held = self.pull.is_some_and(|(p, _, _)| p == from);
-        let want = held || self.start_pull(from, now);
+        // As the round would have asked, had it sent the digest.
         let digest = self.digest(from, true, want);
         self.send(from, &digest);
     }
@@ -908,6 +890,12 @@ impl Replica {
             if !self.durable.seen.includes(&digest.seen) {
                 let want = self.start_pull(from, now);
                 let ours = self.digest(from, false, want);
+                self.send(from, &ours);
+            } else if !sent && digest.seen == self.durable.seen && self.summary_pays() {
+                // Equal contexts: answered with our summary rather than InSync, which names
+                // nothing, so the peer learns we have its context however late the answer
+                // arrives (and answers InSync itself).
+                let ours = Message::Summary(self.own_fingerprint());
                 self.send(from, &ours);
             } else if !sent {
                 self.send(from, &Message::InSync);
