@@ -114,6 +114,8 @@ fn mutated_messages_never_panic_and_errors_change_nothing() {
         })
         .encode(),
         delta_from(C, 4),
+        Message::Summary(fingerprint(source.seen())).encode(),
+        Message::Mismatch.encode(),
     ];
     let mut peer = Replica::new(Config::new(B).with_peer(A));
     peer.handle_timeout(10_000);

@@ -2,8 +2,9 @@
 //! to all, remember a bounded number of peers, send a bounded number of bytes per round
 //! however many replicas there are, and replay exactly from a seed.
 
+use crdt_core::ReplicaId;
 use crdt_net::sim::{Sim, SimConfig};
-use crdt_net::Op;
+use crdt_net::{Config, Message, Op, PeerInfo, Replica};
 
 const INTERVAL: u64 = 100;
 const VIEW: usize = 6;
@@ -103,4 +104,25 @@ fn replicas_converge_through_a_partition_and_crashes_with_peer_sampling() {
         sim.divergence()
     );
     assert_eq!(sim.stats().protocol_errors, 0);
+}
+
+#[test]
+fn a_replica_started_without_peers_fills_its_view_from_peers_learned_later() {
+    let mut config = Config::new(ReplicaId::new(1));
+    config.view = 2;
+    let mut r = Replica::new(config);
+    for id in 2..=5 {
+        r.add_peer(PeerInfo {
+            id: ReplicaId::new(id),
+            addr: None,
+        });
+    }
+    r.handle_timeout(10_000);
+    let mut partners: Vec<ReplicaId> = std::iter::from_fn(|| r.poll_transmit())
+        .filter(|t| matches!(Message::decode(&t.payload, 1 << 20), Ok(Message::Digest(_))))
+        .map(|t| t.to)
+        .collect();
+    partners.sort_unstable();
+    // Fanout 2 within a view of the first two peers learned.
+    assert_eq!(partners, [ReplicaId::new(2), ReplicaId::new(3)]);
 }

@@ -75,6 +75,7 @@ impl Replica {
             }
             return;
         }
+        let id = info.id;
         let full = self.peers.len() >= self.config.max_peers;
         if full && !self.evict_outside_view() {
             return;
@@ -93,6 +94,11 @@ impl Replica {
                 backoff: 1,
             },
         );
+        // With peer sampling, a view not yet full takes any peer learned (configured,
+        // discovered, or heard from), so a replica started with few or no peers fills it.
+        if self.config.view > 0 && self.view.len() < self.config.view {
+            self.view.push(id);
+        }
     }
 
     /// Forgets a peer (for example one removed from the trust list).
