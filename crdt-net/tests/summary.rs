@@ -308,3 +308,20 @@ fn a_late_in_sync_never_makes_a_peer_count_for_a_later_write() {
         "B counted for a write it never got"
     );
 }
+
+#[test]
+fn a_flood_of_summaries_gets_a_bounded_number_of_answers_per_round() {
+    let (mut r, _) = twins();
+    let summary = Message::Summary(fingerprint(r.seen())).encode();
+    for _ in 0..1_000 {
+        r.handle_message(1, C, &summary).unwrap();
+    }
+    let answers = sent(&mut r).len();
+    assert!(answers <= 8, "{answers} answers");
+    assert_eq!(r.stats().summaries_refused, 1_000 - answers as u64);
+    // A new round, a new budget.
+    r.handle_timeout(100_000);
+    sent(&mut r);
+    r.handle_message(100_001, C, &summary).unwrap();
+    assert!(sent(&mut r).contains(&Message::InSync));
+}

@@ -189,6 +189,9 @@ pub struct Stats {
     pub type_conflicts: u64,
     /// Reads from peers left unanswered because the peer had used its budget for the round.
     pub reads_refused: u64,
+    /// Summaries from peers left unanswered because the peer had sent
+    /// `SUMMARIES_PER_ROUND` this round already.
+    pub summaries_refused: u64,
 }
 
 /// What this replica knows of a peer.
@@ -269,6 +272,8 @@ pub struct Replica {
     reads: BTreeMap<u64, PendingRead>,
     /// Bytes of read answers sent to each peer this round (estimated).
     reads_served: BTreeMap<ReplicaId, usize>,
+    /// Summaries answered for each peer this round.
+    summaries_answered: BTreeMap<ReplicaId, u32>,
     outbox: VecDeque<Transmit>,
     events: VecDeque<Event>,
     /// What changed since the last commit, in order (see [`Replica::persist`]).
@@ -305,6 +310,11 @@ const MAX_CONFLICTED_KEYS: usize = 1024;
 /// Rounds one pull may last, progress or not, before another may start; and rounds a peer
 /// whose pull did not finish waits before it is asked again.
 const PULL_ROUNDS: u64 = 4;
+
+/// Summaries answered per peer per round. An honest peer sends one a round, and one in answer
+/// to each of our digests; a matching summary costs a copy of the context, so a peer sending
+/// more gets no answer to them.
+const SUMMARIES_PER_ROUND: u32 = 8;
 
 /// Room left in a message for everything but its entries.
 const MESSAGE_OVERHEAD: usize = 64;
@@ -351,6 +361,7 @@ impl Replica {
             last_served: None,
             reads: BTreeMap::new(),
             reads_served: BTreeMap::new(),
+            summaries_answered: BTreeMap::new(),
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             unpersisted: Vec::new(),
@@ -710,6 +721,7 @@ impl Replica {
     fn start_round(&mut self, now: Millis) {
         self.stats.rounds += 1;
         self.reads_served.clear();
+        self.summaries_answered.clear();
         let round = self.stats.rounds;
         self.note_silent_peers(round);
         let mut candidates = self.reachable_peers(round);
@@ -845,6 +857,12 @@ impl Replica {
     /// replica has (as a full digest with our context would claim), so there is nothing to
     /// exchange; else it is asked for its full digest.
     fn on_summary(&mut self, from: ReplicaId, theirs: Fingerprint) {
+        let answered = self.summaries_answered.entry(from).or_default();
+        if *answered >= SUMMARIES_PER_ROUND {
+            self.stats.summaries_refused += 1;
+            return;
+        }
+        *answered += 1;
         if theirs != self.own_fingerprint() {
             self.send(from, &Message::Mismatch);
             return;
