@@ -100,12 +100,32 @@ impl Cluster {
         panic!("messages kept coming");
     }
 
+    /// Three rounds of every replica (at 10 s, 20 s, 30 s, one second apart), so each knows
+    /// what the others have.
+    fn settle(&mut self) {
+        let ids: Vec<ReplicaId> = self.nodes.iter().map(|(r, _)| r.id()).collect();
+        for round in 1..=3 {
+            for (i, id) in ids.iter().enumerate() {
+                self.round(*id, round * 10_000 + i as u64 * 1_000);
+            }
+        }
+    }
+
     /// One round of `id` at `now`, and everything it sets off.
     fn round(&mut self, id: ReplicaId, now: u64) {
         self.log.clear();
         self.get(id).handle_timeout(now);
         self.drain(now);
     }
+}
+
+/// A and B, each having written once, every message delivered.
+fn two_writers() -> Cluster {
+    let mut c = Cluster::new(&[A, B]);
+    c.get(A).update("n", &Op::Inc(3)).unwrap();
+    c.get(B).update("b", &Op::Inc(1)).unwrap();
+    c.drain(0);
+    c
 }
 
 const SUMMARY: u8 = 9;
@@ -122,10 +142,7 @@ fn converged_replicas_exchange_summaries_and_a_difference_still_converges() {
     c.get(B).update("b", &Op::Inc(1)).unwrap();
     c.drain(0);
     // Rounds until each side knows the other has everything.
-    for round in 1..=3 {
-        c.round(A, round * 10_000);
-        c.round(B, round * 10_000 + 5_000);
-    }
+    c.settle();
     c.round(A, 40_000);
     assert_eq!(c.log, [(A, B, SUMMARY), (B, A, IN_SYNC)]);
 
@@ -172,11 +189,7 @@ fn a_peer_that_lost_its_state_is_caught_up_though_known_to_have_everything() {
     c.get(A).update("n", &Op::Inc(3)).unwrap();
     c.get(C).update("c", &Op::Inc(1)).unwrap();
     c.drain(0);
-    for round in 1..=3 {
-        for (i, id) in [A, B, C].into_iter().enumerate() {
-            c.round(id, round * 10_000 + i as u64 * 1_000);
-        }
-    }
+    c.settle();
     c.round(A, 40_000);
     assert!(c.log.contains(&(A, B, SUMMARY)), "{:?}", c.log);
     // B comes back empty under the same id (a wiped disk).
@@ -253,14 +266,8 @@ fn a_summary_of_another_context_changes_nothing_and_claims_nothing() {
 
 #[test]
 fn a_mismatch_gets_one_full_digest_per_summary_sent_and_none_unasked() {
-    let mut c = Cluster::new(&[A, B]);
-    c.get(A).update("n", &Op::Inc(3)).unwrap();
-    c.get(B).update("b", &Op::Inc(1)).unwrap();
-    c.drain(0);
-    for round in 1..=3 {
-        c.round(A, round * 10_000);
-        c.round(B, round * 10_000 + 5_000);
-    }
+    let mut c = two_writers();
+    c.settle();
     let a = c.get(A);
     let mismatch = Message::Mismatch.encode();
     // Unasked: no answer.
@@ -282,10 +289,7 @@ fn a_mismatch_gets_one_full_digest_per_summary_sent_and_none_unasked() {
 /// a peer count as holding a write made since.
 #[test]
 fn a_late_in_sync_never_makes_a_peer_count_for_a_later_write() {
-    let mut c = Cluster::new(&[A, B]);
-    c.get(A).update("n", &Op::Inc(3)).unwrap();
-    c.get(B).update("b", &Op::Inc(1)).unwrap();
-    c.drain(0);
+    let mut c = two_writers();
     let a = c.get(A);
     // A's round digest (or summary) to B; B's answer comes late.
     a.handle_timeout(10_000);
