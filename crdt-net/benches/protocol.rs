@@ -8,7 +8,7 @@
 //! ids (as real nodes do), so version vectors cost what they cost in deployment.
 
 use crdt_core::{Crdt, ReplicaId};
-use crdt_net::sim::{Sim, SimConfig};
+use crdt_net::sim::{written_by, Sim, SimConfig};
 use crdt_net::{Config, Durable, Object, Op, Replica};
 
 const INTERVAL: u64 = 100;
@@ -18,6 +18,8 @@ fn main() {
     one_add_bandwidth();
     rounds_to_spread();
     fresh_join();
+    peer_sampling();
+    ring_balance();
 }
 
 fn config(replicas: usize, seed: u64) -> SimConfig {
@@ -29,35 +31,31 @@ fn config(replicas: usize, seed: u64) -> SimConfig {
     }
 }
 
-/// Bytes per idle exchange (one digest and its in-sync answer) between converged replicas, as
-/// the number of writers grows.
+/// Bytes per idle exchange (a round's digest or summary and its answer) among 8 converged
+/// replicas, as the number of writers their context names grows; and all bytes per replica
+/// per round (peer exchange included).
 fn idle_rounds() {
-    println!("\n## Idle rounds (converged replicas, fanout 2, 50 rounds)\n");
-    println!("| writers | bytes per exchange | bytes per writer above 1 writer |");
-    println!("| ---: | ---: | ---: |");
-    let mut one_writer = 0.0;
-    for writers in [1, 8, 64] {
-        let mut sim = Sim::new(config(writers.max(2), 1));
-        for i in 0..writers {
-            sim.update(i, "hits", &Op::Inc(1));
-        }
-        assert!(sim.run_until_converged(60_000).is_some());
+    println!("\n## Idle rounds (8 converged replicas, fanout 2, 50 rounds)\n");
+    println!("| writers | context bytes | bytes per exchange | all bytes per replica per round |");
+    println!("| ---: | ---: | ---: | ---: |");
+    for writers in [1, 64, 1_000] {
+        let state = written_by("hits", writers);
+        let context = crdt_core::codec::encode(&state.seen).len() - 1;
+        let mut sim = Sim::with_states(config(8, 1), |_| state.clone());
         sim.run_for(10 * INTERVAL);
         let before = sim.stats().clone();
         let rounds = 50;
         sim.run_for(rounds * INTERVAL);
-        let bytes = (sim.stats().bytes - before.bytes) as f64;
+        assert!(sim.converged());
+        let exchange = (sim.stats().exchange_bytes - before.exchange_bytes) as f64;
+        let all = (sim.stats().bytes - before.bytes) as f64;
         let exchanges = (rounds * 2 * sim.len() as u64) as f64;
-        let per_exchange = bytes / exchanges;
-        if writers == 1 {
-            one_writer = per_exchange;
-        }
-        let per_writer = if writers > 1 {
-            format!("{:.1}", (per_exchange - one_writer) / (writers - 1) as f64)
-        } else {
-            "-".into()
-        };
-        println!("| {writers} | {per_exchange:.1} | {per_writer} |");
+        let replica_rounds = (rounds * sim.len() as u64) as f64;
+        println!(
+            "| {writers} | {context} | {:.1} | {:.1} |",
+            exchange / exchanges,
+            all / replica_rounds
+        );
     }
 }
 
@@ -189,4 +187,135 @@ fn fresh_join() {
     );
     let joined = sim.replica(8).and_then(|r| r.get("set")).cloned();
     assert_eq!(joined, Some(Object::Set(set.joined(set))));
+}
+
+/// The consistent-hash ring (128 virtual nodes) over 50 random sets of 5 node ids, 100,000
+/// keys: how evenly keys spread (standard deviation over mean of keys per node, as primary and
+/// as one of N = 3 replicas), and what share of replica slots a sixth node's join and one
+/// node's leave move (ideal: 1/6 and 1/5).
+fn ring_balance() {
+    use crdt_net::ring::Ring;
+    let sets = 50u64;
+    let keys: Vec<String> = (0..100_000).map(|i| format!("feature:{i}")).collect();
+    let lists = |ring: &Ring| -> Vec<Vec<ReplicaId>> {
+        keys.iter()
+            .map(|k| ring.preference_list(k.as_bytes(), 3))
+            .collect()
+    };
+    let spread = |counts: &std::collections::BTreeMap<ReplicaId, f64>| {
+        let n = counts.len() as f64;
+        let mean = counts.values().sum::<f64>() / n;
+        let var = counts.values().map(|c| (c - mean).powi(2)).sum::<f64>() / n;
+        var.sqrt() / mean
+    };
+    let moved = |before: &[Vec<ReplicaId>], after: &[Vec<ReplicaId>]| {
+        let slots: usize = before
+            .iter()
+            .zip(after)
+            .map(|(b, a)| a.iter().filter(|n| !b.contains(n)).count())
+            .sum();
+        slots as f64 / (3 * keys.len()) as f64
+    };
+    let mut rows: [Vec<f64>; 4] = Default::default();
+    for set in 0..sets {
+        let mut rng = fastrand::Rng::with_seed(set);
+        let ids: Vec<ReplicaId> = (0..6).map(|_| ReplicaId::new(rng.u64(1..))).collect();
+        let mut ring = Ring::new();
+        ids.iter().take(5).for_each(|id| {
+            ring.add(*id);
+        });
+        let before = lists(&ring);
+        let mut primary = std::collections::BTreeMap::new();
+        let mut held = std::collections::BTreeMap::new();
+        for list in &before {
+            *primary.entry(list[0]).or_insert(0.0) += 1.0;
+            for n in list {
+                *held.entry(*n).or_insert(0.0) += 1.0;
+            }
+        }
+        rows[0].push(spread(&primary));
+        rows[1].push(spread(&held));
+        ring.add(ids[5]);
+        rows[2].push(moved(&before, &lists(&ring)));
+        ring.remove(ids[5]);
+        ring.remove(ids[0]);
+        rows[3].push(moved(&before, &lists(&ring)));
+    }
+    println!("\n## Consistent-hash ring: 5 nodes x 128 virtual nodes, 100,000 keys, {sets} random id sets\n");
+    println!("| figure | min | p50 | p90 | max | goal |");
+    println!("| --- | ---: | ---: | ---: | ---: | --- |");
+    let names = [
+        ("keys per node as primary: std dev / mean", "≤ 0.10"),
+        ("keys per node as one of N = 3: std dev / mean", "≤ 0.10"),
+        ("slots moved by a join (1/6 = 0.167)", "0.125–0.208"),
+        ("slots moved by a leave (1/5 = 0.200)", "0.150–0.250"),
+    ];
+    for (row, (name, goal)) in rows.iter_mut().zip(names) {
+        row.sort_by(f64::total_cmp);
+        let pct = |p: f64| row[((row.len() as f64 * p).ceil() as usize).saturating_sub(1)];
+        println!(
+            "| {name} | {:.3} | {:.3} | {:.3} | {:.3} | {goal} |",
+            row.first().copied().unwrap_or(0.0),
+            pct(0.5),
+            pct(0.9),
+            row.last().copied().unwrap_or(0.0)
+        );
+    }
+}
+
+/// N = 100 and 1,000 replicas gossiping within partial views of 8 (fanout 2, no eager push):
+/// rounds for one update to reach all, over many seeds, and bytes each replica sends per round
+/// over the whole run (20 rounds before the update, its spread, 20 rounds after; peer
+/// exchange every 10 rounds included); beside full membership (every replica knows every
+/// other).
+fn peer_sampling() {
+    let seeds: u64 = std::env::var("SAMPLING_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    println!("\n## Peer sampling: one update among N replicas (fanout 2, no eager push, 1–5 ms delays)\n");
+    println!("| N | view | seeds | p50 rounds | p99 rounds | max | goal: p99 ≤ 2·log2 N | bytes per replica per round |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (n, view, seeds) in [
+        (100, 8, seeds),
+        (1_000, 8, seeds),
+        (100, 0, seeds.min(20)),
+        (1_000, 0, seeds.min(5)),
+    ] {
+        let mut rounds = Vec::new();
+        let (mut bytes, mut replica_rounds) = (0, 0);
+        for seed in 0..seeds {
+            let mut sim = Sim::new(SimConfig {
+                fanout: 2,
+                eager_push: false,
+                view,
+                ..config(n, seed)
+            });
+            sim.run_for(20 * INTERVAL);
+            sim.update(0, "x", &Op::Inc(1));
+            let everyone =
+                |s: &Sim| (0..s.len()).all(|i| s.replica(i).and_then(|r| r.get("x")).is_some());
+            let took = sim.run_until(600 * INTERVAL, everyone).expect("spreads");
+            rounds.push(took.div_ceil(INTERVAL));
+            sim.run_for(20 * INTERVAL);
+            assert_eq!(sim.stats().protocol_errors, 0);
+            bytes += sim.stats().bytes;
+            replica_rounds += sim.stats().rounds;
+        }
+        rounds.sort_unstable();
+        let pct = |p: f64| rounds[((rounds.len() as f64 * p).ceil() as usize).saturating_sub(1)];
+        let goal = 2.0 * (n as f64).log2();
+        println!(
+            "| {n} | {} | {seeds} | {} | {} | {} | {goal:.1} | {:.1} |",
+            if view == 0 {
+                "all".to_string()
+            } else {
+                view.to_string()
+            },
+            pct(0.5),
+            pct(0.99),
+            rounds.last().copied().unwrap_or(0),
+            bytes as f64 / replica_rounds.max(1) as f64,
+        );
+    }
 }

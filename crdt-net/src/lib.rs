@@ -43,6 +43,7 @@ pub mod message;
 pub mod node;
 mod object;
 mod replica;
+pub mod ring;
 pub mod sim;
 pub mod store;
 pub mod value;

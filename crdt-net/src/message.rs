@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Object, ProtocolError};
 
 /// The protocol version this build speaks: the first byte of every message.
-pub const PROTOCOL_VERSION: u8 = 3;
+pub const PROTOCOL_VERSION: u8 = 4;
 
 /// One protocol message between two replicas.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -15,7 +15,8 @@ pub enum Message {
     /// What the sender has seen. `want` asks the receiver to send what the sender lacks;
     /// `reply` asks it to answer with its own digest unless it lacks nothing.
     Digest(Digest),
-    /// The answer to a digest equal to the receiver's: nothing to exchange.
+    /// The answer to a digest or summary when there is nothing to exchange. It names no
+    /// context, so it tells nothing of what the sender holds.
     InSync,
     /// Deltas the receiver lacks, each named by the dot of the update that made it.
     Deltas(Vec<DeltaEntry>),
@@ -31,6 +32,46 @@ pub enum Message {
     Read(ReadRequest),
     /// One piece of the answer to a [`Message::Read`].
     ReadReply(ReadReply),
+    /// A round's digest in short: the [`fingerprint`] of the sender's context, sent instead of
+    /// a [`Message::Digest`] when the sender believes the receiver has everything it has. The
+    /// receiver answers [`Message::InSync`] if its own context has the same fingerprint, else
+    /// [`Message::Mismatch`]; so an idle exchange costs 20 bytes whatever the context holds.
+    /// Also the answer to a full digest equal to the receiver's context, so the sender learns
+    /// the receiver has it.
+    Summary(Fingerprint),
+    /// The answer to a [`Message::Summary`] whose fingerprint is not the receiver's: the
+    /// sender of the summary sends its full [`Message::Digest`] instead.
+    Mismatch,
+}
+
+/// A short, stable fingerprint of a causal context (see [`fingerprint`]).
+pub type Fingerprint = [u8; 16];
+
+/// The fingerprint of `context`: SipHash-2-4 with 128-bit output and the all-zero key, over
+/// the context's canonical encoding (crdt-core's postcard layout, without a version byte, as
+/// it appears inside a [`Message::Digest`]).
+///
+/// Equal contexts have equal encodings (crdt-core's states are canonical), so equal
+/// fingerprints; the encoding and the hash are fixed by the protocol version, so the
+/// fingerprint is the same on every platform and build speaking it. Different contexts share
+/// a fingerprint with probability about 2^-128. SipHash is not collision-resistant against
+/// someone choosing contexts with the key known, which the protocol does not need: see
+/// docs/robustness.md ("Summaries").
+///
+/// ```
+/// use crdt_core::{CausalContext, Dot, ReplicaId};
+/// use crdt_net::message::fingerprint;
+///
+/// let one: CausalContext = [Dot::new(ReplicaId::new(1), 1)].into_iter().collect();
+/// assert_eq!(fingerprint(&one), fingerprint(&one.clone()));
+/// assert_ne!(fingerprint(&one), fingerprint(&CausalContext::new()));
+/// ```
+pub fn fingerprint(context: &CausalContext) -> Fingerprint {
+    // A context always encodes: postcard writes a vector without failing.
+    let bytes = postcard::to_allocvec(context).unwrap_or_default();
+    siphasher::sip128::SipHasher24::new_with_key(&[0; 16])
+        .hash(&bytes)
+        .as_bytes()
 }
 
 /// A request for the object at `key`.

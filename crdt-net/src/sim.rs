@@ -63,6 +63,10 @@ pub struct SimConfig {
     /// replicas' credit, as a driver sets it from its send queue); so a transfer's pace is
     /// this window per delivery delay.
     pub send_window: usize,
+    /// Peer sampling: when non-zero, each replica starts knowing this many random others and
+    /// gossips within a partial view of that size ([`Config::view`]), remembering at most four
+    /// times as many peers; 0 (the default): every replica knows every other.
+    pub view: usize,
 }
 
 impl SimConfig {
@@ -82,6 +86,7 @@ impl SimConfig {
             wide_ids: false,
             commit_latency: 0,
             send_window: 4 << 20,
+            view: 0,
         }
     }
 
@@ -98,8 +103,17 @@ impl SimConfig {
 
     fn replica_config(&self, index: usize) -> Config {
         let mut config = Config::new(self.id(index));
-        config.peers = (0..self.replicas)
-            .filter(|&j| j != index)
+        let mut others: Vec<usize> = (0..self.replicas).filter(|&j| j != index).collect();
+        if self.view > 0 {
+            // A random first view, as a bootstrap list would give; replayed by the seed.
+            let mut rng = fastrand::Rng::with_seed(self.seed ^ (index as u64).rotate_left(32));
+            rng.shuffle(&mut others);
+            others.truncate(self.view);
+            config.view = self.view;
+            config.max_peers = self.view.saturating_mul(4);
+        }
+        config.peers = others
+            .into_iter()
             .map(|j| crate::PeerInfo {
                 id: self.id(j),
                 addr: None,
@@ -139,6 +153,9 @@ pub struct SimStats {
     pub lost_unacknowledged: u64,
     /// The most bytes ever in flight on one link: what a sender queued for one peer.
     pub peak_in_flight: u64,
+    /// Bytes of anti-entropy exchanges: digests, summaries and their answers (`InSync`,
+    /// `Mismatch`), without the deltas or state they set off.
+    pub exchange_bytes: u64,
 }
 
 /// A simulated cluster.
@@ -487,6 +504,10 @@ impl Sim {
     fn schedule(&mut self, from: usize, to: ReplicaId, payload: Vec<u8>) {
         self.stats.messages += 1;
         self.stats.bytes += payload.len() as u64;
+        // The message's variant index follows the version byte (docs/wire-format.md).
+        if matches!(payload.get(1), Some(0 | 1 | 9 | 10)) {
+            self.stats.exchange_bytes += payload.len() as u64;
+        }
         self.stats.largest_message = self.stats.largest_message.max(payload.len() as u64);
         let Some(&to) = self.index.get(&to) else {
             return;
@@ -517,6 +538,29 @@ impl Sim {
             }));
         }
     }
+}
+
+/// The state of a G-Counter at `key` incremented once by each of `writers` replicas with full
+/// 64-bit ids (none of them a simulated replica): a converged state whose context names
+/// `writers` writers, to start a [`Sim::with_states`] from.
+pub fn written_by(key: &str, writers: usize) -> Durable {
+    let mut state = Durable::default();
+    for i in 0..writers as u64 {
+        let id = ReplicaId::new((i + (1 << 20)).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1 << 63);
+        let mut writer = Replica::new(Config::new(id));
+        if writer.update(key, &Op::Inc(1)).is_err() {
+            continue;
+        }
+        let d = writer.durable();
+        for (k, object) in &d.objects {
+            state.objects.entry(k.clone()).or_default().merge(object);
+        }
+        for (k, touched) in &d.touched {
+            state.touched.entry(k.clone()).or_default().merge(touched);
+        }
+        state.seen.merge(&d.seen);
+    }
+    state
 }
 
 /// Equal objects, treating a missing key and an empty object alike.
@@ -555,6 +599,12 @@ pub struct ChaosReport {
 ///
 /// The error names the seed; `chaos(seed)` replays the run exactly.
 pub fn chaos(seed: u64) -> Result<ChaosReport, String> {
+    chaos_in_views(seed, 0)
+}
+
+/// The schedule of [`chaos`]`(seed)` with peer sampling: each replica gossips within a
+/// partial view of `view` peers ([`SimConfig::view`]). `chaos_in_views(seed, view)` replays it.
+pub fn chaos_in_views(seed: u64, view: usize) -> Result<ChaosReport, String> {
     let mut rng = fastrand::Rng::with_seed(seed);
     let replicas = rng.usize(5..=16);
     let config = SimConfig {
@@ -571,6 +621,7 @@ pub fn chaos(seed: u64) -> Result<ChaosReport, String> {
         wide_ids: rng.bool(),
         commit_latency: rng.choice([0, 1, 5, 20]).unwrap_or(0),
         send_window: rng.choice([1, 64 << 10, 4 << 20]).unwrap_or(1),
+        view,
     };
     let mut sim = Sim::new(config.clone());
     let mut clocks: Vec<crdt_core::Hlc> =
@@ -608,7 +659,7 @@ pub fn chaos(seed: u64) -> Result<ChaosReport, String> {
     (0..replicas).for_each(|i| sim.restart(i));
     let fail = |why: &str, sim: &Sim| {
         format!(
-            "seed {seed}: {why} (config {config:?}, stats {:?}); replay with crdt_net::sim::chaos({seed})",
+            "seed {seed}: {why} (config {config:?}, stats {:?}); replay with crdt_net::sim::chaos_in_views({seed}, {view})",
             sim.stats()
         )
     };

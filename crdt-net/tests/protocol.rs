@@ -3,7 +3,7 @@
 
 use crdt_core::{CausalContext, Dot, ReplicaId, VersionVector};
 use crdt_net::message::{
-    DeltaEntry, Digest, ReadReply, ReadRequest, StateChunk, StateDone, StateEntry,
+    fingerprint, DeltaEntry, Digest, ReadReply, ReadRequest, StateChunk, StateDone, StateEntry,
 };
 use crdt_net::store::MemStore;
 use crdt_net::{Config, Message, Object, Op, PeerInfo, ProtocolError, Replica, Transmit};
@@ -114,6 +114,8 @@ fn mutated_messages_never_panic_and_errors_change_nothing() {
         })
         .encode(),
         delta_from(C, 4),
+        Message::Summary(fingerprint(source.seen())).encode(),
+        Message::Mismatch.encode(),
     ];
     let mut peer = Replica::new(Config::new(B).with_peer(A));
     peer.handle_timeout(10_000);
@@ -153,6 +155,7 @@ fn golden_messages() -> Vec<(&'static str, Message)> {
     let seen: CausalContext = [Dot::new(A, 1), Dot::new(A, 2), Dot::new(B, 1)]
         .into_iter()
         .collect();
+    let seen_again = seen.clone();
     let mut counter = Object::Empty;
     let delta = counter.apply(A, &Op::Inc(3)).unwrap();
     vec![
@@ -224,6 +227,8 @@ fn golden_messages() -> Vec<(&'static str, Message)> {
                 }),
             }),
         ),
+        ("summary", Message::Summary(fingerprint(&seen_again))),
+        ("mismatch", Message::Mismatch),
     ]
 }
 

@@ -1,8 +1,9 @@
 //! Seeded fault schedules in the deterministic simulator (see `crdt_net::sim::chaos`).
 //!
-//! `SIM_SEEDS=N` runs N seeds instead of 1,000; `SIM_SEED=S` replays one.
+//! `SIM_SEEDS=N` runs N seeds instead of 1,000 (and N / 4 with peer sampling instead of 250);
+//! `SIM_SEED=S` replays one of each.
 
-use crdt_net::sim::chaos;
+use crdt_net::sim::{chaos, chaos_in_views};
 
 #[test]
 fn every_schedule_converges_to_the_join_of_all_updates() {
@@ -27,6 +28,31 @@ fn every_schedule_converges_to_the_join_of_all_updates() {
         }
     }
     println!("{seeds} schedules, {updates} updates, slowest convergence {slowest} ms after heal");
+    assert!(
+        failures.is_empty(),
+        "{} of {seeds} schedules failed; first: {}",
+        failures.len(),
+        failures[0]
+    );
+}
+
+/// The same schedules with peer sampling: each replica gossips within a partial view of 3
+/// peers (of 4 to 15), refreshed by peer exchange, through the same partitions, crashes and
+/// restarts.
+#[test]
+fn every_schedule_converges_with_peer_sampling_too() {
+    if let Some(seed) = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+        let report = chaos_in_views(seed, 3).unwrap_or_else(|e| panic!("{e}"));
+        println!("{report:?}");
+        return;
+    }
+    let seeds: u64 = std::env::var("SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(250, |n: u64| n / 4);
+    let failures: Vec<String> = (0..seeds)
+        .filter_map(|seed| chaos_in_views(seed, 3).err())
+        .collect();
     assert!(
         failures.is_empty(),
         "{} of {seeds} schedules failed; first: {}",

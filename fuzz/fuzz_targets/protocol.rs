@@ -13,8 +13,8 @@
 
 use crdt_core::{CausalContext, Dot, HlcTimestamp, ReplicaId, VersionVector};
 use crdt_net::message::{
-    DeltaEntry, Digest, PeerInfo, ReadReply, ReadRequest, Resume, StateChunk, StateDone,
-    StateEntry,
+    fingerprint, DeltaEntry, Digest, PeerInfo, ReadReply, ReadRequest, Resume, StateChunk,
+    StateDone, StateEntry,
 };
 use crdt_net::store::MemStore;
 use crdt_net::{Config, Message, Object, Op, Replica};
@@ -83,7 +83,7 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn message(u: &mut Unstructured<'_>) -> Result<Message> {
-    Ok(match u.int_in_range(0..=8u8)? {
+    Ok(match u.int_in_range(0..=10u8)? {
         0 => Message::Digest(Digest {
             seen: context(u)?,
             reply: u.arbitrary()?,
@@ -139,6 +139,14 @@ fn message(u: &mut Unstructured<'_>) -> Result<Message> {
             id: u.int_in_range(0..=3)?,
             key: key(u)?,
         }),
+        // A summary of the target's own context (its LOCAL updates, so it matches until the
+        // target learns more), of a fuzzer-chosen context, or any 16 bytes.
+        9 => Message::Summary(match u.int_in_range(0..=2u8)? {
+            0 => fingerprint(&(1..=LOCAL).map(|n| Dot::new(ME, n)).collect()),
+            1 => fingerprint(&context(u)?),
+            _ => u.arbitrary()?,
+        }),
+        10 => Message::Mismatch,
         _ => Message::ReadReply(ReadReply {
             id: u.int_in_range(0..=3)?,
             part: u.int_in_range(0..=2)?,

@@ -17,7 +17,7 @@ use read::PendingRead;
 use transfer::{fit, Incoming, Outgoing};
 
 use crate::log::DeltaLog;
-use crate::message::{DeltaEntry, Digest, Message, PeerInfo, Resume};
+use crate::message::{fingerprint, DeltaEntry, Digest, Fingerprint, Message, PeerInfo, Resume};
 use crate::store::{Batch, Store, StoreError};
 use crate::{Object, Op, ProtocolError, UpdateError, MAX_DEPTH};
 
@@ -52,8 +52,16 @@ pub struct Config {
     /// Share the peer list every this many rounds. Default 10.
     pub peer_exchange_every: u64,
     /// Most peers remembered; ids learned beyond it (say, from a peer exchange flooded with
-    /// made-up ids) are ignored. Default 1024.
+    /// made-up ids) are ignored (with peer sampling, they take the place of a random peer
+    /// outside the view). Default 1024.
     pub max_peers: usize,
+    /// Peer sampling: when non-zero, gossip partners and eager pushes are drawn from a
+    /// partial view of at most this many peers, refreshed by peer exchange (each exchange
+    /// sends half the view and this replica; a received one puts a few of its peers in the
+    /// view, in place of down or random ones), so a replica's traffic per round stays the
+    /// same however many replicas there are. 0 (the default): every known peer is a partner.
+    /// Acknowledgement levels count only the peers remembered ([`Config::max_peers`]).
+    pub view: usize,
     /// Seeds the choice of gossip partners (the replica draws no other randomness).
     pub seed: u64,
     /// How far ahead of this replica's clock a received last-writer-wins timestamp may be,
@@ -85,6 +93,7 @@ impl Config {
             max_backoff_rounds: 32,
             peer_exchange_every: 10,
             max_peers: 1024,
+            view: 0,
             seed: id.get(),
             max_drift: 60_000,
             max_writers: 4096,
@@ -180,6 +189,9 @@ pub struct Stats {
     pub type_conflicts: u64,
     /// Reads from peers left unanswered because the peer had used its budget for the round.
     pub reads_refused: u64,
+    /// Summaries from peers left unanswered because the peer had sent
+    /// `SUMMARIES_PER_ROUND` this round already.
+    pub summaries_refused: u64,
 }
 
 /// What this replica knows of a peer.
@@ -244,6 +256,8 @@ pub struct Replica {
     durable: Durable,
     log: DeltaLog,
     peers: BTreeMap<ReplicaId, Peer>,
+    /// With peer sampling ([`Config::view`]), the peers gossiped with; else empty.
+    view: Vec<ReplicaId>,
     /// Local deltas not yet pushed.
     fresh: Vec<(DeltaEntry, usize)>,
     /// Dots received per peer, to acknowledge.
@@ -258,12 +272,18 @@ pub struct Replica {
     reads: BTreeMap<u64, PendingRead>,
     /// Bytes of read answers sent to each peer this round (estimated).
     reads_served: BTreeMap<ReplicaId, usize>,
+    /// Summaries answered for each peer this round.
+    summaries_answered: BTreeMap<ReplicaId, u32>,
     outbox: VecDeque<Transmit>,
     events: VecDeque<Event>,
     /// What changed since the last commit, in order (see [`Replica::persist`]).
     unpersisted: Vec<(String, Object)>,
     /// Whether anything (objects or context) changed since the last commit.
     dirty: bool,
+    /// The fingerprint of `durable.seen` as of the last commit, once computed: the context
+    /// changes only with `dirty` set, so it holds until the next commit (a peer's stream of
+    /// summaries then costs a comparison each, not an encoding of the context).
+    committed_fingerprint: Option<Fingerprint>,
     next_round: Millis,
     /// The peer we last asked for what we lack, and when it last made progress: we ask no other
     /// until a round passes without progress.
@@ -290,6 +310,11 @@ const MAX_CONFLICTED_KEYS: usize = 1024;
 /// Rounds one pull may last, progress or not, before another may start; and rounds a peer
 /// whose pull did not finish waits before it is asked again.
 const PULL_ROUNDS: u64 = 4;
+
+/// Summaries answered per peer per round. An honest peer sends one a round, and one in answer
+/// to each of our digests; a matching summary costs a copy of the context, so a peer sending
+/// more gets no answer to them.
+const SUMMARIES_PER_ROUND: u32 = 8;
 
 /// Room left in a message for everything but its entries.
 const MESSAGE_OVERHEAD: usize = 64;
@@ -328,6 +353,7 @@ impl Replica {
             log: DeltaLog::new(config.max_log_bytes),
             durable,
             peers: BTreeMap::new(),
+            view: Vec::new(),
             fresh: Vec::new(),
             acks_due: BTreeMap::new(),
             incoming: BTreeMap::new(),
@@ -335,10 +361,12 @@ impl Replica {
             last_served: None,
             reads: BTreeMap::new(),
             reads_served: BTreeMap::new(),
+            summaries_answered: BTreeMap::new(),
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             unpersisted: Vec::new(),
             dirty: false,
+            committed_fingerprint: None,
             next_round,
             pull: None,
             stalled: None,
@@ -349,6 +377,7 @@ impl Replica {
         for info in replica.config.peers.clone() {
             replica.add_peer(info);
         }
+        replica.start_view();
         replica
     }
 
@@ -529,6 +558,7 @@ impl Replica {
         })?;
         self.unpersisted.clear();
         self.dirty = false;
+        self.committed_fingerprint = None;
         Ok(())
     }
 
@@ -679,9 +709,11 @@ impl Replica {
             }
             Message::State(chunk) => self.on_state(now, from, chunk),
             Message::StateDone(done) => self.on_state_done(from, done),
-            Message::Peers(list) => list.into_iter().for_each(|info| self.add_peer(info)),
+            Message::Peers(list) => self.on_peers(list),
             Message::Read(request) => self.on_read(from, request),
             Message::ReadReply(reply) => self.on_read_reply(now, from, reply),
+            Message::Summary(theirs) => self.on_summary(from, theirs),
+            Message::Mismatch => self.on_mismatch(from),
         }
         Ok(())
     }
@@ -689,6 +721,7 @@ impl Replica {
     fn start_round(&mut self, now: Millis) {
         self.stats.rounds += 1;
         self.reads_served.clear();
+        self.summaries_answered.clear();
         let round = self.stats.rounds;
         self.note_silent_peers(round);
         let mut candidates = self.reachable_peers(round);
@@ -696,25 +729,31 @@ impl Replica {
         candidates.truncate(self.config.fanout);
         for &to in &candidates {
             let want = self.start_pull(to, now);
-            let digest = self.digest(to, true, want);
+            let summary = self.summary_will_do(to);
+            let digest = if summary {
+                Message::Summary(self.own_fingerprint())
+            } else {
+                self.digest(to, true, want)
+            };
             self.send(to, &digest);
             if let Some(peer) = self.peers.get_mut(&to) {
                 peer.awaiting_reply = true;
+                peer.summary_sent = summary.then_some(want);
             }
         }
         if let Some(&to) = candidates.first() {
             if round % self.config.peer_exchange_every.max(1) == 0 {
-                let mut list: Vec<PeerInfo> = self.peers.values().map(|p| p.info.clone()).collect();
-                list.push(PeerInfo {
-                    id: self.config.id,
-                    addr: None,
-                });
+                let list = self.exchange_list();
                 self.send(to, &Message::Peers(list));
             }
         }
-        let peers = &self.peers;
-        self.log
-            .trim(|dot| peers.values().all(|p| p.down || p.known.contains(dot)));
+        let (peers, view, sampling) = (&self.peers, &self.view, self.config.view > 0);
+        self.log.trim(|dot| {
+            peers
+                .iter()
+                .filter(|(id, _)| !sampling || view.contains(id))
+                .all(|(_, p)| p.down || p.known.contains(dot))
+        });
     }
 
     /// Whether to ask `peer` for what we lack now; if so, it becomes the one peer we ask. We ask
@@ -786,6 +825,76 @@ impl Replica {
         })
     }
 
+    /// The fingerprint of this replica's context.
+    fn own_fingerprint(&mut self) -> Fingerprint {
+        if self.dirty {
+            return fingerprint(&self.durable.seen);
+        }
+        let seen = &self.durable.seen;
+        *self
+            .committed_fingerprint
+            .get_or_insert_with(|| fingerprint(seen))
+    }
+
+    /// Whether a round's digest to `to` may be a [`Message::Summary`]: when `to` is known to
+    /// have everything this replica has (so the fingerprints most likely match), no transfer
+    /// from it is to be resumed, and the context is larger than its fingerprint. Otherwise
+    /// the peer most likely lacks something, and the full digest saves a round trip.
+    fn summary_will_do(&self, to: ReplicaId) -> bool {
+        let known = self
+            .peers
+            .get(&to)
+            .is_some_and(|p| p.known.includes(&self.durable.seen));
+        known && self.resume_point(to).is_none() && self.summary_pays()
+    }
+
+    /// Whether this replica's context is larger than its fingerprint.
+    fn summary_pays(&self) -> bool {
+        encoded_len(&self.durable.seen) > std::mem::size_of::<Fingerprint>()
+    }
+
+    /// A peer's summary: if its fingerprint is ours, the peer has seen exactly what this
+    /// replica has (as a full digest with our context would claim), so there is nothing to
+    /// exchange; else it is asked for its full digest.
+    fn on_summary(&mut self, from: ReplicaId, theirs: Fingerprint) {
+        let answered = self.summaries_answered.entry(from).or_default();
+        if *answered >= SUMMARIES_PER_ROUND {
+            self.stats.summaries_refused += 1;
+            return;
+        }
+        *answered += 1;
+        if theirs != self.own_fingerprint() {
+            self.send(from, &Message::Mismatch);
+            return;
+        }
+        let ours = self.durable.seen.clone();
+        let max_writers = self.config.max_writers;
+        if let Some(peer) = self.peers.get_mut(&from) {
+            peer.known = ours.clone();
+            bound_known(&mut peer.known, max_writers);
+        }
+        self.learn_in_transfer(from, &ours);
+        // Nothing to pull from a peer that has what we have.
+        self.pull_finished(from);
+        self.send(from, &Message::InSync);
+    }
+
+    /// The answer to our summary: the peer's context differs, so the round goes on as with a
+    /// full digest. Answered once per summary sent, so a peer cannot have full digests sent
+    /// at will.
+    fn on_mismatch(&mut self, from: ReplicaId) {
+        let Some(peer) = self.peers.get_mut(&from) else {
+            return;
+        };
+        let Some(want) = peer.summary_sent.take() else {
+            return;
+        };
+        peer.awaiting_reply = true;
+        // As the round would have asked, had it sent the digest.
+        let digest = self.digest(from, true, want);
+        self.send(from, &digest);
+    }
+
     fn on_digest(&mut self, now: Millis, from: ReplicaId, digest: Digest) {
         let max_writers = self.config.max_writers;
         if let Some(peer) = self.peers.get_mut(&from) {
@@ -799,6 +908,12 @@ impl Replica {
             if !self.durable.seen.includes(&digest.seen) {
                 let want = self.start_pull(from, now);
                 let ours = self.digest(from, false, want);
+                self.send(from, &ours);
+            } else if !sent && digest.seen == self.durable.seen && self.summary_pays() {
+                // Equal contexts: answered with our summary rather than InSync, which names
+                // nothing, so the peer learns we have its context however late the answer
+                // arrives (and answers InSync itself).
+                let ours = Message::Summary(self.own_fingerprint());
                 self.send(from, &ours);
             } else if !sent {
                 self.send(from, &Message::InSync);
@@ -848,6 +963,13 @@ impl Replica {
     }
 
     fn on_deltas(&mut self, now: Millis, from: ReplicaId, entries: Vec<DeltaEntry>) {
+        // The sender holds what it sends (committed before it left), as its digest would say;
+        // knowing so lets the next round to it be a summary.
+        let max_writers = self.config.max_writers;
+        if let Some(peer) = self.peers.get_mut(&from) {
+            entries.iter().for_each(|e| peer.known.insert(e.dot));
+            bound_known(&mut peer.known, max_writers);
+        }
         for entry in entries {
             if self.durable.seen.contains(entry.dot) {
                 self.acks_due.entry(from).or_default().insert(entry.dot);
@@ -939,7 +1061,7 @@ impl Replica {
             return;
         }
         let fresh = std::mem::take(&mut self.fresh);
-        let up = self.peers_up();
+        let up = self.push_targets();
         self.send_deltas(&up, fresh);
     }
 

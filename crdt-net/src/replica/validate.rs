@@ -36,7 +36,11 @@ impl Replica {
                     self.check_resume(&resume.ranges)?;
                 }
             }
-            Message::InSync | Message::Peers(_) | Message::Read(_) => {}
+            Message::InSync
+            | Message::Peers(_)
+            | Message::Read(_)
+            | Message::Summary(_)
+            | Message::Mismatch => {}
             Message::Deltas(entries) => {
                 for entry in entries {
                     claims.dot(entry.dot)?;
