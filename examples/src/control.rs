@@ -170,11 +170,40 @@ async fn connection(stream: UnixStream, node: &Node) {
             watch_changes(node, key, &mut reader, &mut writer).await;
             return;
         }
-        let answer = match execute(node, request).await {
-            Ok(reply) => reply.to_json(),
-            Err(e) => e.to_json(),
+        // A request may wait long (for acknowledgements, or a read from peers): a client
+        // that leaves meanwhile must not hold its slot until the wait times out.
+        let answer = tokio::select! {
+            answer = execute(node, request) => match answer {
+                Ok(reply) => reply.to_json(),
+                Err(e) => e.to_json(),
+            },
+            () = hung_up(reader.get_ref().as_ref()) => return,
         };
         if send(&mut writer, &answer).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// How often a connection whose request waits is checked for a client that left.
+const HANG_UP_CHECK: Duration = Duration::from_millis(500);
+
+/// Resolves once the client has closed its connection. Only a full close counts: a client
+/// that shut just its writing side after its request (`socat`, `nc -N`) still waits for the
+/// answer. (Reading cannot tell the two apart; the socket's hang-up flag can.)
+async fn hung_up(stream: &UnixStream) {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let mut every = tokio::time::interval(HANG_UP_CHECK);
+    loop {
+        every.tick().await;
+        let mut fds = [PollFd::new(stream, PollFlags::empty())];
+        if poll(&mut fds, Some(&now)).is_ok_and(|n| n > 0)
+            && fds[0].revents().contains(PollFlags::HUP)
+        {
             return;
         }
     }

@@ -4,7 +4,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -114,3 +115,53 @@ fn output_piped_into_a_reader_that_left_ends_quietly() {
     assert!(!text.contains("panicked"), "{text}");
 }
 
+/// Sends `line` on `stream` and reads one answer line.
+fn ask(stream: &mut UnixStream, line: &str) -> serde_json::Value {
+    writeln!(stream, "{line}").unwrap();
+    let mut answer = String::new();
+    BufReader::new(stream.try_clone().unwrap())
+        .read_line(&mut answer)
+        .unwrap();
+    serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer:?}"))
+}
+
+#[test]
+fn a_client_that_leaves_while_its_request_waits_frees_its_slot() {
+    let (dir, mut node) = lone_daemon();
+    let dir_str = dir.path().to_str().unwrap();
+    let socket = dir.path().join("control.sock");
+    // Every slot taken by a request that waits an hour (for a peer this node does not
+    // have), its client gone at once.
+    for i in 0..32 {
+        let mut stream = UnixStream::connect(&socket).unwrap();
+        let line = if i % 2 == 0 {
+            r#"{"op":"add","key":"k","value":"v","wait":{"ack":1,"timeout_ms":3600000}}"#
+        } else {
+            r#"{"op":"get","key":"k","read":1,"timeout_ms":3600000}"#
+        };
+        writeln!(stream, "{line}").unwrap();
+    }
+    // The node notices, serves others again, and stops waiting for those acknowledgements.
+    control_until(dir_str, &["status", "--json"], "\"pending_acks\":0");
+
+    // A client that shut only its writing side after its request still gets the answer,
+    // also one that waits.
+    for (line, says) in [
+        (r#"{"op":"add","key":"cart","value":"milk"}"#, "\"ok\":true"),
+        (
+            r#"{"op":"get","key":"cart","read":1,"timeout_ms":300}"#,
+            "\"timeout\"",
+        ),
+    ] {
+        let mut stream = UnixStream::connect(&socket).unwrap();
+        writeln!(stream, "{line}").unwrap();
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = String::new();
+        BufReader::new(&mut stream).read_line(&mut answer).unwrap();
+        assert!(answer.contains(says), "{line}: {answer:?}");
+    }
+    let mut stream = UnixStream::connect(&socket).unwrap();
+    let got = ask(&mut stream, r#"{"op":"get","key":"cart"}"#);
+    assert_eq!(got["value"], serde_json::json!(["milk"]), "{got}");
+    assert!(node.terminate().success());
+}
