@@ -363,6 +363,10 @@ pub struct Client {
 impl Client {
     /// Connects to the node running on `dir`.
     pub async fn connect(dir: &Path) -> Result<Client, Unreachable> {
+        // No node can run there (`run` refuses it): say why, not the socket call's error.
+        check_path(dir).map_err(|e| {
+            Unreachable::NotRunning(format!("no node can run on this data directory: {e}"))
+        })?;
         let path = socket_path(dir);
         let stream = UnixStream::connect(&path).await.map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Unreachable::NotRunning(format!(

@@ -165,3 +165,34 @@ fn a_client_that_leaves_while_its_request_waits_frees_its_slot() {
     assert_eq!(got["value"], serde_json::json!(["milk"]), "{got}");
     assert!(node.terminate().success());
 }
+
+#[test]
+fn a_data_directory_too_deep_for_a_socket_is_a_clear_error_everywhere() {
+    let root = tempfile::TempDir::new().unwrap();
+    let deep = root.path().join("d".repeat(60)).join("e".repeat(60));
+    let deep_str = deep.to_str().unwrap();
+    let (_, fingerprint) = init(deep_str);
+    let run = Command::new(BIN)
+        .args(node_args(deep_str, &[]))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("too long for a Unix socket"), "{stderr}");
+    // The control commands say the same, not the socket call's error.
+    for args in [&["add", "cart", "milk"][..], &["status"]] {
+        let answer = control(deep_str, args);
+        assert_eq!(answer.code, 1, "{args:?}: {}", answer.stderr);
+        assert!(
+            answer.stderr.contains("too long for a Unix socket"),
+            "{args:?}: {}",
+            answer.stderr
+        );
+    }
+    // No node can run there, so `trust` edits the file as for a stopped node.
+    let trusted = control(deep_str, &["trust", &fingerprint]);
+    assert_eq!(trusted.code, 0, "{}", trusted.stderr);
+    let file = std::fs::read_to_string(deep.join("trusted")).unwrap();
+    assert!(file.contains(&fingerprint), "{file}");
+}
