@@ -123,8 +123,12 @@ impl Peer {
         if let Ok(addr) = text.parse() {
             return Ok(Peer::Addr(addr));
         }
-        let bad =
-            || format!("not HOST:PORT (such as laptop.local:4433 or 192.0.2.10:4433): {text:?}");
+        let bad = || {
+            format!(
+                "not HOST:PORT (such as laptop.local:4433 or 192.0.2.10:4433): {}",
+                crate::execute::quoted(text)
+            )
+        };
         let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
         let valid_host = !host.is_empty()
             && host.len() <= 253

@@ -25,7 +25,7 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::execute::{execute, limited, shown, Failure};
+use crate::execute::{cut, execute, limited, shown, Failure, QUOTED};
 use crate::request::Request;
 
 /// The socket's name in the data directory.
@@ -214,6 +214,8 @@ fn parse(line: &[u8]) -> Result<Request, Failure> {
     let text =
         std::str::from_utf8(line).map_err(|_| Failure::bad("a request must be UTF-8 text"))?;
     serde_json::from_str(text).map_err(|e| {
+        // serde's message quotes what it did not expect: an unknown op or field, whole.
+        let e = cut(&e.to_string(), 4 * QUOTED);
         Failure::bad(format!(
             "not a request ({e}); a request is one line of JSON such as {{\"op\":\"get\",\"key\":\"cart\"}}"
         ))

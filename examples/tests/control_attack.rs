@@ -196,3 +196,31 @@ fn a_data_directory_too_deep_for_a_socket_is_a_clear_error_everywhere() {
     let file = std::fs::read_to_string(deep.join("trusted")).unwrap();
     assert!(file.contains(&fingerprint), "{file}");
 }
+
+#[test]
+fn a_huge_argument_is_not_echoed_back_whole() {
+    let (dir, mut node) = lone_daemon();
+    let dir_str = dir.path().to_str().unwrap();
+    // On the command line (an argument is at most 128 KiB on Linux).
+    let long = "a".repeat(100_000);
+    let answer = control(dir_str, &["trust", &long]);
+    assert_eq!(answer.code, 1, "{}", answer.stdout);
+    assert!(answer.stderr.contains("not a fingerprint"), "{}", answer.stderr);
+    assert!(answer.stderr.len() < 1000, "{} bytes", answer.stderr.len());
+    // On the socket: a megabyte where a fingerprint, an op, a field or a level goes.
+    let mega = "a".repeat(1 << 20);
+    let mut stream = UnixStream::connect(dir.path().join("control.sock")).unwrap();
+    for line in [
+        format!(r#"{{"op":"trust","peer":"{mega}"}}"#),
+        format!(r#"{{"op":"untrust","peer":"{mega}"}}"#),
+        format!(r#"{{"op":"{mega}"}}"#),
+        format!(r#"{{"op":"keys","{mega}":1}}"#),
+        format!(r#"{{"op":"add","key":"k","value":"v","wait":{{"ack":"{mega}"}}}}"#),
+    ] {
+        let answer = ask(&mut stream, &line);
+        assert_eq!(answer["error"]["kind"], "bad_request");
+        let text = answer.to_string();
+        assert!(text.len() < 2000, "{} bytes: {}", text.len(), &text[..200]);
+    }
+    assert!(node.terminate().success());
+}
