@@ -62,6 +62,16 @@ impl Config {
     /// Reads `config.toml` in `dir`; no file is the empty configuration.
     pub fn load(dir: &Path) -> Result<Config, String> {
         let path = dir.join(CONFIG_FILE);
+        // Opening a FIFO (or a device) would wait for a writer forever, at every start.
+        match std::fs::metadata(&path) {
+            Ok(meta) if !meta.is_file() => {
+                return Err(format!(
+                    "{}: not a regular file; a configuration file is a few lines of TOML",
+                    path.display()
+                ))
+            }
+            _ => {}
+        }
         let file = match std::fs::File::open(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),

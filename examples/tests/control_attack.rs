@@ -205,7 +205,11 @@ fn a_huge_argument_is_not_echoed_back_whole() {
     let long = "a".repeat(100_000);
     let answer = control(dir_str, &["trust", &long]);
     assert_eq!(answer.code, 1, "{}", answer.stdout);
-    assert!(answer.stderr.contains("not a fingerprint"), "{}", answer.stderr);
+    assert!(
+        answer.stderr.contains("not a fingerprint"),
+        "{}",
+        answer.stderr
+    );
     assert!(answer.stderr.len() < 1000, "{} bytes", answer.stderr.len());
     // On the socket: a megabyte where a fingerprint, an op, a field or a level goes.
     let mega = "a".repeat(1 << 20);
@@ -223,4 +227,43 @@ fn a_huge_argument_is_not_echoed_back_whole() {
         assert!(text.len() < 2000, "{} bytes: {}", text.len(), &text[..200]);
     }
     assert!(node.terminate().success());
+}
+
+#[test]
+fn a_config_file_that_is_no_regular_file_is_refused_at_once() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let dir_str = dir.path().to_str().unwrap();
+    init(dir_str);
+    let config = dir.path().join("config.toml");
+    std::fs::remove_file(&config).unwrap();
+    // A FIFO would block the start for good; a directory is no file either.
+    let made = Command::new("mkfifo").arg(&config).status().unwrap();
+    assert!(made.success());
+    for second in [false, true] {
+        if second {
+            std::fs::remove_file(&config).unwrap();
+            std::fs::create_dir(&config).unwrap();
+        }
+        let mut run = Command::new(BIN)
+            .args(node_args(dir_str, &[]))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = run.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = run.kill();
+                panic!("`run` still starting after 10 s with {config:?} not a file");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let stderr = stderr_of(&mut run);
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("config.toml"), "{stderr}");
+    }
 }
