@@ -10,7 +10,9 @@
 //!
 //! Requests are user input: a line longer than [`MAX_LINE`] is answered with a `too_long`
 //! error and the connection closed; one that does not parse gets a `bad_request` error and
-//! the connection goes on. At most [`MAX_CLIENTS`] connections are served at once.
+//! the connection goes on. At most [`MAX_CLIENTS`] connections are served at once, and
+//! [`MAX_WATCHERS`] watches besides: a watch gives its client's slot back, so watchers left
+//! open never keep `status` or `trust` out.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,7 +24,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::execute::{cut, execute, limited, shown, Failure, QUOTED};
@@ -35,6 +37,8 @@ pub const SOCKET: &str = "control.sock";
 pub const MAX_LINE: usize = 8 << 20;
 /// Connections served at once; more are told `busy` and closed.
 pub const MAX_CLIENTS: usize = 32;
+/// Watches served at once, apart from the [`MAX_CLIENTS`] slots; one more is told `busy`.
+pub const MAX_WATCHERS: usize = 32;
 /// How long a connection may sit without a request before it is closed.
 const IDLE: Duration = Duration::from_secs(300);
 /// The longest answer a client reads (a large set with `--all`).
@@ -102,6 +106,7 @@ pub fn bind(dir: &Path) -> Result<UnixListener, String> {
 /// Serves `listener` until `stop` turns true; then closes every connection and returns.
 pub async fn serve(listener: UnixListener, node: Arc<Node>, mut stop: watch::Receiver<bool>) {
     let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let watchers = Arc::new(Semaphore::new(MAX_WATCHERS));
     let mut clients = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -118,9 +123,9 @@ pub async fn serve(listener: UnixListener, node: Arc<Node>, mut stop: watch::Rec
         match slots.clone().try_acquire_owned() {
             Ok(slot) => {
                 let node = node.clone();
+                let watchers = watchers.clone();
                 clients.spawn(async move {
-                    connection(stream, &node).await;
-                    drop(slot);
+                    connection(stream, &node, slot, &watchers).await;
                 });
             }
             Err(_) => {
@@ -137,8 +142,14 @@ pub async fn serve(listener: UnixListener, node: Arc<Node>, mut stop: watch::Rec
     clients.shutdown().await;
 }
 
-/// Serves one client: request lines, each answered in turn.
-async fn connection(stream: UnixStream, node: &Node) {
+/// Serves one client, holding `slot`: request lines, each answered in turn; a watch trades
+/// the slot for one of `watchers`.
+async fn connection(
+    stream: UnixStream,
+    node: &Node,
+    slot: OwnedSemaphorePermit,
+    watchers: &Arc<Semaphore>,
+) {
     let (reader, mut writer) = stream.into_split();
     let mut reader = BufReader::new(reader);
     loop {
@@ -167,7 +178,17 @@ async fn connection(stream: UnixStream, node: &Node) {
             }
         };
         if let Request::Watch { key } = request {
+            let Ok(watching) = watchers.clone().try_acquire_owned() else {
+                let busy = Failure::new(
+                    "busy",
+                    format!("{MAX_WATCHERS} watches are open; close one or try again"),
+                );
+                let _ = send(&mut writer, &busy.to_json()).await;
+                return;
+            };
+            drop(slot);
             watch_changes(node, key, &mut reader, &mut writer).await;
+            drop(watching);
             return;
         }
         // A request may wait long (for acknowledgements, or a read from peers): a client

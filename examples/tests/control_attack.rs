@@ -267,3 +267,45 @@ fn a_config_file_that_is_no_regular_file_is_refused_at_once() {
         assert!(stderr.contains("config.toml"), "{stderr}");
     }
 }
+
+#[test]
+fn watchers_left_open_do_not_keep_commands_out() {
+    let (dir, mut node) = lone_daemon();
+    let dir_str = dir.path().to_str().unwrap();
+    let socket = dir.path().join("control.sock");
+    let watch = || {
+        let mut stream = UnixStream::connect(&socket).unwrap();
+        let answer = ask(&mut stream, r#"{"op":"watch"}"#);
+        (stream, answer)
+    };
+    let watchers: Vec<UnixStream> = (0..32)
+        .map(|_| {
+            let (stream, answer) = watch();
+            assert_eq!(answer["ok"], true, "{answer}");
+            stream
+        })
+        .collect();
+    // Commands are still served, beside as many watches as there are command slots.
+    let status = control(dir_str, &["status"]);
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    assert_eq!(control(dir_str, &["add", "cart", "milk"]).code, 0);
+    // One watch too many is told so.
+    let (_, answer) = watch();
+    assert_eq!(answer["error"]["kind"], "busy", "{answer}");
+    // The watchers see the change.
+    let mut line = String::new();
+    BufReader::new(&watchers[31]).read_line(&mut line).unwrap();
+    assert!(line.contains("\"cart\""), "{line}");
+    // Once they leave, a watch is served again.
+    drop(watchers);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, answer) = watch();
+        if answer["ok"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still busy: {answer}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(node.terminate().success());
+}
