@@ -12,7 +12,9 @@
 //! error and the connection closed; one that does not parse gets a `bad_request` error and
 //! the connection goes on. At most [`MAX_CLIENTS`] connections are served at once, and
 //! [`MAX_WATCHERS`] watches besides: a watch gives its client's slot back, so watchers left
-//! open never keep `status` or `trust` out.
+//! open never keep `status` or `trust` out. When every slot is taken, a newcomer waits a
+//! little and connections idle for a second or more are closed to make room (they were
+//! waiting for nothing), rather than keeping every command out until their idle timeout.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,7 +26,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::execute::{cut, execute, limited, shown, Failure, QUOTED};
@@ -105,8 +107,7 @@ pub fn bind(dir: &Path) -> Result<UnixListener, String> {
 
 /// Serves `listener` until `stop` turns true; then closes every connection and returns.
 pub async fn serve(listener: UnixListener, node: Arc<Node>, mut stop: watch::Receiver<bool>) {
-    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
-    let watchers = Arc::new(Semaphore::new(MAX_WATCHERS));
+    let slots = Slots::default();
     let mut clients = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -120,40 +121,94 @@ pub async fn serve(listener: UnixListener, node: Arc<Node>, mut stop: watch::Rec
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        match slots.clone().try_acquire_owned() {
-            Ok(slot) => {
-                let node = node.clone();
-                let watchers = watchers.clone();
-                clients.spawn(async move {
-                    connection(stream, &node, slot, &watchers).await;
-                });
-            }
-            Err(_) => {
-                let busy = Failure::new(
-                    "busy",
-                    format!("{MAX_CLIENTS} clients are connected; try again"),
-                );
-                let _ = stream
-                    .write_all(format!("{}\n", busy.to_json()).as_bytes())
-                    .await;
-            }
+        let (node, slots) = (node.clone(), slots.clone());
+        // Newcomers already waiting go first.
+        let waiting = slots.queued.available_permits() < MAX_CLIENTS;
+        if let Some(slot) = (!waiting)
+            .then(|| slots.clients.clone().try_acquire_owned().ok())
+            .flatten()
+        {
+            clients.spawn(async move { connection(stream, &node, slot, &slots).await });
+            continue;
         }
+        let Ok(queued) = slots.queued.clone().try_acquire_owned() else {
+            busy(&mut stream).await;
+            continue;
+        };
+        // Full: idle connections make room, and the newcomer takes the first slot freed.
+        slots.crowded.notify_waiters();
+        clients.spawn(async move {
+            let slot = tokio::time::timeout(QUEUED, slots.clients.clone().acquire_owned()).await;
+            drop(queued);
+            match slot {
+                Ok(Ok(slot)) => connection(stream, &node, slot, &slots).await,
+                _ => busy(&mut stream).await,
+            }
+        });
     }
     clients.shutdown().await;
 }
 
+/// The control socket's connection slots.
+#[derive(Clone)]
+struct Slots {
+    /// One per connection served.
+    clients: Arc<Semaphore>,
+    /// One per watch (which gives its client slot back).
+    watchers: Arc<Semaphore>,
+    /// One per newcomer waiting for a client slot.
+    queued: Arc<Semaphore>,
+    /// Told when a newcomer waits: idle connections close.
+    crowded: Arc<Notify>,
+}
+
+impl Default for Slots {
+    fn default() -> Slots {
+        Slots {
+            clients: Arc::new(Semaphore::new(MAX_CLIENTS)),
+            watchers: Arc::new(Semaphore::new(MAX_WATCHERS)),
+            queued: Arc::new(Semaphore::new(MAX_CLIENTS)),
+            crowded: Arc::new(Notify::new()),
+        }
+    }
+}
+
+/// How long a newcomer waits for a slot when every one is taken.
+const QUEUED: Duration = Duration::from_secs(2);
+/// A connection idle this long is closed when a newcomer waits for its slot.
+const IDLE_WHEN_CROWDED: Duration = Duration::from_secs(1);
+
+/// Tells a client that no slot is free, and closes its connection.
+async fn busy(stream: &mut UnixStream) {
+    let busy = Failure::new(
+        "busy",
+        format!("{MAX_CLIENTS} clients are connected; try again"),
+    );
+    let _ = stream
+        .write_all(format!("{}\n", busy.to_json()).as_bytes())
+        .await;
+}
+
+/// Resolves when a newcomer waits for a slot after this connection has been idle for
+/// [`IDLE_WHEN_CROWDED`].
+async fn crowded_out(crowded: &Notify) {
+    tokio::time::sleep(IDLE_WHEN_CROWDED).await;
+    crowded.notified().await;
+}
+
 /// Serves one client, holding `slot`: request lines, each answered in turn; a watch trades
-/// the slot for one of `watchers`.
-async fn connection(
-    stream: UnixStream,
-    node: &Node,
-    slot: OwnedSemaphorePermit,
-    watchers: &Arc<Semaphore>,
-) {
+/// the slot for one of the watch slots.
+async fn connection(stream: UnixStream, node: &Node, slot: OwnedSemaphorePermit, slots: &Slots) {
     let (reader, mut writer) = stream.into_split();
     let mut reader = BufReader::new(reader);
     loop {
-        let line = match tokio::time::timeout(IDLE, read_line(&mut reader, MAX_LINE)).await {
+        let next = tokio::time::timeout(IDLE, read_line(&mut reader, MAX_LINE));
+        let next = tokio::select! {
+            next = next => next,
+            // A line under way is cut off too: that client was not sending either.
+            () = crowded_out(&slots.crowded) => return,
+        };
+        let line = match next {
             Err(_) | Ok(Ok(None)) | Ok(Err(_)) => return,
             Ok(Ok(Some(Line::TooLong))) => {
                 let e = Failure::new(
@@ -178,7 +233,7 @@ async fn connection(
             }
         };
         if let Request::Watch { key } = request {
-            let Ok(watching) = watchers.clone().try_acquire_owned() else {
+            let Ok(watching) = slots.watchers.clone().try_acquire_owned() else {
                 let busy = Failure::new(
                     "busy",
                     format!("{MAX_WATCHERS} watches are open; close one or try again"),

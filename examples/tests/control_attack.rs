@@ -309,3 +309,25 @@ fn watchers_left_open_do_not_keep_commands_out() {
     }
     assert!(node.terminate().success());
 }
+
+#[test]
+fn silent_connections_make_room_when_every_slot_is_taken() {
+    let (dir, mut node) = lone_daemon();
+    let dir_str = dir.path().to_str().unwrap();
+    let socket = dir.path().join("control.sock");
+    // Every slot taken by a connection that never sends (a script leaking its sockets, or
+    // a client that connects and stalls); each was idle for 5 minutes before it was closed.
+    let silent: Vec<UnixStream> = (0..32)
+        .map(|_| UnixStream::connect(&socket).unwrap())
+        .collect();
+    let answer = control_until(dir_str, &["status"], "fingerprint");
+    assert!(answer.contains("node "), "{answer}");
+    // Some silent connection was closed to make room.
+    let closed = silent.into_iter().any(|mut s| {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut byte = [0u8; 1];
+        matches!(std::io::Read::read(&mut s, &mut byte), Ok(0))
+    });
+    assert!(closed, "no silent connection was closed");
+    assert!(node.terminate().success());
+}
