@@ -82,6 +82,17 @@ pub fn control_until(dir: &str, args: &[&str], needle: &str) -> String {
     }
 }
 
+/// A node still running when its test ends (a failed assertion, say) is killed, not left
+/// behind.
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Running {
     pub fn start(args: &[&str]) -> Running {
         Running::start_command(Command::new(BIN), args)
