@@ -39,6 +39,22 @@ fn exited(child: &mut Child) -> ExitStatus {
     }
 }
 
+/// Waits (10 s at most) for a `run` that must refuse to start; kills it if it runs.
+fn start_refused(child: &mut Child) -> ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`run` still running after 10 s: it should have refused to start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn stderr_of(child: &mut Child) -> String {
     let mut text = String::new();
     use std::io::Read;
@@ -251,17 +267,7 @@ fn a_config_file_that_is_no_regular_file_is_refused_at_once() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(status) = run.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = run.kill();
-                panic!("`run` still starting after 10 s with {config:?} not a file");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let status = start_refused(&mut run);
         let stderr = stderr_of(&mut run);
         assert_eq!(status.code(), Some(1), "{stderr}");
         assert!(stderr.contains("config.toml"), "{stderr}");
@@ -330,4 +336,38 @@ fn silent_connections_make_room_when_every_slot_is_taken() {
     });
     assert!(closed, "no silent connection was closed");
     assert!(node.terminate().success());
+}
+
+#[test]
+fn gossip_settings_out_of_range_are_refused_by_name() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let dir_str = dir.path().to_str().unwrap();
+    init(dir_str);
+    let run = |args: &[&str]| {
+        let mut child = Command::new(BIN)
+            .args(["run", "--data-dir", dir_str, "--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = start_refused(&mut child);
+        (status.code(), stderr_of(&mut child))
+    };
+    // No round ever (u64::MAX ms), or gossip with nobody: said, not silently run.
+    for (setting, name) in [
+        ("gossip_ms = 18446744073709551615", "gossip_ms"),
+        ("gossip_ms = 0", "gossip_ms"),
+        ("fanout = 0", "fanout"),
+    ] {
+        std::fs::write(dir.path().join("config.toml"), setting).unwrap();
+        let (code, stderr) = run(&[]);
+        assert_eq!(code, Some(1), "{setting}: {stderr}");
+        assert!(stderr.contains(name), "{setting}: {stderr}");
+    }
+    std::fs::write(dir.path().join("config.toml"), "").unwrap();
+    let (code, stderr) = run(&["--gossip-ms", "18446744073709551615"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--gossip-ms"), "{stderr}");
 }
