@@ -9,7 +9,10 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{banner_addr, control, control_until, init, node_args, trusting_pair, Running, BIN};
+use common::{
+    banner_addr, control, control_until, init, lone_daemon, node_args, raw, trusting_pair, Running,
+    BIN,
+};
 
 /// A daemon whose stderr goes to a log file in `dir`'s parent.
 fn daemon(dir: &str, peers: &[&str], log: &std::path::Path) -> Running {
@@ -98,24 +101,6 @@ fn trust_and_untrust_apply_to_the_running_node() {
     );
     let file = std::fs::read_to_string(a.join("trusted")).unwrap();
     assert!(file.contains(&b_key), "{file}");
-}
-
-/// A node of its own in a fresh data directory, started with stdin closed.
-fn lone_daemon() -> (tempfile::TempDir, Running) {
-    let dir = tempfile::TempDir::new().unwrap();
-    init(dir.path().to_str().unwrap());
-    let node = Running::daemon(&node_args(dir.path().to_str().unwrap(), &[]), Stdio::null());
-    node.expect(|l| l.contains("listening on"));
-    (dir, node)
-}
-
-/// Sends `line` on a fresh connection to the control socket and returns the answer line.
-fn raw(stream: &mut UnixStream, line: &[u8]) -> serde_json::Value {
-    stream.write_all(line).unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut answer = String::new();
-    reader.read_line(&mut answer).unwrap();
-    serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer:?}"))
 }
 
 #[test]

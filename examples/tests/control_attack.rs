@@ -9,16 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{control, control_until, init, node_args, Running, BIN};
-
-/// A node of its own in a fresh data directory, started with stdin closed.
-fn lone_daemon() -> (tempfile::TempDir, Running) {
-    let dir = tempfile::TempDir::new().unwrap();
-    init(dir.path().to_str().unwrap());
-    let node = Running::daemon(&node_args(dir.path().to_str().unwrap(), &[]), Stdio::null());
-    node.expect(|l| l.contains("listening on"));
-    (dir, node)
-}
+use common::{control, control_until, init, lone_daemon, node_args, raw, BIN};
 
 /// A pipe whose reading end is already closed: writing to it fails (EPIPE).
 fn reader_gone() -> Stdio {
@@ -131,16 +122,6 @@ fn output_piped_into_a_reader_that_left_ends_quietly() {
     assert!(!text.contains("panicked"), "{text}");
 }
 
-/// Sends `line` on `stream` and reads one answer line.
-fn ask(stream: &mut UnixStream, line: &str) -> serde_json::Value {
-    writeln!(stream, "{line}").unwrap();
-    let mut answer = String::new();
-    BufReader::new(stream.try_clone().unwrap())
-        .read_line(&mut answer)
-        .unwrap();
-    serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer:?}"))
-}
-
 #[test]
 fn a_client_that_leaves_while_its_request_waits_frees_its_slot() {
     let (dir, mut node) = lone_daemon();
@@ -177,7 +158,7 @@ fn a_client_that_leaves_while_its_request_waits_frees_its_slot() {
         assert!(answer.contains(says), "{line}: {answer:?}");
     }
     let mut stream = UnixStream::connect(&socket).unwrap();
-    let got = ask(&mut stream, r#"{"op":"get","key":"cart"}"#);
+    let got = raw(&mut stream, br#"{"op":"get","key":"cart"}"#);
     assert_eq!(got["value"], serde_json::json!(["milk"]), "{got}");
     assert!(node.terminate().success());
 }
@@ -237,7 +218,7 @@ fn a_huge_argument_is_not_echoed_back_whole() {
         format!(r#"{{"op":"keys","{mega}":1}}"#),
         format!(r#"{{"op":"add","key":"k","value":"v","wait":{{"ack":"{mega}"}}}}"#),
     ] {
-        let answer = ask(&mut stream, &line);
+        let answer = raw(&mut stream, line.as_bytes());
         assert_eq!(answer["error"]["kind"], "bad_request");
         let text = answer.to_string();
         assert!(text.len() < 2000, "{} bytes: {}", text.len(), &text[..200]);
@@ -281,7 +262,7 @@ fn watchers_left_open_do_not_keep_commands_out() {
     let socket = dir.path().join("control.sock");
     let watch = || {
         let mut stream = UnixStream::connect(&socket).unwrap();
-        let answer = ask(&mut stream, r#"{"op":"watch"}"#);
+        let answer = raw(&mut stream, br#"{"op":"watch"}"#);
         (stream, answer)
     };
     let watchers: Vec<UnixStream> = (0..32)
