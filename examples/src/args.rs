@@ -80,8 +80,9 @@ pub struct RunArgs {
     /// name is resolved again at each reconnect.
     #[arg(long = "peer", value_parser = Peer::parse)]
     pub peers: Vec<Peer>,
-    /// Milliseconds between anti-entropy rounds [config: gossip_ms; default 1000].
-    #[arg(long)]
+    /// Milliseconds between anti-entropy rounds, 10 to 3600000 [config: gossip_ms; default
+    /// 1000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     pub gossip_ms: Option<u64>,
     /// Run this node's clock this many milliseconds ahead of the system clock (negative:
     /// behind). For testing what skewed clocks do.

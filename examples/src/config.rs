@@ -22,6 +22,13 @@ use serde::Deserialize;
 /// The configuration file, in the data directory.
 pub const CONFIG_FILE: &str = "config.toml";
 
+/// The gossip intervals accepted, in milliseconds: faster only burns CPU and bandwidth, and
+/// slower than an hour is a typo (no round would come before anyone looks).
+pub const GOSSIP_MS: std::ops::RangeInclusive<u64> = 10..=3_600_000;
+/// The fanouts accepted: 0 would gossip with nobody; more than the peers a node remembers
+/// is the same as all of them.
+pub const FANOUT: std::ops::RangeInclusive<usize> = 1..=1024;
+
 /// A configuration file larger than this is refused (it is a few lines).
 const MAX_CONFIG: u64 = 64 << 10;
 
@@ -62,6 +69,16 @@ impl Config {
     /// Reads `config.toml` in `dir`; no file is the empty configuration.
     pub fn load(dir: &Path) -> Result<Config, String> {
         let path = dir.join(CONFIG_FILE);
+        // Opening a FIFO (or a device) would wait for a writer forever, at every start.
+        match std::fs::metadata(&path) {
+            Ok(meta) if !meta.is_file() => {
+                return Err(format!(
+                    "{}: not a regular file; a configuration file is a few lines of TOML",
+                    path.display()
+                ))
+            }
+            _ => {}
+        }
         let file = match std::fs::File::open(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
@@ -82,6 +99,22 @@ impl Config {
             toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         for peer in &config.peers {
             Peer::parse(peer).map_err(|e| format!("{}: peers: {e}", path.display()))?;
+        }
+        if let Some(ms) = config.gossip_ms.filter(|ms| !GOSSIP_MS.contains(ms)) {
+            return Err(format!(
+                "{}: gossip_ms = {ms}: it must be from {} to {} (an hour)",
+                path.display(),
+                GOSSIP_MS.start(),
+                GOSSIP_MS.end()
+            ));
+        }
+        if let Some(fanout) = config.fanout.filter(|f| !FANOUT.contains(f)) {
+            return Err(format!(
+                "{}: fanout = {fanout}: it must be from {} to {}",
+                path.display(),
+                FANOUT.start(),
+                FANOUT.end()
+            ));
         }
         Ok(config)
     }
@@ -123,8 +156,12 @@ impl Peer {
         if let Ok(addr) = text.parse() {
             return Ok(Peer::Addr(addr));
         }
-        let bad =
-            || format!("not HOST:PORT (such as laptop.local:4433 or 192.0.2.10:4433): {text:?}");
+        let bad = || {
+            format!(
+                "not HOST:PORT (such as laptop.local:4433 or 192.0.2.10:4433): {}",
+                crate::execute::quoted(text)
+            )
+        };
         let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
         let valid_host = !host.is_empty()
             && host.len() <= 253
@@ -233,6 +270,10 @@ mod tests {
             "lisen = \"127.0.0.1:9\"",
             "peers = [\"nope\"]",
             "gossip_ms = -1",
+            "gossip_ms = 0",
+            "gossip_ms = 18446744073709551615",
+            "fanout = 0",
+            "fanout = 100000",
             "[",
         ] {
             std::fs::write(&path, bad).unwrap();

@@ -10,7 +10,11 @@
 //!
 //! Requests are user input: a line longer than [`MAX_LINE`] is answered with a `too_long`
 //! error and the connection closed; one that does not parse gets a `bad_request` error and
-//! the connection goes on. At most [`MAX_CLIENTS`] connections are served at once.
+//! the connection goes on. At most [`MAX_CLIENTS`] connections are served at once, and
+//! [`MAX_WATCHERS`] watches besides: a watch gives its client's slot back, so watchers left
+//! open never keep `status` or `trust` out. When every slot is taken, a newcomer waits a
+//! little and connections idle for a second or more are closed to make room (they were
+//! waiting for nothing), rather than keeping every command out until their idle timeout.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,10 +26,10 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::execute::{execute, limited, shown, Failure};
+use crate::execute::{cut, execute, limited, shown, Failure, QUOTED};
 use crate::request::Request;
 
 /// The socket's name in the data directory.
@@ -35,6 +39,8 @@ pub const SOCKET: &str = "control.sock";
 pub const MAX_LINE: usize = 8 << 20;
 /// Connections served at once; more are told `busy` and closed.
 pub const MAX_CLIENTS: usize = 32;
+/// Watches served at once, apart from the [`MAX_CLIENTS`] slots; one more is told `busy`.
+pub const MAX_WATCHERS: usize = 32;
 /// How long a connection may sit without a request before it is closed.
 const IDLE: Duration = Duration::from_secs(300);
 /// The longest answer a client reads (a large set with `--all`).
@@ -101,7 +107,7 @@ pub fn bind(dir: &Path) -> Result<UnixListener, String> {
 
 /// Serves `listener` until `stop` turns true; then closes every connection and returns.
 pub async fn serve(listener: UnixListener, node: Arc<Node>, mut stop: watch::Receiver<bool>) {
-    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let slots = Slots::default();
     let mut clients = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -115,34 +121,94 @@ pub async fn serve(listener: UnixListener, node: Arc<Node>, mut stop: watch::Rec
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        match slots.clone().try_acquire_owned() {
-            Ok(slot) => {
-                let node = node.clone();
-                clients.spawn(async move {
-                    connection(stream, &node).await;
-                    drop(slot);
-                });
-            }
-            Err(_) => {
-                let busy = Failure::new(
-                    "busy",
-                    format!("{MAX_CLIENTS} clients are connected; try again"),
-                );
-                let _ = stream
-                    .write_all(format!("{}\n", busy.to_json()).as_bytes())
-                    .await;
-            }
+        let (node, slots) = (node.clone(), slots.clone());
+        // Newcomers already waiting go first.
+        let waiting = slots.queued.available_permits() < MAX_CLIENTS;
+        if let Some(slot) = (!waiting)
+            .then(|| slots.clients.clone().try_acquire_owned().ok())
+            .flatten()
+        {
+            clients.spawn(async move { connection(stream, &node, slot, &slots).await });
+            continue;
         }
+        let Ok(queued) = slots.queued.clone().try_acquire_owned() else {
+            busy(&mut stream).await;
+            continue;
+        };
+        // Full: idle connections make room, and the newcomer takes the first slot freed.
+        slots.crowded.notify_waiters();
+        clients.spawn(async move {
+            let slot = tokio::time::timeout(QUEUED, slots.clients.clone().acquire_owned()).await;
+            drop(queued);
+            match slot {
+                Ok(Ok(slot)) => connection(stream, &node, slot, &slots).await,
+                _ => busy(&mut stream).await,
+            }
+        });
     }
     clients.shutdown().await;
 }
 
-/// Serves one client: request lines, each answered in turn.
-async fn connection(stream: UnixStream, node: &Node) {
+/// The control socket's connection slots.
+#[derive(Clone)]
+struct Slots {
+    /// One per connection served.
+    clients: Arc<Semaphore>,
+    /// One per watch (which gives its client slot back).
+    watchers: Arc<Semaphore>,
+    /// One per newcomer waiting for a client slot.
+    queued: Arc<Semaphore>,
+    /// Told when a newcomer waits: idle connections close.
+    crowded: Arc<Notify>,
+}
+
+impl Default for Slots {
+    fn default() -> Slots {
+        Slots {
+            clients: Arc::new(Semaphore::new(MAX_CLIENTS)),
+            watchers: Arc::new(Semaphore::new(MAX_WATCHERS)),
+            queued: Arc::new(Semaphore::new(MAX_CLIENTS)),
+            crowded: Arc::new(Notify::new()),
+        }
+    }
+}
+
+/// How long a newcomer waits for a slot when every one is taken.
+const QUEUED: Duration = Duration::from_secs(2);
+/// A connection idle this long is closed when a newcomer waits for its slot.
+const IDLE_WHEN_CROWDED: Duration = Duration::from_secs(1);
+
+/// Tells a client that no slot is free, and closes its connection.
+async fn busy(stream: &mut UnixStream) {
+    let busy = Failure::new(
+        "busy",
+        format!("{MAX_CLIENTS} clients are connected; try again"),
+    );
+    let _ = stream
+        .write_all(format!("{}\n", busy.to_json()).as_bytes())
+        .await;
+}
+
+/// Resolves when a newcomer waits for a slot after this connection has been idle for
+/// [`IDLE_WHEN_CROWDED`].
+async fn crowded_out(crowded: &Notify) {
+    tokio::time::sleep(IDLE_WHEN_CROWDED).await;
+    crowded.notified().await;
+}
+
+/// Serves one client, holding `slot`: request lines, each answered in turn; a watch trades
+/// the slot for one of the watch slots.
+async fn connection(stream: UnixStream, node: &Node, slot: OwnedSemaphorePermit, slots: &Slots) {
     let (reader, mut writer) = stream.into_split();
     let mut reader = BufReader::new(reader);
     loop {
-        let line = match tokio::time::timeout(IDLE, read_line(&mut reader, MAX_LINE)).await {
+        let next = tokio::time::timeout(IDLE, read_line(&mut reader, MAX_LINE));
+        let next = tokio::select! {
+            next = next => next,
+            // A line under way is cut off too: that client was not sending either.
+            () = crowded_out(&slots.crowded) => return,
+        };
+        let line = match next {
             Err(_) | Ok(Ok(None)) | Ok(Err(_)) => return,
             Ok(Ok(Some(Line::TooLong))) => {
                 let e = Failure::new(
@@ -167,14 +233,53 @@ async fn connection(stream: UnixStream, node: &Node) {
             }
         };
         if let Request::Watch { key } = request {
+            let Ok(watching) = slots.watchers.clone().try_acquire_owned() else {
+                let busy = Failure::new(
+                    "busy",
+                    format!("{MAX_WATCHERS} watches are open; close one or try again"),
+                );
+                let _ = send(&mut writer, &busy.to_json()).await;
+                return;
+            };
+            drop(slot);
             watch_changes(node, key, &mut reader, &mut writer).await;
+            drop(watching);
             return;
         }
-        let answer = match execute(node, request).await {
-            Ok(reply) => reply.to_json(),
-            Err(e) => e.to_json(),
+        // A request may wait long (for acknowledgements, or a read from peers): a client
+        // that leaves meanwhile must not hold its slot until the wait times out.
+        let answer = tokio::select! {
+            answer = execute(node, request) => match answer {
+                Ok(reply) => reply.to_json(),
+                Err(e) => e.to_json(),
+            },
+            () = hung_up(reader.get_ref().as_ref()) => return,
         };
         if send(&mut writer, &answer).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// How often a connection whose request waits is checked for a client that left.
+const HANG_UP_CHECK: Duration = Duration::from_millis(500);
+
+/// Resolves once the client has closed its connection. Only a full close counts: a client
+/// that shut just its writing side after its request (`socat`, `nc -N`) still waits for the
+/// answer. (Reading cannot tell the two apart; the socket's hang-up flag can.)
+async fn hung_up(stream: &UnixStream) {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let mut every = tokio::time::interval(HANG_UP_CHECK);
+    loop {
+        every.tick().await;
+        let mut fds = [PollFd::new(stream, PollFlags::empty())];
+        if poll(&mut fds, Some(&now)).is_ok_and(|n| n > 0)
+            && fds[0].revents().contains(PollFlags::HUP)
+        {
             return;
         }
     }
@@ -185,6 +290,8 @@ fn parse(line: &[u8]) -> Result<Request, Failure> {
     let text =
         std::str::from_utf8(line).map_err(|_| Failure::bad("a request must be UTF-8 text"))?;
     serde_json::from_str(text).map_err(|e| {
+        // serde's message quotes what it did not expect: an unknown op or field, whole.
+        let e = cut(&e.to_string(), 4 * QUOTED);
         Failure::bad(format!(
             "not a request ({e}); a request is one line of JSON such as {{\"op\":\"get\",\"key\":\"cart\"}}"
         ))
@@ -334,6 +441,10 @@ pub struct Client {
 impl Client {
     /// Connects to the node running on `dir`.
     pub async fn connect(dir: &Path) -> Result<Client, Unreachable> {
+        // No node can run there (`run` refuses it): say why, not the socket call's error.
+        check_path(dir).map_err(|e| {
+            Unreachable::NotRunning(format!("no node can run on this data directory: {e}"))
+        })?;
         let path = socket_path(dir);
         let stream = UnixStream::connect(&path).await.map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Unreachable::NotRunning(format!(

@@ -304,12 +304,16 @@ pub fn peer_key(text: &str) -> Result<PeerKey, Failure> {
     let text = text.trim();
     if text.len() == 64 {
         Ok(PeerKey::Key(text.parse().map_err(|_| {
-            Failure::bad(format!("not a fingerprint (64 hex digits): {text:?}"))
+            Failure::bad(format!(
+                "not a fingerprint (64 hex digits): {}",
+                quoted(text)
+            ))
         })?))
     } else {
         Ok(PeerKey::Id(parse_node_id(text).map_err(|_| {
             Failure::bad(format!(
-                "not a fingerprint (64 hex digits) or a node id (16): {text:?}"
+                "not a fingerprint (64 hex digits) or a node id (16): {}",
+                quoted(text)
             ))
         })?))
     }
@@ -363,6 +367,27 @@ fn untrust(node: &Node, peer: &str) -> Result<Reply, Failure> {
         json!({"untrusted": peer.trim(), "closed": closed, "still_admitted": still}),
     ))
 }
+
+/// `text` quoted (as `{:?}` does) for a message, cut after its first [`QUOTED`] characters:
+/// what a user typed comes back in the error, but a megabyte of it would make no message.
+pub fn quoted(text: &str) -> String {
+    cut(&format!("{text:?}"), QUOTED)
+}
+
+/// `text` cut after its first `max` characters, saying how long it was.
+pub fn cut(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_owned(),
+        Some((end, _)) => format!(
+            "{}... ({} bytes in all)",
+            text.get(..end).unwrap_or_default(),
+            text.len()
+        ),
+    }
+}
+
+/// The characters of an input [`quoted`] keeps.
+pub const QUOTED: usize = 80;
 
 /// Elements shown before saying how many more there are (unless `all`).
 pub const SHOWN: usize = 20;

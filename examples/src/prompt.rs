@@ -4,6 +4,7 @@
 //! is the rest of the line after the key, with its inner spaces kept. Commands that take
 //! nothing, or only a key, refuse stray words rather than ignore them.
 
+use crate::execute::quoted;
 use crate::request::{Level, Request, Wait};
 
 /// What a prompt line asks for.
@@ -59,7 +60,10 @@ pub fn parse(line: &str) -> Result<Line, String> {
         what.ok_or(format!("{command}: missing {name} (try `help`)"))
     };
     let no_more = |what: &Option<String>, after: &str| match what {
-        Some(extra) => Err(format!("{command}: unexpected {extra:?} after {after}")),
+        Some(extra) => Err(format!(
+            "{command}: unexpected {} after {after}",
+            quoted(extra)
+        )),
         None => Ok(()),
     };
     let number = |what: Option<String>, default: Option<u64>| -> Result<u64, String> {
@@ -100,7 +104,9 @@ pub fn parse(line: &str) -> Result<Line, String> {
             let all = match rest.as_deref() {
                 Some("--all") => true,
                 None => false,
-                Some(extra) => return Err(format!("get: unexpected {extra:?} after the key")),
+                Some(extra) => {
+                    return Err(format!("get: unexpected {} after the key", quoted(extra)))
+                }
             };
             Request::Get {
                 key,
@@ -142,7 +148,7 @@ pub fn parse(line: &str) -> Result<Line, String> {
                 _ => Request::Write { key, value, wait },
             }
         }
-        other => return Err(format!("unknown command {other:?} (try `help`)")),
+        other => return Err(format!("unknown command {} (try `help`)", quoted(other))),
     };
     Ok(Line::Request(request))
 }
@@ -170,7 +176,7 @@ fn options<'a>(command: &str, mut line: &'a str) -> Result<(Options, &'a str), S
     while let Some(rest) = line.strip_prefix("--") {
         let (name, rest) = word(rest);
         let (value, rest) = word(rest);
-        let bad = || format!("{command}: bad value for --{name}: {value:?}");
+        let bad = || format!("{command}: bad value for --{name}: {}", quoted(value));
         match name {
             "ack" => options.wait.ack = value.parse::<Level>().map_err(|_| bad())?,
             "read" => options.read = value.parse().map_err(|_| bad())?,

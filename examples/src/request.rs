@@ -193,7 +193,10 @@ impl std::str::FromStr for Level {
             "majority" => Ack::Majority,
             "all" => Ack::All,
             n => Ack::Peers(n.parse().map_err(|_| {
-                format!("not an acknowledgement level (local, majority, all or a number of peers): {n:?}")
+                format!(
+                    "not an acknowledgement level (local, majority, all or a number of peers): {}",
+                    crate::execute::quoted(n)
+                )
             })?),
         }))
     }

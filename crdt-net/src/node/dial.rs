@@ -72,6 +72,8 @@ pub(super) async fn dial(shared: Arc<Shared>, target: Target) {
     let mut backoff = DIAL_BACKOFF_MIN;
     let mut told_refused = false;
     let mut told_unresolved = false;
+    // Which of a name's addresses this attempt takes.
+    let mut attempt = 0usize;
     loop {
         if *stop.borrow() {
             return;
@@ -80,7 +82,9 @@ pub(super) async fn dial(shared: Arc<Shared>, target: Target) {
         let redial = shared.redial.notified();
         tokio::pin!(redial);
         redial.as_mut().enable();
-        let failure = match resolve(&shared, &target).await {
+        let resolved = resolve(&shared, &target, attempt).await;
+        attempt = attempt.wrapping_add(1);
+        let failure = match resolved {
             Err(e) => {
                 if !std::mem::replace(&mut told_unresolved, true) {
                     warn!(peer = %target, error = %e, "cannot resolve the peer's name (retrying with backoff)");
@@ -134,21 +138,35 @@ pub(super) async fn dial(shared: Arc<Shared>, target: Target) {
     }
 }
 
-/// The address to dial: `target`'s, or the first its name resolves to in the endpoint's
-/// address family (an IPv4 socket cannot reach an IPv6 address).
-async fn resolve(shared: &Shared, target: &Target) -> std::io::Result<SocketAddr> {
+/// The address to dial at attempt number `attempt`: `target`'s, or one its name resolves
+/// to (see [`pick`]).
+async fn resolve(shared: &Shared, target: &Target, attempt: usize) -> std::io::Result<SocketAddr> {
     let name = match target {
         Target::Addr(addr) => return Ok(*addr),
         Target::Name(name) => name,
     };
     let v4 = shared.endpoint.local_addr().is_ok_and(|a| a.is_ipv4());
     let found: Vec<SocketAddr> = tokio::net::lookup_host(name.as_str()).await?.collect();
-    found
-        .iter()
-        .find(|a| a.is_ipv4() == v4)
-        .or(found.first())
-        .copied()
+    pick(&found, v4, attempt)
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
+}
+
+/// Of the addresses a name resolved to, the one attempt number `attempt` dials: those in the
+/// endpoint's address family (an IPv4 socket cannot reach an IPv6 address) if any, taken in
+/// turn from one attempt to the next, so that a name whose first address is stale (a
+/// laptop's old address still in the resolver, or one of its interfaces down) is still
+/// reached at another.
+fn pick(found: &[SocketAddr], v4: bool, attempt: usize) -> Option<SocketAddr> {
+    let family: Vec<SocketAddr> = found
+        .iter()
+        .filter(|a| a.is_ipv4() == v4)
+        .copied()
+        .collect();
+    let choices = if family.is_empty() { found } else { &family };
+    let count = choices.len();
+    (count > 0)
+        .then(|| choices.get(attempt % count).copied())
+        .flatten()
 }
 
 /// First wait before redialing.
@@ -169,5 +187,24 @@ fn is_refusal(reason: Option<&quinn::ConnectionError>) -> bool {
             (0x100..0x200).contains(&u64::from(e.code))
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_attempt_takes_the_next_address_of_the_endpoints_family() {
+        let addr = |text: &str| text.parse::<SocketAddr>().unwrap();
+        let (stale, current) = (addr("192.0.2.1:4433"), addr("192.0.2.2:4433"));
+        let v6 = addr("[2001:db8::1]:4433");
+        let found = [v6, stale, current];
+        let picked: Vec<_> = (0..4).filter_map(|n| pick(&found, true, n)).collect();
+        assert_eq!(picked, [stale, current, stale, current]);
+        // No address of its family: the others are tried all the same.
+        assert_eq!(pick(&[v6], true, 3), Some(v6));
+        assert_eq!(pick(&found, false, 7), Some(v6));
+        assert_eq!(pick(&[], true, 0), None);
     }
 }

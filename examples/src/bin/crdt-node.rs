@@ -34,6 +34,31 @@ use crdt_node::prompt::{self, Line, HELP};
 use crdt_node::request::Request;
 use tokio::signal::unix::{signal, SignalKind};
 
+/// Prints a line on stdout; whether it could (a reader such as `head` may have left: that
+/// ends a control command quietly, and a node serves on, rather than panicking as
+/// `println!` does).
+macro_rules! say {
+    ($($t:tt)*) => {
+        say(format_args!($($t)*))
+    };
+}
+
+/// Prints a line on stderr, if it can.
+macro_rules! tell {
+    ($($t:tt)*) => {
+        tell(format_args!($($t)*))
+    };
+}
+
+fn say(line: std::fmt::Arguments<'_>) -> bool {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
+}
+
+fn tell(line: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 /// The address a node listens on unless told otherwise.
 const DEFAULT_LISTEN: &str = "0.0.0.0:4433";
 
@@ -71,7 +96,7 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            tell!("error: {e}");
             ExitCode::FAILURE
         }
     }
@@ -83,10 +108,10 @@ fn init(dir: DataDir) -> Result<(), String> {
     private_dir(&data_dir)?;
     let identity = Identity::load_or_create(&data_dir).map_err(|e| e.to_string())?;
     let fingerprint = identity.fingerprint().map_err(|e| e.to_string())?;
-    println!("node id: {}", identity.id());
-    println!("fingerprint: {fingerprint}");
+    say!("node id: {}", identity.id());
+    say!("fingerprint: {fingerprint}");
     if Config::write_default(&data_dir)? {
-        eprintln!(
+        tell!(
             "wrote {} (commented defaults)",
             data_dir.join(crdt_node::config::CONFIG_FILE).display()
         );
@@ -102,9 +127,9 @@ async fn control_command(control: Control) -> ExitCode {
         if json {
             let line =
                 serde_json::json!({"ok": false, "error": {"kind": kind, "message": message}});
-            println!("{line}");
+            say!("{line}");
         } else {
-            eprintln!("error: {message}");
+            tell!("error: {message}");
         }
         ExitCode::FAILURE
     };
@@ -154,18 +179,22 @@ async fn talk(mut client: Client, request: &Request, json: bool) -> Result<bool,
         };
         let ok = value.get("ok").and_then(|v| v.as_bool());
         let text = value.get("text").and_then(|v| v.as_str()).unwrap_or("");
-        if json {
-            println!("{line}");
+        let printed = if json {
+            say!("{line}")
         } else if ok == Some(false) {
             let message = value
                 .pointer("/error/message")
                 .and_then(|v| v.as_str())
                 .unwrap_or("the node refused the request");
-            eprintln!("error: {message}");
-        } else if !text.is_empty() {
-            println!("{text}");
+            tell!("error: {message}");
+            true
+        } else {
+            text.is_empty() || say!("{text}")
+        };
+        if !printed {
+            // Nobody reads the answers any more (`crdt-node watch | head -3`): done.
+            return Ok(ok != Some(false));
         }
-        let _ = std::io::stdout().flush();
         if ok == Some(false) {
             return Ok(false);
         }
@@ -196,12 +225,12 @@ fn offline_status(dir: &Path, message: String, json: bool) -> ExitCode {
             "id": id,
             "fingerprint": fingerprint,
         });
-        println!("{line}");
+        say!("{line}");
     } else {
         if let (Some(id), Some(fingerprint)) = (id, fingerprint) {
-            println!("node {id} (not running)\nfingerprint: {fingerprint}");
+            say!("node {id} (not running)\nfingerprint: {fingerprint}");
         }
-        eprintln!("error: {message}");
+        tell!("error: {message}");
     }
     ExitCode::FAILURE
 }
@@ -233,23 +262,23 @@ fn offline_trust(dir: &Path, peer: &str, trusted: bool, json: bool) -> ExitCode 
     match edited {
         Ok(text) => {
             if json {
-                println!(
+                say!(
                     "{}",
                     serde_json::json!({"ok": true, "text": text, "running": false})
                 );
             } else {
-                println!("{text} (no node is running: it reads the trust list when it starts)");
+                say!("{text} (no node is running: it reads the trust list when it starts)");
             }
             ExitCode::SUCCESS
         }
         Err(e) => {
             if json {
-                println!(
+                say!(
                     "{}",
                     serde_json::json!({"ok": false, "error": {"kind": "bad_request", "message": e}})
                 );
             } else {
-                eprintln!("error: {e}");
+                tell!("error: {e}");
             }
             ExitCode::FAILURE
         }
@@ -302,11 +331,11 @@ async fn run(args: RunArgs, dir: DataDir) -> Result<(), String> {
         }
     };
     let node = Arc::new(node);
-    println!("node {} listening on {}", node.id(), node.local_addr());
+    say!("node {} listening on {}", node.id(), node.local_addr());
     let no_prompt = args.no_prompt;
     let interactive = std::io::stdin().is_terminal() && !no_prompt;
     if interactive {
-        println!("type `help` for commands");
+        say!("type `help` for commands");
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let http = match args.http.or(config.http) {
@@ -331,21 +360,23 @@ async fn run(args: RunArgs, dir: DataDir) -> Result<(), String> {
     let mut changes = node.subscribe();
     tokio::spawn(async move {
         while let Ok(event) = changes.recv().await {
-            match event {
+            let line = match event {
                 Event::Changed {
                     key, local: false, ..
-                } => println!("~ {key} changed by a peer"),
-                Event::PeerUp(id) => println!("~ peer {id} up"),
-                Event::PeerDown(id) => println!("~ peer {id} down"),
+                } => format!("~ {key} changed by a peer"),
+                Event::PeerUp(id) => format!("~ peer {id} up"),
+                Event::PeerDown(id) => format!("~ peer {id} down"),
                 Event::TypeConflict { key } => {
-                    println!("~ {key}: two types were written under it; the later type won")
+                    format!("~ {key}: two types were written under it; the later type won")
                 }
-                Event::ClockDrift { peer, ahead_ms } => {
-                    println!(
-                        "~ refused a write from {peer} stamped {ahead_ms} ms ahead of our clock"
-                    )
-                }
-                _ => {}
+                Event::ClockDrift { peer, ahead_ms } => format!(
+                    "~ refused a write from {peer} stamped {ahead_ms} ms ahead of our clock"
+                ),
+                _ => continue,
+            };
+            // Stdout gone (a pipe whose reader left): the node serves on, silently.
+            if !say!("{line}") {
+                break;
             }
         }
     });
@@ -367,8 +398,8 @@ async fn run(args: RunArgs, dir: DataDir) -> Result<(), String> {
     let mut reading = true;
     loop {
         if interactive {
-            print!("> ");
-            let _ = std::io::stdout().flush();
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(b"> ").and_then(|()| out.flush());
         }
         // Every write answered `ok` is already committed; a signal only closes the store
         // and the connections cleanly.
@@ -379,29 +410,30 @@ async fn run(args: RunArgs, dir: DataDir) -> Result<(), String> {
         };
         let Some(line) = line else {
             reading = false;
-            eprintln!(
+            tell!(
                 "no more commands on stdin; serving peers and {} until SIGTERM or SIGINT",
                 control::SOCKET
             );
             continue;
         };
-        match prompt::parse(&line) {
-            Ok(Line::Nothing) => {}
-            Ok(Line::Help) => println!("{HELP}"),
+        // A prompt whose output is gone still runs its commands (stdin may go on).
+        let _ = match prompt::parse(&line) {
+            Ok(Line::Nothing) => true,
+            Ok(Line::Help) => say!("{HELP}"),
             Ok(Line::Quit) => break,
             Ok(Line::Request(request)) => match execute(&node, request).await {
-                Ok(reply) => println!("{}", reply.text),
-                Err(e) => println!("error: {e}"),
+                Ok(reply) => say!("{}", reply.text),
+                Err(e) => say!("error: {e}"),
             },
-            Err(e) => println!("error: {e}"),
-        }
+            Err(e) => say!("error: {e}"),
+        };
     }
     let _ = stop.send(true);
     let _ = server.await;
     if let Some(http) = http {
         match http.await {
-            Ok(Err(e)) => eprintln!("warning: {e}"),
-            Err(e) => eprintln!("warning: the HTTP API stopped abnormally: {e}"),
+            Ok(Err(e)) => tell!("warning: {e}"),
+            Err(e) => tell!("warning: the HTTP API stopped abnormally: {e}"),
             Ok(Ok(())) => {}
         }
     }
@@ -411,7 +443,7 @@ async fn run(args: RunArgs, dir: DataDir) -> Result<(), String> {
         // Not expected: every holder has stopped. Dropping the node still stops it (every
         // write answered `ok` is committed already), without waiting for the store to close.
         Err(node) => {
-            eprintln!("warning: the node is still in use at exit; stopping it without waiting");
+            tell!("warning: the node is still in use at exit; stopping it without waiting");
             drop(node)
         }
     }
@@ -435,7 +467,7 @@ async fn start_http(
     if !allow_remote && !bound.ip().is_loopback() {
         return Err(HttpError::NotLoopback(bound).to_string() + " (--http-allow-remote)");
     }
-    println!(
+    say!(
         "HTTP API on http://{bound} (bearer token in {})",
         data_dir.join(crdt_net::http::TOKEN_FILE).display()
     );

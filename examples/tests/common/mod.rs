@@ -82,6 +82,17 @@ pub fn control_until(dir: &str, args: &[&str], needle: &str) -> String {
     }
 }
 
+/// A node still running when its test ends (a failed assertion, say) is killed, not left
+/// behind.
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Running {
     pub fn start(args: &[&str]) -> Running {
         Running::start_command(Command::new(BIN), args)
@@ -499,3 +510,25 @@ macro_rules! deref_to_process {
 }
 #[allow(unused_imports)]
 pub(crate) use deref_to_process;
+
+/// A node of its own in a fresh data directory, started with stdin closed.
+pub fn lone_daemon() -> (tempfile::TempDir, Running) {
+    let dir = tempfile::TempDir::new().unwrap();
+    init(dir.path().to_str().unwrap());
+    let node = Running::daemon(&node_args(dir.path().to_str().unwrap(), &[]), Stdio::null());
+    node.expect(|l| l.contains("listening on"));
+    (dir, node)
+}
+
+/// Sends `line` (a newline is added if it has none) on `stream`, a connection to a control
+/// socket, and returns the answer line parsed.
+pub fn raw(stream: &mut std::os::unix::net::UnixStream, line: &[u8]) -> serde_json::Value {
+    stream.write_all(line).unwrap();
+    if line.last() != Some(&b'\n') {
+        stream.write_all(b"\n").unwrap();
+    }
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut answer = String::new();
+    reader.read_line(&mut answer).unwrap();
+    serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer:?}"))
+}
