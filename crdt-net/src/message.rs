@@ -139,6 +139,13 @@ pub struct StateChunk {
     pub transfer: u64,
     /// The chunk's place in the transfer, from 0.
     pub index: u32,
+    /// How many keys of the sender's keyspace its cursor had passed when it cut this chunk,
+    /// sent or skipped: with `keys`, how far the transfer has come. Informational only (the
+    /// sender cuts chunks as it goes, so it knows no other total); a receiver clamps it to
+    /// `keys` and relies on it for nothing.
+    pub walked: u64,
+    /// How many keys the sender's keyspace had when the transfer began.
+    pub keys: u64,
     /// The sender's context when the transfer began.
     pub base: VersionVector,
     /// The first and last keys whose every piece is in this chunk; every key of the transfer

@@ -113,6 +113,9 @@ async fn a_peer_by_host_name_is_dialed_and_its_state_caught_up() {
         from_b.chunks >= 1 && from_b.objects >= 1 && from_b.bytes > 0,
         "{from_b:?}"
     );
+    // B's cursor walked all of B's keys, as it said in its chunks.
+    assert_eq!((from_b.walked, from_b.keys), (50, 50), "{from_b:?}");
+    assert_eq!(from_b.walked_percent(), 100);
     a.shutdown().await;
     b.shutdown().await;
 }

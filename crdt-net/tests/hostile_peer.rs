@@ -335,6 +335,8 @@ fn chunk_frame(transfer: u64, index: u32, base: &Ctx, range: Option<usize>) -> V
     let mut w = Wire::message(STATE);
     w.uint(transfer);
     w.uint(u64::from(index));
+    w.uint(0); // walked
+    w.uint(0); // keys
     w.vv(base);
     match range {
         None => w.flag(false),
@@ -1212,6 +1214,8 @@ fn hand_written_frames_are_the_messages_they_stand_for() {
             Message::State(StateChunk {
                 transfer: 7,
                 index: 9,
+                walked: 0,
+                keys: 0,
                 base: vv,
                 complete: Some(("aaa".into(), "bbb".into())),
                 objects: vec![],
@@ -1461,6 +1465,8 @@ fn a_transfers_covers_cannot_be_justified_by_progress_the_same_peer_made_up() {
     let chunk = Message::State(StateChunk {
         transfer: 5,
         index: 0,
+        walked: 0,
+        keys: 0,
         base: VersionVector::new(),
         complete: None,
         objects: vec![StateEntry {

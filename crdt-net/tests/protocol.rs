@@ -183,6 +183,8 @@ fn golden_messages() -> Vec<(&'static str, Message)> {
             Message::State(StateChunk {
                 transfer: 7,
                 index: 0,
+                walked: 1,
+                keys: 1,
                 base: VersionVector::single(A, 2),
                 complete: Some(("n".into(), "n".into())),
                 objects: vec![StateEntry {

@@ -183,3 +183,52 @@ fn a_slow_link_holds_no_more_than_its_window() {
         stats.peak_in_flight
     );
 }
+
+/// Each chunk says how far the sender's cursor has walked through its keys and how many it
+/// had: a receiver can show a large catch-up's progress before its end, rising to the
+/// sender's key count with the last chunk.
+#[test]
+fn a_large_catch_up_reports_walked_rising_to_the_senders_keys() {
+    let b = ReplicaId::new(2);
+    let keys = 3_000;
+    let mut sender = big_replica(keys, 1_000);
+    // Then a peer that has the first half already (the same writer's first updates): the
+    // keys skipped are walked too.
+    let digest = Message::Digest(Digest {
+        seen: big_replica(keys / 2, 1_000).seen().clone(),
+        reply: false,
+        want: true,
+        resume: None,
+    })
+    .encode();
+    for (from_nothing, ask) in [(true, want_everything()), (false, digest)] {
+        sender.handle_message(0, b, &ask).unwrap();
+        let progress: Vec<(u64, u64, usize)> = std::iter::from_fn(|| sender.poll_transmit())
+            .filter_map(|t| match Message::decode(&t.payload, 1 << 20) {
+                Ok(Message::State(c)) => Some((c.walked, c.keys, c.objects.len())),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            progress.len() >= 2,
+            "{progress:?}: a transfer of several chunks"
+        );
+        assert!(
+            progress.iter().all(|(_, k, _)| *k == keys as u64),
+            "{progress:?}: keys is the sender's key count"
+        );
+        assert!(
+            progress.windows(2).all(|w| w[0].0 < w[1].0),
+            "{progress:?}: walked rises"
+        );
+        assert_eq!(progress.last().map(|p| p.0), Some(keys as u64));
+        let sent: usize = progress.iter().map(|p| p.2).sum();
+        if from_nothing {
+            assert_eq!(sent, keys);
+        } else {
+            // Only the second half is sent, but the first chunk has walked past the first.
+            assert_eq!(sent, keys - keys / 2);
+            assert!(progress[0].0 > (keys / 2) as u64, "{progress:?}");
+        }
+    }
+}

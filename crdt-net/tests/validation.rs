@@ -94,6 +94,8 @@ fn no_message_may_claim_our_own_unissued_dots() {
     let chunk = Message::State(StateChunk {
         transfer: 1,
         index: 0,
+        walked: 0,
+        keys: 0,
         base: VersionVector::default(),
         complete: None,
         objects: vec![StateEntry {
@@ -175,6 +177,8 @@ fn a_transfer_with_a_refused_entry_is_not_a_protocol_error() {
     let chunk = Message::State(StateChunk {
         transfer: 5,
         index: 0,
+        walked: 0,
+        keys: 0,
         base: VersionVector::default(),
         complete: Some(("clock".into(), "clock".into())),
         objects: vec![StateEntry {

@@ -251,8 +251,10 @@ async fn status(node: &Node) -> Reply {
                     format!("of {t} chunks")
                 });
             format!(
-                "catching up from {}: {} chunks ({total}), {} objects, {} bytes so far in {secs:.1} s, last {:.1} s ago",
+                "catching up from {}: {}% of its {} keys walked, {} chunks ({total}), {} objects, {} bytes so far in {secs:.1} s, last {:.1} s ago",
                 c.peer,
+                c.walked_percent(),
+                c.keys,
                 c.chunks,
                 c.objects,
                 c.bytes,
@@ -263,6 +265,8 @@ async fn status(node: &Node) -> Reply {
             "peer": c.peer.to_string(),
             "chunks": c.chunks,
             "total_chunks": c.total_chunks,
+            "walked": c.walked,
+            "keys": c.keys,
             "objects": c.objects,
             "bytes": c.bytes,
             "elapsed_ms": c.elapsed.as_millis() as u64,

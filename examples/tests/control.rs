@@ -294,6 +294,12 @@ fn a_config_file_names_a_peer_by_host_name_and_status_shows_the_catch_up() {
     assert_eq!(catch_up["finished"], true, "{json}");
     assert!(catch_up["objects"].as_u64().unwrap() >= 1, "{json}");
     assert!(catch_up["bytes"].as_u64().unwrap() > 0, "{json}");
+    // B's one key, walked by B's cursor.
+    assert_eq!(
+        (&catch_up["walked"], &catch_up["keys"]),
+        (&1.into(), &1.into()),
+        "{json}"
+    );
     log_shows(
         &a_log,
         "caught up: the state transfer from this peer is complete",

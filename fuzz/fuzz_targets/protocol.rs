@@ -113,6 +113,9 @@ fn message(u: &mut Unstructured<'_>) -> Result<Message> {
         4 => Message::State(StateChunk {
             transfer: u.int_in_range(0..=3)?,
             index: u.int_in_range(0..=4)?,
+            // Anything, lies included: it must only ever show as progress.
+            walked: u.arbitrary()?,
+            keys: u.arbitrary()?,
             base: vv(u)?,
             complete: if u.arbitrary()? {
                 Some((key(u)?, key(u)?))

@@ -30,6 +30,11 @@ pub struct CatchUp {
     /// The number of chunks, once the closing message has arrived: the sender cuts the
     /// transfer as it goes, so the total is not known before.
     pub total_chunks: Option<u32>,
+    /// How many of the sender's keys its cursor has passed (sent or skipped), as its chunks
+    /// say: the progress the sender knows. Never more than `keys`; informational only.
+    pub walked: u64,
+    /// How many keys the sender had when the transfer began, as its chunks say.
+    pub keys: u64,
     /// Since its first chunk arrived (until its last, once it is finished).
     pub elapsed: Duration,
     /// Since anything of it last arrived.
@@ -47,6 +52,8 @@ pub(super) struct Record {
     entries: u64,
     bytes: u64,
     total: Option<u32>,
+    walked: u64,
+    keys: u64,
     started: Instant,
     last: Instant,
     logged: Instant,
@@ -60,6 +67,8 @@ pub(super) struct Seen {
     chunks: u32,
     entries: u64,
     total: Option<u32>,
+    walked: u64,
+    keys: u64,
 }
 
 /// How often a transfer's progress is logged while it runs.
@@ -74,6 +83,8 @@ pub(super) fn seen(replica: &Replica, peer: ReplicaId) -> Option<Seen> {
         chunks: t.chunks,
         entries: t.entries,
         total: t.total_chunks,
+        walked: t.walked,
+        keys: t.keys,
     })
 }
 
@@ -132,12 +143,33 @@ pub(super) fn note(
     record.chunks = after.chunks;
     record.entries = after.entries;
     record.total = after.total;
+    record.walked = after.walked;
+    record.keys = after.keys;
     record.bytes += bytes;
     record.last = now;
     if now.duration_since(record.logged) >= LOG_EVERY {
         record.logged = now;
         let (chunks, objects, bytes) = (record.chunks, record.entries, record.bytes);
-        info!(%peer, chunks, objects, bytes, "catching up");
+        let (walked, keys) = (record.walked, record.keys);
+        let percent = percent(walked, keys);
+        info!(%peer, chunks, objects, bytes, walked, keys, "catching up ({percent}% of the sender's keys walked)");
+    }
+}
+
+impl CatchUp {
+    /// How far the sender's cursor has walked through its keys, in whole percent: 100 for
+    /// an empty keyspace. Only what the sender says; a finished transfer is over whatever
+    /// it shows.
+    pub fn walked_percent(&self) -> u64 {
+        percent(self.walked, self.keys)
+    }
+}
+
+/// `walked` of `keys` in whole percent (100 for an empty keyspace).
+fn percent(walked: u64, keys: u64) -> u64 {
+    match keys {
+        0 => 100,
+        keys => (u128::from(walked.min(keys)) * 100 / u128::from(keys)) as u64,
     }
 }
 
@@ -149,6 +181,8 @@ impl Record {
             entries: 0,
             bytes: 0,
             total: None,
+            walked: 0,
+            keys: 0,
             started: now,
             last: now,
             logged: now,
@@ -174,6 +208,8 @@ impl Node {
                 objects: r.entries,
                 bytes: r.bytes,
                 total_chunks: r.total,
+                walked: r.walked,
+                keys: r.keys,
                 elapsed: if r.finished { r.last } else { now }.duration_since(r.started),
                 idle: now.duration_since(r.last),
                 finished: r.finished,
@@ -192,6 +228,8 @@ mod tests {
             chunks,
             entries,
             total,
+            walked: 0,
+            keys: 0,
         })
     }
 

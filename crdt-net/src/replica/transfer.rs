@@ -44,6 +44,10 @@ pub(super) struct Outgoing {
     credit: usize,
     /// The last key taken; the keys after it are still to consider.
     cursor: Option<String>,
+    /// Keys the cursor has passed, taken or skipped (for the peer's progress display).
+    walked: u64,
+    /// Keys in the keyspace when the transfer began.
+    keys: u64,
     keys_done: bool,
     /// Pieces of the last key taken that are not in a chunk yet.
     pieces: VecDeque<Piece>,
@@ -76,6 +80,9 @@ pub(super) struct Transfer {
     range_bytes: usize,
     /// Objects or pieces of objects received in its chunks (repeats included).
     entries: u64,
+    /// The furthest `walked` and the latest `keys` its chunks claimed (unchecked).
+    walked: u64,
+    keys: u64,
 }
 
 /// What has arrived of the latest unfinished state transfer from a peer
@@ -91,6 +98,11 @@ pub(crate) struct TransferProgress {
     /// How many chunks the transfer has, once its closing message has arrived (the sender
     /// cuts chunks as it goes, so neither side knows the total before the end).
     pub(crate) total_chunks: Option<u32>,
+    /// How many of the sender's keys its cursor has passed, as its chunks say; never more
+    /// than `keys` (a peer claiming more is clamped). Only for showing progress.
+    pub(crate) walked: u64,
+    /// How many keys the sender had when the transfer began, as its chunks say.
+    pub(crate) keys: u64,
 }
 
 impl Replica {
@@ -187,6 +199,8 @@ impl Replica {
             chunks: transfer.chunks.len() as u32,
             entries: transfer.entries,
             total_chunks: transfer.done.as_ref().map(|d| d.chunks),
+            walked: transfer.walked.min(transfer.keys),
+            keys: transfer.keys,
         })
     }
 
@@ -254,6 +268,8 @@ impl Replica {
             }
             transfer.refused |= refused;
             transfer.entries = transfer.entries.saturating_add(chunk.objects.len() as u64);
+            transfer.walked = transfer.walked.max(chunk.walked);
+            transfer.keys = chunk.keys;
         });
         self.try_complete(from, chunk.transfer, false);
     }
@@ -344,6 +360,8 @@ impl Outgoing {
             budget,
             credit: usize::MAX,
             cursor: None,
+            walked: 0,
+            keys: durable.touched.len() as u64,
             keys_done: false,
             pieces: VecDeque::new(),
             next_index: 0,
@@ -395,6 +413,9 @@ impl Outgoing {
         let chunk = StateChunk {
             transfer: self.id,
             index: self.next_index,
+            // Keys written since the transfer began may be walked too: never past the total.
+            walked: self.walked.min(self.keys),
+            keys: self.keys,
             base: self.base.clone(),
             complete: whole,
             objects,
@@ -413,12 +434,17 @@ impl Outgoing {
             Some(key) => Bound::Excluded(key.as_str()),
             None => Bound::Unbounded,
         };
+        let mut walked = 0;
         let next = durable
             .touched
             .range::<str, _>((start, Bound::Unbounded))
+            .inspect(|_| walked += 1)
             .filter(|(key, touched)| !self.covered(key).dominates(touched))
             .find_map(|(key, touched)| Some((key, touched, durable.objects.get(key)?)));
+        self.walked = self.walked.saturating_add(walked);
         let Some((key, touched, object)) = next else {
+            // The whole keyspace is walked, whatever keys were removed meanwhile.
+            self.walked = self.walked.max(self.keys);
             self.keys_done = true;
             return false;
         };
@@ -492,4 +518,42 @@ pub(super) fn fit(object: &Object, budget: usize) -> Vec<(Object, usize)> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Config;
+
+    fn chunk(index: u32, walked: u64, keys: u64) -> Vec<u8> {
+        Message::State(StateChunk {
+            transfer: 1,
+            index,
+            walked,
+            keys,
+            base: VersionVector::default(),
+            complete: None,
+            objects: Vec::new(),
+        })
+        .encode()
+    }
+
+    /// A peer's progress claims are shown, never believed: `walked` is clamped to `keys`,
+    /// and a later chunk claiming less does not move it back.
+    #[test]
+    fn a_lying_peers_walked_is_clamped_to_its_keys() {
+        let (me, liar) = (ReplicaId::new(1), ReplicaId::new(2));
+        let mut replica = Replica::new(Config::new(me).with_peer(liar));
+        let walked = |r: &Replica| r.incoming_transfer(liar).map(|t| (t.walked, t.keys));
+        replica
+            .handle_message(0, liar, &chunk(0, u64::MAX, 5))
+            .unwrap();
+        assert_eq!(walked(&replica), Some((5, 5)));
+        replica.handle_message(0, liar, &chunk(1, 2, 5)).unwrap();
+        assert_eq!(walked(&replica), Some((5, 5)));
+        replica
+            .handle_message(0, liar, &chunk(2, u64::MAX, 0))
+            .unwrap();
+        assert_eq!(walked(&replica), Some((0, 0)));
+    }
 }

@@ -51,6 +51,8 @@ impl Replica {
             }
             Message::Ack(dots) => claims.context(dots)?,
             Message::State(chunk) => {
+                // `walked` and `keys` are refused for nothing: they only show progress, and
+                // the receiver clamps them.
                 claims.vv(&chunk.base)?;
                 for entry in &chunk.objects {
                     claims.vv(&entry.touched)?;
