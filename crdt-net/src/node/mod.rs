@@ -631,15 +631,12 @@ impl Node {
         token: Token,
         timeout: Duration,
     ) -> Result<Option<Object>, NodeError> {
-        let key = key.to_owned();
         let (reply, answer) = oneshot::channel();
-        let then = Box::new(move |replica: Option<&Replica>| {
-            let _ = reply.send(replica.map(|r| r.get(&key).cloned()));
-        });
         self.shared.command(Command::After {
             dot: token.0,
+            key: key.to_owned(),
             deadline: deadline_after(timeout),
-            then,
+            reply,
         })?;
         answer
             .await

@@ -50,11 +50,13 @@ pub(super) enum Command {
     /// A read or a change that is not an update (such as learning of a peer). It runs after
     /// the turn's commit, so a read never sees a write that a crash could still lose.
     With(Job),
-    /// A read that waits until the replica has seen `dot` (or gets `None` at the deadline).
+    /// A read of `key` that waits until the replica has seen `dot` (or answers `None` at the
+    /// deadline).
     After {
         dot: Dot,
+        key: String,
         deadline: Instant,
-        then: Then,
+        reply: oneshot::Sender<Option<Option<Object>>>,
     },
     /// A read that merges the object from `peers` peers first.
     Read {
@@ -73,8 +75,6 @@ pub(super) enum Command {
 pub(super) type Job = Box<dyn FnOnce(&mut Replica) + Send>;
 
 /// What a waiting read does once its write has arrived (`None`: the deadline passed).
-pub(super) type Then = Box<dyn FnOnce(Option<&Replica>) + Send>;
-
 /// A local update, made on the owner's thread.
 pub(super) type Change = Box<dyn FnOnce(&mut Replica) -> Result<Object, NodeError> + Send>;
 
@@ -105,8 +105,9 @@ struct Quorum {
 
 struct Reader {
     dot: Dot,
+    key: String,
     deadline: Instant,
-    then: Then,
+    reply: oneshot::Sender<Option<Option<Object>>>,
 }
 
 /// What the owner shares with readers, behind the lock: the replica between turns, so only as
@@ -267,12 +268,14 @@ impl Owner {
             Command::With(f) => waiting.after_commit.push(f),
             Command::After {
                 dot,
+                key,
                 deadline,
-                then,
+                reply,
             } => waiting.reading.push(Reader {
                 dot,
+                key,
                 deadline,
-                then,
+                reply,
             }),
             Command::Read {
                 key,
@@ -398,10 +401,11 @@ impl Owner {
         let mut still = Vec::new();
         for reader in waiting.reading.drain(..) {
             if replica.is_persisted() && replica.seen().contains(reader.dot) {
-                (reader.then)(Some(replica));
+                let _ = reader.reply.send(Some(replica.get(&reader.key).cloned()));
             } else if now >= reader.deadline {
-                (reader.then)(None);
-            } else {
+                let _ = reader.reply.send(None);
+            } else if !reader.reply.is_closed() {
+                // A caller that gave up is forgotten now, not at its deadline.
                 still.push(reader);
             }
         }
