@@ -472,3 +472,7 @@ impl<'de, T: Deserialize<'de> + Ord> Deserialize<'de> for OrSet<T> {
 #[cfg(test)]
 #[path = "orset_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "orset_diff.rs"]
+mod diff;
