@@ -112,6 +112,24 @@ fn merge(c: &mut Criterion) {
             BatchSize::LargeInput,
         );
     });
+    // An element added concurrently by 1,000 replicas holds a dot of each; its remove drops
+    // them all through the index, in one pass over the element (one copy per dot was quadratic).
+    let mut popular = big.clone();
+    for r in 0..1_000u64 {
+        popular.merge(&OrSet::new().add(replica(100 + r), 7));
+    }
+    popular.merge(&popular.clone().remove(&31));
+    let delta = popular.clone().remove(&7);
+    g.bench_function("orset_10k_with_remove_of_1k_dot_element", |b| {
+        b.iter_batched(
+            || popular.clone(),
+            |mut s| {
+                s.merge(&delta);
+                s
+            },
+            BatchSize::LargeInput,
+        );
+    });
     // A map's key set is an OR-Set: a key's remove delta is found through its index too.
     let mut map: OrMap<u64, GCounter> = OrMap::new();
     for k in 0..10_000u64 {
