@@ -232,6 +232,32 @@ mod tests {
         assert_eq!(position(&[(1, ()), (u64::MAX, ())], u64::MAX - 1), None);
     }
 
+    /// Counters a peer may choose: clustered at 1, at 2^48 and at `u64::MAX`, or spread over
+    /// the whole range, so interpolation guesses land far from the entry.
+    fn hostile_counter() -> impl proptest::strategy::Strategy<Value = u64> {
+        use proptest::prelude::*;
+        prop_oneof![
+            1..64u64,
+            ((1u64 << 48) - 32)..((1u64 << 48) + 32),
+            (u64::MAX - 64)..=u64::MAX,
+            any::<u64>(),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_galloping_search_agrees_with_binary_search_on_any_run(
+            counters in proptest::collection::btree_set(hostile_counter(), 1..200),
+            probes in proptest::collection::vec(hostile_counter(), 1..50),
+        ) {
+            let run: Vec<(u64, ())> = counters.iter().map(|&c| (c, ())).collect();
+            for c in probes.into_iter().chain(counters.iter().copied()) {
+                let expected = run.binary_search_by_key(&c, |e| e.0).ok();
+                proptest::prop_assert_eq!(position(&run, c), expected);
+            }
+        }
+    }
+
     #[test]
     fn finds_in_order_and_late_dots_and_refuses_duplicates() {
         let values = [10u32, 20, 30];
