@@ -364,8 +364,6 @@ fn run(base: usize, ops: &[Op]) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
-
     #[test]
     fn every_merge_matches_the_definition(
         base in prop_oneof![0..8usize, 30..40usize, 100..400usize],
