@@ -92,6 +92,44 @@ fn merge(c: &mut Criterion) {
             BatchSize::LargeInput,
         );
     });
+    // A set of one element per replica (a device adding itself), indexed, taking a delta of
+    // 1,000 adds by replicas new to it, their ids between the old ones: the index makes room for
+    // each new replica (a sorted vector of replicas made this quadratic: ~2.5 s at 100k).
+    let mut devices: OrSet<u64> = (0..10_000u64).map(|i| (replica(2 * i), i)).collect();
+    devices.merge(&devices.clone().remove(&0));
+    let mut source = OrSet::new();
+    let mut newcomers = OrSet::new();
+    for i in 0..1_000u64 {
+        newcomers.merge(&source.add(replica(16 * i + 1), 20_000 + i));
+    }
+    g.bench_function("orset_10k_replicas_indexed_with_1k_new_replicas", |b| {
+        b.iter_batched(
+            || devices.clone(),
+            |mut s| {
+                s.merge(&newcomers);
+                s
+            },
+            BatchSize::LargeInput,
+        );
+    });
+    // An element added concurrently by 1,000 replicas holds a dot of each; its remove drops
+    // them all through the index, in one pass over the element (one copy per dot was quadratic).
+    let mut popular = big.clone();
+    for r in 0..1_000u64 {
+        popular.merge(&OrSet::new().add(replica(100 + r), 7));
+    }
+    popular.merge(&popular.clone().remove(&31));
+    let delta = popular.clone().remove(&7);
+    g.bench_function("orset_10k_with_remove_of_1k_dot_element", |b| {
+        b.iter_batched(
+            || popular.clone(),
+            |mut s| {
+                s.merge(&delta);
+                s
+            },
+            BatchSize::LargeInput,
+        );
+    });
     // A map's key set is an OR-Set: a key's remove delta is found through its index too.
     let mut map: OrMap<u64, GCounter> = OrMap::new();
     for k in 0..10_000u64 {

@@ -20,9 +20,11 @@ use crate::{Dot, ReplicaId};
 /// again (it stays in the set's causal context, and only unseen dots are added).
 #[derive(Clone, Debug)]
 pub(crate) struct DotIndex<T> {
-    /// Per replica (ascending), its `(counter, element)` pairs ascending by counter. A replica's
-    /// adds mostly arrive in counter order, so most inserts are pushes onto the end.
-    runs: Vec<(ReplicaId, Vec<(u64, T)>)>,
+    /// Per replica, its `(counter, element)` pairs ascending by counter. A replica's adds mostly
+    /// arrive in counter order, so most inserts are pushes onto the end. A map, not a sorted
+    /// vector: a set can hold dots of a hundred thousand replicas (one device each), and a delta
+    /// adding many new ones must not shift the whole vector for each.
+    runs: BTreeMap<ReplicaId, Vec<(u64, T)>>,
     /// Pairs that arrived below the last counter of their replica's run.
     late: BTreeMap<Dot, T>,
     /// Entries held, live or stale.
@@ -53,8 +55,7 @@ impl<T: Clone> DotIndex<T> {
                 .push((dot.counter, value.clone()));
             len += 1;
         }
-        let mut runs = Vec::with_capacity(by_replica.len());
-        for (replica, mut run) in by_replica {
+        for run in by_replica.values_mut() {
             run.sort_unstable_by_key(|e| e.0);
             if run
                 .windows(2)
@@ -62,10 +63,9 @@ impl<T: Clone> DotIndex<T> {
             {
                 return Err(DuplicateDot);
             }
-            runs.push((replica, run));
         }
         Ok(DotIndex {
-            runs,
+            runs: by_replica,
             late: BTreeMap::new(),
             len,
             stale: 0,
@@ -74,16 +74,7 @@ impl<T: Clone> DotIndex<T> {
 
     /// Records that `value` holds `dot`, which no element held before.
     pub(crate) fn insert(&mut self, dot: Dot, value: T) -> Result<(), DuplicateDot> {
-        let i = match self.runs.binary_search_by_key(&dot.replica, |r| r.0) {
-            Ok(i) => i,
-            Err(i) => {
-                self.runs.insert(i, (dot.replica, Vec::new()));
-                i
-            }
-        };
-        let Some((_, run)) = self.runs.get_mut(i) else {
-            return Ok(());
-        };
+        let run = self.runs.entry(dot.replica).or_default();
         match run.last() {
             Some(last) if last.0 >= dot.counter => {
                 if run.binary_search_by_key(&dot.counter, |e| e.0).is_ok()
@@ -102,12 +93,7 @@ impl<T: Clone> DotIndex<T> {
 impl<T> DotIndex<T> {
     /// The element recorded for `dot`, if any (it may no longer hold it).
     pub(crate) fn get(&self, dot: Dot) -> Option<&T> {
-        let run = self
-            .runs
-            .binary_search_by_key(&dot.replica, |r| r.0)
-            .ok()
-            .and_then(|i| self.runs.get(i))
-            .map(|r| &r.1);
+        let run = self.runs.get(&dot.replica);
         run.and_then(|run| run.get(position(run, dot.counter)?).map(|e| &e.1))
             .or_else(|| self.late.get(&dot))
     }
@@ -244,6 +230,32 @@ mod tests {
         }
         assert_eq!(position(&[(u64::MAX, ())], u64::MAX), Some(0));
         assert_eq!(position(&[(1, ()), (u64::MAX, ())], u64::MAX - 1), None);
+    }
+
+    /// Counters a peer may choose: clustered at 1, at 2^48 and at `u64::MAX`, or spread over
+    /// the whole range, so interpolation guesses land far from the entry.
+    fn hostile_counter() -> impl proptest::strategy::Strategy<Value = u64> {
+        use proptest::prelude::*;
+        prop_oneof![
+            1..64u64,
+            ((1u64 << 48) - 32)..((1u64 << 48) + 32),
+            (u64::MAX - 64)..=u64::MAX,
+            any::<u64>(),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_galloping_search_agrees_with_binary_search_on_any_run(
+            counters in proptest::collection::btree_set(hostile_counter(), 1..200),
+            probes in proptest::collection::vec(hostile_counter(), 1..50),
+        ) {
+            let run: Vec<(u64, ())> = counters.iter().map(|&c| (c, ())).collect();
+            for c in probes.into_iter().chain(counters.iter().copied()) {
+                let expected = run.binary_search_by_key(&c, |e| e.0).ok();
+                proptest::prop_assert_eq!(position(&run, c), expected);
+            }
+        }
     }
 
     #[test]

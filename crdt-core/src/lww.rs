@@ -178,6 +178,36 @@ impl<T: Ord + Clone + core::fmt::Debug> Crdt for LwwRegister<T> {
 mod tests {
     use super::*;
 
+    /// Any field value, with the ends of each field's range likely.
+    fn edgy_u64() -> impl proptest::strategy::Strategy<Value = u64> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(0),
+            Just(1),
+            Just(u64::MAX - 1),
+            Just(u64::MAX),
+            any::<u64>()
+        ]
+    }
+
+    fn stamp() -> impl proptest::strategy::Strategy<Value = Stamp> {
+        use proptest::prelude::*;
+        let logical = prop_oneof![Just(0), Just(u32::MAX), any::<u32>()];
+        (edgy_u64(), logical, edgy_u64()).prop_map(|(wall, logical, replica)| Stamp {
+            time: HlcTimestamp::new(wall, logical),
+            replica: ReplicaId::new(replica),
+        })
+    }
+
+    proptest::proptest! {
+        /// The key orders stamps as the derived order does at every width, maxima included.
+        #[test]
+        fn the_key_orders_as_the_stamp_at_the_edges(a in stamp(), b in stamp()) {
+            proptest::prop_assert_eq!(a.key().cmp(&b.key()), a.cmp(&b));
+            proptest::prop_assert_eq!(a.key().cmp(&a.key()), core::cmp::Ordering::Equal);
+        }
+    }
+
     /// The integer key orders stamps exactly as their derived order does.
     #[test]
     fn the_key_orders_as_the_stamp() {

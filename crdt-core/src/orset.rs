@@ -211,11 +211,13 @@ impl<T: Ord + Clone> OrSet<T> {
             return false;
         }
         if removes {
+            let mut many = Vec::new();
             for dot in other.ctx.dots() {
                 if self.ctx.contains(dot) {
-                    self.drop_seen_dot(dot, &other.entries, walk);
+                    self.drop_seen_dot(dot, &other.entries, walk, &mut many);
                 }
             }
+            self.drop_from_many(many);
         }
         for (value, theirs) in &other.entries {
             // One descent of the tree, for the common case of an element new to us.
@@ -243,8 +245,15 @@ impl<T: Ord + Clone> OrSet<T> {
     }
 
     /// Drops `dot`, which the other side has seen (and we too), from the element of ours holding
-    /// it, unless the other side holds that element (its join decides then).
-    fn drop_seen_dot(&mut self, dot: Dot, theirs: &BTreeMap<T, Dots>, walk: bool) {
+    /// it, unless the other side holds that element (its join decides then). A dot of an element
+    /// holding several is left in `many`, for [`drop_from_many`](Self::drop_from_many).
+    fn drop_seen_dot(
+        &mut self,
+        dot: Dot,
+        theirs: &BTreeMap<T, Dots>,
+        walk: bool,
+        many: &mut Vec<(T, Dot)>,
+    ) {
         let dropped = |dots: &mut Dots| match dots.without(dot) {
             Some(rest) => {
                 *dots = rest;
@@ -278,10 +287,44 @@ impl<T: Ord + Clone> OrSet<T> {
             self.entries.insert(value, dots);
             return;
         }
+        if dots.len() > 1 {
+            // Dropped with the element's other dropped dots in one pass: an element added
+            // concurrently by many replicas holds a dot of each, and copying them all once per
+            // dropped dot made one remove of it quadratic.
+            many.push((value.clone(), dot));
+            self.entries.insert(value, dots);
+            return;
+        }
         if dropped(&mut dots) {
             self.entries.insert(value, dots);
         }
         self.index.forget(1);
+    }
+
+    /// Drops each `(element, dot)` pair's dot, every element's in one pass.
+    fn drop_from_many(&mut self, mut many: Vec<(T, Dot)>) {
+        many.sort_unstable();
+        for group in many.chunk_by(|a, b| a.0 == b.0) {
+            let Some((value, _)) = group.first() else {
+                continue;
+            };
+            let Entry::Occupied(mut entry) = self.entries.entry(value.clone()) else {
+                continue;
+            };
+            let gone = |d: &Dot| group.binary_search_by(|(_, g)| g.cmp(d)).is_ok();
+            let before = entry.get().len();
+            let kept = Dots::from_sorted(entry.get().iter().filter(|d| !gone(d)).collect());
+            match kept {
+                Some(kept) => {
+                    self.index.forget(before - kept.len());
+                    *entry.get_mut() = kept;
+                }
+                None => {
+                    self.index.forget(before);
+                    entry.remove();
+                }
+            }
+        }
     }
 
     /// Builds the index if it is absent; `false` if it cannot be (a dot on two elements).
@@ -472,3 +515,7 @@ impl<'de, T: Deserialize<'de> + Ord> Deserialize<'de> for OrSet<T> {
 #[cfg(test)]
 #[path = "orset_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "orset_diff.rs"]
+mod diff;
