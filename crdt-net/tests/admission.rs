@@ -7,18 +7,9 @@ use crdt_net::node::{Identity, Node, NodeBuilder};
 use crdt_net::{Event, Op};
 use tempfile::TempDir;
 
-const WAIT: Duration = Duration::from_secs(20);
+mod support;
 
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
+use support::{eventually, WAIT};
 
 fn builder(dir: &TempDir) -> NodeBuilder {
     NodeBuilder::new(dir.path())

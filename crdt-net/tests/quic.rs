@@ -5,11 +5,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crdt_core::{Hlc, ReplicaId};
-use crdt_net::node::{testing, Fingerprint, Identity, Node, NodeBuilder};
+use crdt_net::node::{testing, Identity, Node, NodeBuilder};
 use crdt_net::{Message, Object, Op};
 use tempfile::TempDir;
 
-const WAIT: Duration = Duration::from_secs(20);
+mod support;
+
+use support::{eventually, WAIT};
 
 /// A copy of every object at `node`, to compare whole states.
 fn world(node: &Node) -> BTreeMap<String, Object> {
@@ -32,41 +34,16 @@ async fn cluster_with(
     n: usize,
     configure: impl Fn(usize, NodeBuilder) -> NodeBuilder,
 ) -> (Vec<Node>, Vec<TempDir>) {
-    let dirs: Vec<TempDir> = (0..n).map(|_| TempDir::new().unwrap()).collect();
-    let keys: Vec<Fingerprint> = dirs
-        .iter()
-        .map(|d| {
-            Identity::load_or_create(d.path())
-                .unwrap()
-                .fingerprint()
-                .unwrap()
-        })
-        .collect();
+    let (dirs, keys) = support::identities(n);
     let mut nodes: Vec<Node> = Vec::new();
     for (i, dir) in dirs.iter().enumerate() {
-        let mut builder = NodeBuilder::new(dir.path()).gossip_interval(Duration::from_millis(100));
-        for (j, key) in keys.iter().enumerate() {
-            if j != i {
-                builder = builder.trust_key(*key);
-            }
-        }
+        let mut builder = support::trusting(dir, i, &keys);
         for node in &nodes {
             builder = builder.peer(node.local_addr());
         }
         nodes.push(configure(i, builder).start().await.unwrap());
     }
     (nodes, dirs)
-}
-
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting until {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

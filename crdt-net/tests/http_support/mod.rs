@@ -5,18 +5,19 @@
 #![allow(dead_code)]
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use crdt_net::http::{ApiToken, HttpError, Server};
-use crdt_net::node::{Identity, Node, NodeBuilder};
+use crdt_net::node::{Node, NodeBuilder};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// How long anything in these tests may take before it counts as a failure.
-pub const WAIT: Duration = Duration::from_secs(20);
+#[path = "../support/mod.rs"]
+mod support;
+
+pub use support::WAIT;
 
 /// A node with its API on a loopback port.
 pub struct Served {
@@ -83,27 +84,12 @@ impl Served {
 /// Starts `n` nodes that trust each other (each dialing the ones before it), each with its
 /// API served on a fresh loopback port.
 pub async fn cluster(n: usize) -> Vec<Served> {
-    let dirs: Vec<TempDir> = (0..n).map(|_| TempDir::new().unwrap()).collect();
-    let keys: Vec<_> = dirs
-        .iter()
-        .map(|d| {
-            Identity::load_or_create(d.path())
-                .unwrap()
-                .fingerprint()
-                .unwrap()
-        })
-        .collect();
+    let (dirs, keys) = support::identities(n);
     let mut served: Vec<Served> = Vec::new();
     for (i, dir) in dirs.into_iter().enumerate() {
-        let mut builder = NodeBuilder::new(dir.path())
+        let mut builder = support::trusting(&dir, i, &keys)
             .listen("127.0.0.1:0".parse().unwrap())
-            .mdns(false)
-            .gossip_interval(Duration::from_millis(100));
-        for (j, key) in keys.iter().enumerate() {
-            if j != i {
-                builder = builder.trust_key(*key);
-            }
-        }
+            .mdns(false);
         for other in &served {
             builder = builder.peer(other.node.local_addr());
         }
