@@ -108,6 +108,27 @@ async fn three_nodes_converge_on_every_type() {
     }
 }
 
+/// Peer sampling on real nodes: six nodes gossiping within views of two peers each (each
+/// started knowing only the ones before it) still bring every write to every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_gossiping_within_partial_views_converge() {
+    let (nodes, _dirs) = cluster_with(6, |_, builder| builder.view(2).fanout(1)).await;
+    for (i, node) in nodes.iter().enumerate() {
+        let me = format!("node-{i}");
+        node.set::<String>("members").add(&me).await.unwrap();
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        let members = node.set::<String>("members");
+        eventually(&format!("node {i} holds all six members"), async || {
+            members.len_now().unwrap() == 6
+        })
+        .await;
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_node_can_neither_read_nor_write() {
     let (nodes, _dirs) = cluster(2).await;

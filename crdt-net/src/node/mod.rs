@@ -236,6 +236,7 @@ pub struct NodeBuilder {
     trust_keys: Vec<Fingerprint>,
     gossip_interval: Duration,
     fanout: usize,
+    view: usize,
     queue: usize,
     mdns: bool,
     max_drift: Duration,
@@ -264,6 +265,7 @@ impl NodeBuilder {
             trust_keys: Vec::new(),
             gossip_interval: Duration::from_secs(1),
             fanout: 2,
+            view: 0,
             queue: DEFAULT_QUEUE,
             mdns: true,
             max_drift: Duration::from_secs(60),
@@ -323,6 +325,14 @@ impl NodeBuilder {
         self
     }
 
+    /// Peer sampling: gossip with at most `peers` peers of a partial view refreshed by peer
+    /// exchange ([`Config::view`](crate::Config::view)), so a node's traffic per round does
+    /// not grow with the cluster. 0 (the default): every known peer is a gossip partner.
+    pub fn view(mut self, peers: usize) -> Self {
+        self.view = peers;
+        self
+    }
+
     /// How far ahead of this node's clock a peer's last-writer-wins timestamp may be before
     /// the write is refused (and counted in [`Metrics`], and reported as
     /// [`Event::ClockDrift`]) until this clock catches up. Default 60 s.
@@ -366,6 +376,7 @@ impl NodeBuilder {
         let mut config = Config::new(identity.id());
         config.gossip_interval = self.gossip_interval.as_millis().max(1) as u64;
         config.fanout = self.fanout;
+        config.view = self.view;
         config.seed = seed_from_clock(identity.id());
         config.max_drift = self.max_drift.as_millis() as u64;
         let endpoint = endpoint(&identity, &trust, self.listen)?;
