@@ -275,9 +275,69 @@ impl FromIterator<Dot> for CausalContext {
 
 impl Serialize for CausalContext {
     fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        self.without(&[]).serialize(ser)
+    }
+}
+
+/// A context written without some of its cloud dots: the dots a set's elements carry, which
+/// the set's decoder adds back (see [`CausalContext::add_carried`]).
+pub(crate) struct Without<'a> {
+    ctx: &'a CausalContext,
+    /// Ascending.
+    omit: &'a [Dot],
+}
+
+impl CausalContext {
+    /// This context, to be written without the cloud dots in `omit` (ascending).
+    pub(crate) fn without<'a>(&'a self, omit: &'a [Dot]) -> Without<'a> {
+        Without { ctx: self, omit }
+    }
+
+    /// Of `dots`, those in the cloud, ascending and once each: what [`without`](Self::without)
+    /// may leave out when the reader learns them elsewhere.
+    pub(crate) fn in_cloud(&self, dots: impl Iterator<Item = Dot>) -> Vec<Dot> {
+        if self.cloud.is_empty() {
+            return Vec::new();
+        }
+        let mut found: Vec<Dot> = dots.filter(|d| self.cloud.contains(d)).collect();
+        found.sort_unstable();
+        found.dedup();
+        found
+    }
+
+    /// Adds back the cloud dots a writer left out because `dots` carry them. Fails, changing
+    /// nothing, unless the result is what [`in_cloud`](Self::in_cloud) and
+    /// [`without`](Self::without) would write: a dot in the written cloud should have been left
+    /// out, and one at or next to its replica's vector entry would have been folded.
+    pub(crate) fn add_carried(&mut self, dots: impl Iterator<Item = Dot>) -> Result<(), ()> {
+        let mut carried = Vec::new();
+        for dot in dots {
+            let seen = self.vv.get(dot.replica);
+            if dot.counter <= seen {
+                continue;
+            }
+            if self.cloud.contains(&dot) || dot.counter == seen.saturating_add(1) {
+                return Err(());
+            }
+            carried.push(dot);
+        }
+        // Each dot lies beyond the gap after its vector entry, so the cloud stays compact.
+        self.cloud.extend(carried);
+        Ok(())
+    }
+}
+
+impl Serialize for Without<'_> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
         let mut s = ser.serialize_struct("CausalContext", 2)?;
-        s.serialize_field("vv", &self.vv)?;
-        s.serialize_field("cloud", &cloud_runs(&self.cloud))?;
+        s.serialize_field("vv", &self.ctx.vv)?;
+        let omit = self.omit;
+        let cloud = self
+            .ctx
+            .cloud
+            .iter()
+            .filter(|d| omit.binary_search(d).is_err());
+        s.serialize_field("cloud", &cloud_runs(cloud))?;
         s.end()
     }
 }
@@ -286,10 +346,10 @@ impl Serialize for CausalContext {
 ///
 /// Cloud dots of one replica are often close together (a piece of a large set, a burst of
 /// deltas received out of order), so gaps take a byte where counters would take three.
-fn cloud_runs(cloud: &Cloud) -> Vec<(ReplicaId, Vec<u64>)> {
+fn cloud_runs(cloud: impl Iterator<Item = Dot>) -> Vec<(ReplicaId, Vec<u64>)> {
     let mut runs: Vec<(ReplicaId, Vec<u64>)> = Vec::new();
     let mut previous: Option<Dot> = None;
-    for dot in cloud.iter() {
+    for dot in cloud {
         match (previous, runs.last_mut()) {
             (Some(p), Some(run)) if p.replica == dot.replica => {
                 run.1.push(dot.counter - p.counter);

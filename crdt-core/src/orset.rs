@@ -461,8 +461,13 @@ impl<T: Ord + Clone> FromIterator<(ReplicaId, T)> for OrSet<T> {
 
 impl<T: Serialize> Serialize for OrSet<T> {
     fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        // The context's cloud is written without the dots the elements carry: a delta's add
+        // would otherwise hold its dot twice.
+        let carried = self
+            .ctx
+            .in_cloud(self.entries.values().flat_map(Dots::iter));
         let mut s = ser.serialize_struct("OrSet", 2)?;
-        s.serialize_field("ctx", &self.ctx)?;
+        s.serialize_field("ctx", &self.ctx.without(&carried))?;
         s.serialize_field("entries", &Entries(&self.entries))?;
         s.end()
     }
@@ -497,17 +502,13 @@ impl<'de, T: Deserialize<'de> + Ord> Deserialize<'de> for OrSet<T> {
             #[serde(deserialize_with = "ascending_entries")]
             entries: BTreeMap<T, Dots>,
         }
-        let raw = Raw::<T>::deserialize(de)?;
-        let all_seen = raw
-            .entries
-            .values()
-            .flat_map(Dots::iter)
-            .all(|d| raw.ctx.contains(d));
-        if !all_seen {
-            return Err(serde::de::Error::custom(
-                "a live dot outside the causal context",
-            ));
-        }
+        let mut raw = Raw::<T>::deserialize(de)?;
+        // The live dots beyond the vector are in the context's cloud, though not written there.
+        raw.ctx
+            .add_carried(raw.entries.values().flat_map(Dots::iter))
+            .map_err(|()| {
+                serde::de::Error::custom("a cloud dot written beside the element carrying it")
+            })?;
         Ok(OrSet::from_parts(raw.entries, raw.ctx))
     }
 }

@@ -83,6 +83,11 @@ fn cases() -> Vec<Case> {
     let mut reset_lww = lww.clone();
     reset_lww.reset();
 
+    // A single add whose dot lies beyond a gap: the dot is written once, with its element.
+    let mut source = OrSet::new();
+    source.add(r(1), "a".to_string());
+    let add_delta = source.add(r(1), "b".to_string());
+
     let mut removed = map.clone();
     removed.remove(&"a".to_string());
 
@@ -106,6 +111,7 @@ fn cases() -> Vec<Case> {
         case("lww-register-reset", reset_lww),
         case("ormap-removed", removed),
         case("empty-orset", OrSet::<String>::new()),
+        case("orset-add-delta", add_delta),
     ]
 }
 
@@ -191,29 +197,44 @@ fn decode_errors_are_typed() {
         Err(DecodeError::UnsupportedVersion(9))
     );
     assert_eq!(
-        codec::decode::<GCounter>(&[2, 1, 1]),
+        codec::decode::<GCounter>(&[3, 1, 1]),
         Err(DecodeError::Truncated)
     );
     assert_eq!(
-        codec::decode::<GCounter>(&[2, 0, 0, 0]),
+        codec::decode::<GCounter>(&[3, 0, 0, 0]),
         Err(DecodeError::TrailingBytes(1))
     );
     // Replicas out of order, a zero count, a dot counter of 0.
     assert_eq!(
-        codec::decode::<GCounter>(&[2, 2, 2, 1, 1, 1, 0]),
+        codec::decode::<GCounter>(&[3, 2, 2, 1, 1, 1, 0]),
         Err(DecodeError::Malformed)
     );
     assert_eq!(
-        codec::decode::<GCounter>(&[2, 1, 1, 0, 0]),
+        codec::decode::<GCounter>(&[3, 1, 1, 0, 0]),
         Err(DecodeError::Malformed)
     );
     assert_eq!(
-        codec::decode::<CausalContext>(&[2, 0, 1, 1, 0]),
+        codec::decode::<CausalContext>(&[3, 0, 1, 1, 0]),
+        Err(DecodeError::Malformed)
+    );
+    // An OR-Set element's dot beyond the gap also written in the context's cloud (format 2's
+    // form), and one next to its replica's vector entry (it belongs in the vector).
+    assert_eq!(
+        codec::decode::<OrSet<u8>>(&[3, 0, 1, 1, 1, 2, 1, 7, 1, 1, 2]),
+        Err(DecodeError::Malformed)
+    );
+    let carried = [3, 0, 0, 1, 7, 1, 1, 2];
+    let set = codec::decode::<OrSet<u8>>(&carried).unwrap();
+    assert!(set.contains(&7) && set.context().contains(Dot::new(r(1), 2)));
+    assert_eq!(set.context().cloud_len(), 1);
+    assert_eq!(codec::encode(&set), carried);
+    assert_eq!(
+        codec::decode::<OrSet<u8>>(&[3, 0, 0, 1, 7, 1, 1, 1]),
         Err(DecodeError::Malformed)
     );
     // A register value stamped at its own floor.
     assert_eq!(
-        codec::decode::<LwwRegister<u8>>(&[2, 1, 5, 0, 1, 7, 1, 5, 0, 1]),
+        codec::decode::<LwwRegister<u8>>(&[3, 1, 5, 0, 1, 7, 1, 5, 0, 1]),
         Err(DecodeError::Malformed)
     );
 }

@@ -32,7 +32,7 @@ const OBJECTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("objects"
 const DELTAS: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("deltas");
 const TOUCHED: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("touched");
 
-const FORMAT: u8 = 2;
+const FORMAT: u8 = 3;
 /// A key's deltas are folded into one record once they pass this many bytes or the size of
 /// that record, whichever is larger.
 const COMPACT_MIN_BYTES: u64 = 4096;
