@@ -46,6 +46,17 @@ fn drain(
     panic!("messages kept coming");
 }
 
+/// A round of each (both due at `now`), and everything it sets off.
+fn round(
+    x: &mut (Replica, MemStore),
+    y: &mut (Replica, MemStore),
+    now: u64,
+) -> Vec<(ReplicaId, u8)> {
+    x.0.handle_timeout(now);
+    y.0.handle_timeout(now);
+    drain(x, y, now)
+}
+
 fn sent(r: &mut Replica) -> Vec<Message> {
     std::iter::from_fn(|| r.poll_transmit())
         .map(|t| Message::decode(&t.payload, 1 << 20).unwrap())
@@ -70,9 +81,7 @@ fn a_peer_with_faster_rounds_never_marks_us_down_for_its_summaries() {
     let mut summaries = 0;
     for _ in 0..400 {
         now += 50;
-        slow.0.handle_timeout(now);
-        fast.0.handle_timeout(now);
-        let log = drain(&mut slow, &mut fast, now);
+        let log = round(&mut slow, &mut fast, now);
         summaries += log
             .iter()
             .filter(|(from, k)| *from == B && *k == SUMMARY)
@@ -157,9 +166,7 @@ fn a_crash_between_a_summary_and_its_answer_loses_no_write() {
     a.0.update("a", &Op::Inc(1)).unwrap();
     b.0.update("b", &Op::Inc(1)).unwrap();
     for now in (100..=1_000).step_by(100) {
-        a.0.handle_timeout(now);
-        b.0.handle_timeout(now);
-        drain(&mut a, &mut b, now);
+        round(&mut a, &mut b, now);
     }
     // A's round sends a summary; B writes, and B's answer (a mismatch) is held.
     a.0.handle_timeout(1_100);
@@ -187,9 +194,7 @@ fn a_crash_between_a_summary_and_its_answer_loses_no_write() {
     );
     let mut rounds_digest = false;
     for now in (1_200..=3_000).step_by(100) {
-        a.0.handle_timeout(now);
-        b.0.handle_timeout(now);
-        let log = drain(&mut a, &mut b, now);
+        let log = round(&mut a, &mut b, now);
         rounds_digest |= log.contains(&(A, DIGEST));
     }
     assert!(rounds_digest);
@@ -205,9 +210,7 @@ fn a_delta_refused_for_drift_arrives_once_the_clock_catches_up() {
     let mut b = replica(B, A, 1_000);
     a.0.update("x", &Op::Inc(1)).unwrap();
     for now in (1_000..=5_000).step_by(1_000) {
-        a.0.handle_timeout(now);
-        b.0.handle_timeout(now);
-        drain(&mut a, &mut b, now);
+        round(&mut a, &mut b, now);
     }
     // B's clock runs 10 minutes ahead: its write is refused by A.
     let ahead = 600_000;
