@@ -628,8 +628,20 @@ pub fn chaos_in_views(seed: u64, view: usize) -> Result<ChaosReport, String> {
         (0..replicas).map(|_| crdt_core::Hlc::new(60_000)).collect();
     let skews: Vec<Millis> = (0..replicas).map(|_| rng.u64(0..500)).collect();
     let mut updates = 0;
-    for _ in 0..rng.usize(20..200) {
+    let fail = |why: &str, sim: &Sim| {
+        format!(
+            "seed {seed}: {why} (config {config:?}, stats {:?}); replay with crdt_net::sim::chaos_in_views({seed}, {view})",
+            sim.stats()
+        )
+    };
+    for step in 0..rng.usize(20..200) {
         sim.run_for(rng.u64(0..60));
+        if step % 16 == 0 {
+            let wrong = sim.false_beliefs();
+            if let Some(first) = wrong.first() {
+                return Err(fail(&format!("a false belief: {first}"), &sim));
+            }
+        }
         match rng.u8(0..100) {
             0..=74 => {
                 let node = rng.usize(0..replicas);
@@ -657,12 +669,6 @@ pub fn chaos_in_views(seed: u64, view: usize) -> Result<ChaosReport, String> {
     }
     sim.heal();
     (0..replicas).for_each(|i| sim.restart(i));
-    let fail = |why: &str, sim: &Sim| {
-        format!(
-            "seed {seed}: {why} (config {config:?}, stats {:?}); replay with crdt_net::sim::chaos_in_views({seed}, {view})",
-            sim.stats()
-        )
-    };
     let Some(converged_after) = sim.run_until_converged(120_000) else {
         let detail = sim.divergence().join("\n");
         return Err(fail(
@@ -670,6 +676,9 @@ pub fn chaos_in_views(seed: u64, view: usize) -> Result<ChaosReport, String> {
             &sim,
         ));
     };
+    if let Some(first) = sim.false_beliefs().first() {
+        return Err(fail(&format!("a false belief: {first}"), &sim));
+    }
     if sim.stats().protocol_errors > 0 {
         return Err(fail("a replica refused an honest peer's message", &sim));
     }
@@ -735,6 +744,35 @@ fn random_op(
 }
 
 impl Sim {
+    /// Every false belief of one replica about another: a dot some live replica counts a peer
+    /// as holding ([`Replica::holders`], what acknowledgement levels count) that the peer has
+    /// not committed to its store. Empty in every honest run: a belief errs low, never high.
+    pub fn false_beliefs(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let Some(r) = &node.replica else {
+                continue;
+            };
+            let seen = r.seen();
+            let dots = seen
+                .vv()
+                .iter()
+                .flat_map(|(w, n)| (1..=n).map(move |c| crdt_core::Dot::new(w, c)))
+                .chain(seen.cloud());
+            for dot in dots {
+                for holder in r.holders(dot) {
+                    let Some(h) = self.index.get(&holder).and_then(|&j| self.nodes.get(j)) else {
+                        continue;
+                    };
+                    if !h.store.durable().seen.contains(dot) {
+                        out.push(format!("replica {i} counts {holder:?} as holding {dot:?}"));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// For debugging a failed run: each replica's keys that differ from the truth.
     pub fn divergence(&self) -> Vec<String> {
         let mut out = Vec::new();

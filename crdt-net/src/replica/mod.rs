@@ -189,8 +189,9 @@ pub struct Stats {
     pub type_conflicts: u64,
     /// Reads from peers left unanswered because the peer had used its budget for the round.
     pub reads_refused: u64,
-    /// Summaries from peers left unanswered because the peer had sent
-    /// `SUMMARIES_PER_ROUND` this round already.
+    /// Summaries from peers beyond `SUMMARIES_PER_ROUND` in one round: answered from the
+    /// cached fingerprint without changing what the peer is known to have, or left
+    /// unanswered while changes await commit.
     pub summaries_refused: u64,
 }
 
@@ -311,9 +312,9 @@ const MAX_CONFLICTED_KEYS: usize = 1024;
 /// whose pull did not finish waits before it is asked again.
 const PULL_ROUNDS: u64 = 4;
 
-/// Summaries answered per peer per round. An honest peer sends one a round, and one in answer
-/// to each of our digests; a matching summary costs a copy of the context, so a peer sending
-/// more gets no answer to them.
+/// Summaries learned from per peer per round. An honest peer sends one a round, and one in
+/// answer to each of our digests; a matching summary costs a copy of the context, so beyond
+/// this a peer's summaries only get the cheap answer (and none while changes await commit).
 const SUMMARIES_PER_ROUND: u32 = 8;
 
 /// Room left in a message for everything but its entries.
@@ -858,13 +859,25 @@ impl Replica {
     /// exchange; else it is asked for its full digest.
     fn on_summary(&mut self, from: ReplicaId, theirs: Fingerprint) {
         let answered = self.summaries_answered.entry(from).or_default();
-        if *answered >= SUMMARIES_PER_ROUND {
+        let learn = *answered < SUMMARIES_PER_ROUND;
+        if learn {
+            *answered += 1;
+        } else {
             self.stats.summaries_refused += 1;
-            return;
+            // Beyond the budget a summary is still answered when that is cheap (the
+            // fingerprint is cached while nothing awaits commit), but teaches nothing: a
+            // peer whose rounds are much faster than ours would otherwise count us as silent
+            // and mark us down.
+            if self.dirty {
+                return;
+            }
         }
-        *answered += 1;
         if theirs != self.own_fingerprint() {
             self.send(from, &Message::Mismatch);
+            return;
+        }
+        if !learn {
+            self.send(from, &Message::InSync);
             return;
         }
         let ours = self.durable.seen.clone();
