@@ -16,7 +16,8 @@
 //! change would move keys between nodes, so it would need a new protocol version.
 //!
 //! Partial replication built on it (forwarding to a key's replicas, hinted handoff, anti-entropy
-//! per key range) is not built yet; the ring only answers where keys live.
+//! per key range) is not built yet; the ring only answers where keys and partitions
+//! ([`partition_of`]) live. The design is in `docs/partial-replication.md`.
 //!
 //! ```
 //! use crdt_core::ReplicaId;
@@ -76,6 +77,39 @@ pub fn vnode_position(node: ReplicaId, index: u32) -> u64 {
     id.copy_from_slice(&node.get().to_be_bytes());
     i.copy_from_slice(&index.to_be_bytes());
     SipHasher24::new_with_key(&[0; 16]).hash(&bytes)
+}
+
+/// The most partition bits: 2^16 partitions.
+pub const MAX_PARTITION_BITS: u32 = 16;
+
+/// The partition holding `key` when the ring's positions are cut into `2^bits` equal ranges
+/// (`bits` at most [`MAX_PARTITION_BITS`], clamped): the top `bits` bits of its position.
+/// Keys of one partition share one preference list (that of [`partition_start`]), so a
+/// partition is what a join or a leave moves, and what two replicas compare.
+///
+/// ```
+/// use crdt_net::ring::{key_position, partition_of, partition_start};
+///
+/// let p = partition_of(b"user:42", 6); // one of 64
+/// assert!(p < 64);
+/// assert!(partition_start(p, 6) <= key_position(b"user:42"));
+/// ```
+pub fn partition_of(key: &[u8], bits: u32) -> u32 {
+    let bits = bits.min(MAX_PARTITION_BITS);
+    // `checked_shr` covers `bits == 0` (a shift by 64): one partition.
+    let top = key_position(key).checked_shr(64 - bits).unwrap_or(0);
+    // At most 16 bits remain.
+    top as u32
+}
+
+/// The first position of partition `partition` of `2^bits` (see [`partition_of`]); a
+/// partition number beyond the last wraps.
+pub fn partition_start(partition: u32, bits: u32) -> u64 {
+    let bits = bits.min(MAX_PARTITION_BITS);
+    let mask = (1u64 << bits) - 1;
+    (u64::from(partition) & mask)
+        .checked_shl(64 - bits)
+        .unwrap_or(0)
 }
 
 impl Ring {
@@ -144,12 +178,17 @@ impl Ring {
     /// The first `n` distinct nodes clockwise from `key`'s position: the key's replicas, the
     /// first being its primary. All nodes if the ring has fewer than `n`.
     pub fn preference_list(&self, key: &[u8], n: usize) -> Vec<ReplicaId> {
+        self.preference_list_at(key_position(key), n)
+    }
+
+    /// The first `n` distinct nodes clockwise from position `at` (a key's position, or a
+    /// partition's first position, [`partition_start`]). All nodes if the ring has fewer.
+    pub fn preference_list_at(&self, at: u64, n: usize) -> Vec<ReplicaId> {
         let want = n.min(self.nodes.len());
         let mut list = Vec::with_capacity(want);
         if want == 0 {
             return list;
         }
-        let at = key_position(key);
         let start = self.points.partition_point(|(p, _)| *p < at);
         let (after, before) = (
             self.points.get(start..).unwrap_or_default(),

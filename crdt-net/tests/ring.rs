@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 
 use crdt_core::ReplicaId;
-use crdt_net::ring::{key_position, vnode_position, Ring, DEFAULT_VNODES};
+use crdt_net::ring::{
+    key_position, partition_of, partition_start, vnode_position, Ring, DEFAULT_VNODES,
+    MAX_PARTITION_BITS,
+};
 
 const KEYS: usize = 100_000;
 const N: usize = 3;
@@ -160,6 +163,69 @@ fn every_key_keeps_n_distinct_replicas_through_joins_and_leaves() {
     assert_eq!(ring.len(), 2);
     assert!(!ring.add(node(4)), "adding a node twice");
     assert_eq!(ring.preference_list(b"k", 10).len(), 2);
+}
+
+/// A key's partition is the range of positions it falls in, and a key's own preference list is
+/// the one at its position.
+#[test]
+fn a_key_falls_in_its_partitions_range() {
+    let ring = ring_of(5);
+    for bits in [0, 1, 6, 10, MAX_PARTITION_BITS] {
+        let last = (1u64 << bits) - 1;
+        for key in keys().step_by(101) {
+            let (at, p) = (
+                key_position(key.as_bytes()),
+                partition_of(key.as_bytes(), bits),
+            );
+            assert!(u64::from(p) <= last, "{key}: partition {p} of 2^{bits}");
+            assert!(partition_start(p, bits) <= at, "{key} before its partition");
+            if u64::from(p) < last {
+                assert!(
+                    at < partition_start(p + 1, bits),
+                    "{key} past its partition"
+                );
+            }
+            assert_eq!(
+                ring.preference_list(key.as_bytes(), N),
+                ring.preference_list_at(at, N)
+            );
+        }
+    }
+    // Beyond the largest count, the bits are clamped: never a shift overflow.
+    assert_eq!(
+        partition_of(b"k", 64),
+        partition_of(b"k", MAX_PARTITION_BITS)
+    );
+    assert_eq!(partition_start(0, 0), 0);
+    assert_eq!(
+        partition_start(1 << 20, 4),
+        0,
+        "a number beyond the last wraps"
+    );
+}
+
+/// Placing keys by partition (each partition's keys on the preference list of its first
+/// position) spreads them as the ring does once partitions are many: the same 10% bound for
+/// 5 nodes at 1,024 partitions. Fewer partitions make the spread coarser; printed for the
+/// design's choice of partition count (docs/partial-replication.md).
+#[test]
+fn keys_placed_by_partition_are_within_10_percent_at_1024_partitions() {
+    let ring = ring_of(5);
+    for bits in [6, 8, 10] {
+        let mut held = BTreeMap::new();
+        for key in keys() {
+            let p = partition_of(key.as_bytes(), bits);
+            for n in ring.preference_list_at(partition_start(p, bits), N) {
+                *held.entry(n).or_insert(0usize) += 1;
+            }
+        }
+        assert_eq!(held.len(), 5);
+        let h = spread(&held);
+        println!("2^{bits} partitions: replicas (N = 3) spread {h:.3}");
+        if bits == 10 {
+            assert!(h <= 0.10, "2^{bits} partitions: spread {h:.3}: {held:?}");
+        }
+    }
 }
 
 /// SipHash-2-4, 64-bit, key zero: the reference implementation's values (computed
