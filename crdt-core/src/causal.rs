@@ -327,6 +327,20 @@ impl CausalContext {
     }
 }
 
+impl Without<'_> {
+    /// Whether nothing would be written: no vector entry, and every cloud dot omitted.
+    pub(crate) fn is_empty(&self) -> bool {
+        let omit = self.omit;
+        self.ctx.vv.is_empty()
+            && self.ctx.cloud.len() <= omit.len()
+            && self
+                .ctx
+                .cloud
+                .iter()
+                .all(|d| omit.binary_search(&d).is_ok())
+    }
+}
+
 impl Serialize for Without<'_> {
     fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
         let mut s = ser.serialize_struct("CausalContext", 2)?;

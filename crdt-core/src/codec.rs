@@ -14,11 +14,11 @@
 //! let mut c = GCounter::new();
 //! c.inc(ReplicaId::new(1), 3);
 //! let bytes = codec::encode(&c);
-//! assert_eq!(bytes, [0x03, 0x01, 0x01, 0x03, 0x00]);
+//! assert_eq!(bytes, [0x04, 0x01, 0x01, 0x03, 0x00]);
 //! assert_eq!(codec::decode::<GCounter>(&bytes), Ok(c));
 //! assert_eq!(
-//!     codec::decode::<GCounter>(&[0x02]),
-//!     Err(codec::DecodeError::UnsupportedVersion(2))
+//!     codec::decode::<GCounter>(&[0x03]),
+//!     Err(codec::DecodeError::UnsupportedVersion(3))
 //! );
 //! ```
 
@@ -29,7 +29,7 @@ use serde::de::{DeserializeOwned, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// The format version this build writes and reads, the first byte of every encoding.
-pub const FORMAT_VERSION: u8 = 3;
+pub const FORMAT_VERSION: u8 = 4;
 
 /// Encodes `value` as the format-version byte followed by its postcard encoding.
 ///

@@ -6,6 +6,7 @@
 //! encoding, built the first time a set needs it and kept up to date from then on.
 
 use alloc::boxed::Box;
+use alloc::collections::btree_map::Entry;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
@@ -20,17 +21,127 @@ use crate::{Dot, ReplicaId};
 /// again (it stays in the set's causal context, and only unseen dots are added).
 #[derive(Clone, Debug)]
 pub(crate) struct DotIndex<T> {
-    /// Per replica, its `(counter, element)` pairs ascending by counter. A replica's adds mostly
-    /// arrive in counter order, so most inserts are pushes onto the end. A map, not a sorted
-    /// vector: a set can hold dots of a hundred thousand replicas (one device each), and a delta
-    /// adding many new ones must not shift the whole vector for each.
-    runs: BTreeMap<ReplicaId, Vec<(u64, T)>>,
-    /// Pairs that arrived below the last counter of their replica's run.
+    /// Per replica, the counters of its dots and their elements. A map, not a sorted vector: a
+    /// set can hold dots of a hundred thousand replicas (one device each), and a delta adding
+    /// many new ones must not shift the whole vector for each.
+    replicas: BTreeMap<ReplicaId, Counters<T>>,
+    /// Pairs that arrived below the highest counter of their replica.
     late: BTreeMap<Dot, T>,
     /// Entries held, live or stale.
     len: usize,
     /// Entries whose dot the owner reported no longer live.
     stale: usize,
+}
+
+/// One replica's counters. A set's dots are mostly consecutive per replica (each add takes the
+/// next counter), so they are kept as runs of consecutive counters, which store only the
+/// elements: 8 bytes a dot for `u64` members, where a (counter, element) pair takes 16. Counters
+/// that do not form a run of [`MIN_RUN`] are kept as pairs, which is no dearer than before.
+#[derive(Clone, Debug)]
+struct Counters<T> {
+    /// Ascending by first counter, not overlapping.
+    runs: Vec<Run<T>>,
+    /// Ascending by counter, none inside a run.
+    loose: Vec<(u64, T)>,
+}
+
+/// The elements of the consecutive counters `first..first + values.len()`; never empty.
+#[derive(Clone, Debug)]
+struct Run<T> {
+    first: u64,
+    values: Vec<T>,
+}
+
+/// Consecutive counters shorter than this are kept as pairs: below it a run's own 32 bytes
+/// outweigh the 8 bytes a pair's counter costs.
+const MIN_RUN: usize = 4;
+
+impl<T> Run<T> {
+    fn last(&self) -> u64 {
+        self.first
+            .saturating_add((self.values.len() as u64).saturating_sub(1))
+    }
+
+    fn get(&self, counter: u64) -> Option<&T> {
+        let offset = usize::try_from(counter.checked_sub(self.first)?).ok()?;
+        self.values.get(offset)
+    }
+}
+
+impl<T> Counters<T> {
+    /// The counters `(counter, element)`, ascending and distinct, as runs and pairs.
+    fn from_sorted(pairs: Vec<(u64, T)>) -> Counters<T> {
+        let mut out = Counters {
+            runs: Vec::new(),
+            loose: Vec::new(),
+        };
+        let mut pending: Vec<(u64, T)> = Vec::new();
+        for (counter, value) in pairs {
+            if pending
+                .last()
+                .is_some_and(|last| last.0.checked_add(1) != Some(counter))
+            {
+                out.settle(core::mem::take(&mut pending));
+            }
+            pending.push((counter, value));
+        }
+        out.settle(pending);
+        out
+    }
+
+    /// Files consecutive counters, above all held so far, as a run if long enough.
+    fn settle(&mut self, consecutive: Vec<(u64, T)>) {
+        match consecutive.first() {
+            Some(&(first, _)) if consecutive.len() >= MIN_RUN => {
+                // Sized exactly: collecting in place would keep the pairs' buffer, twice as big.
+                let mut values = Vec::with_capacity(consecutive.len());
+                values.extend(consecutive.into_iter().map(|(_, v)| v));
+                self.runs.push(Run { first, values });
+            }
+            _ => self.loose.extend(consecutive),
+        }
+    }
+
+    /// The highest counter held.
+    fn highest(&self) -> Option<u64> {
+        let run = self.runs.last().map(Run::last);
+        let loose = self.loose.last().map(|e| e.0);
+        run.max(loose)
+    }
+
+    fn get(&self, counter: u64) -> Option<&T> {
+        let after = self.runs.partition_point(|r| r.first <= counter);
+        let in_run = after
+            .checked_sub(1)
+            .and_then(|i| self.runs.get(i))
+            .and_then(|run| run.get(counter));
+        in_run.or_else(|| {
+            let loose = &self.loose;
+            loose.get(position(loose, counter)?).map(|e| &e.1)
+        })
+    }
+
+    /// Adds `counter`, above every counter held.
+    fn push(&mut self, counter: u64, value: T) {
+        if let Some(run) = self.runs.last_mut() {
+            if run.last().checked_add(1) == Some(counter) {
+                run.values.push(value);
+                return;
+            }
+        }
+        self.loose.push((counter, value));
+        // The loose tail may have become long enough to be a run.
+        let tail = self.loose.len().saturating_sub(MIN_RUN);
+        let consecutive = self.loose.get(tail..).is_some_and(|t| {
+            t.len() == MIN_RUN
+                && t.windows(2)
+                    .all(|w| w.first().and_then(|e| e.0.checked_add(1)) == w.get(1).map(|e| e.0))
+        });
+        if consecutive {
+            let run = self.loose.split_off(tail);
+            self.settle(run);
+        }
+    }
 }
 
 /// A dot was found live on two elements: only a state from a faulty or hostile replica (one
@@ -55,17 +166,19 @@ impl<T: Clone> DotIndex<T> {
                 .push((dot.counter, value.clone()));
             len += 1;
         }
-        for run in by_replica.values_mut() {
-            run.sort_unstable_by_key(|e| e.0);
-            if run
+        let mut replicas = BTreeMap::new();
+        for (replica, mut pairs) in by_replica {
+            pairs.sort_unstable_by_key(|e| e.0);
+            if pairs
                 .windows(2)
                 .any(|w| w.first().map(|e| e.0) == w.get(1).map(|e| e.0))
             {
                 return Err(DuplicateDot);
             }
+            replicas.insert(replica, Counters::from_sorted(pairs));
         }
         Ok(DotIndex {
-            runs: by_replica,
+            replicas,
             late: BTreeMap::new(),
             len,
             stale: 0,
@@ -74,16 +187,26 @@ impl<T: Clone> DotIndex<T> {
 
     /// Records that `value` holds `dot`, which no element held before.
     pub(crate) fn insert(&mut self, dot: Dot, value: T) -> Result<(), DuplicateDot> {
-        let run = self.runs.entry(dot.replica).or_default();
-        match run.last() {
-            Some(last) if last.0 >= dot.counter => {
-                if run.binary_search_by_key(&dot.counter, |e| e.0).is_ok()
-                    || self.late.insert(dot, value).is_some()
-                {
+        let counters = self
+            .replicas
+            .entry(dot.replica)
+            .or_insert_with(|| Counters {
+                runs: Vec::new(),
+                loose: Vec::new(),
+            });
+        match counters.highest() {
+            Some(highest) if highest >= dot.counter => {
+                if counters.get(dot.counter).is_some() {
                     return Err(DuplicateDot);
                 }
+                match self.late.entry(dot) {
+                    Entry::Occupied(_) => return Err(DuplicateDot),
+                    Entry::Vacant(slot) => {
+                        slot.insert(value);
+                    }
+                }
             }
-            _ => run.push((dot.counter, value)),
+            _ => counters.push(dot.counter, value),
         }
         self.len += 1;
         Ok(())
@@ -93,8 +216,9 @@ impl<T: Clone> DotIndex<T> {
 impl<T> DotIndex<T> {
     /// The element recorded for `dot`, if any (it may no longer hold it).
     pub(crate) fn get(&self, dot: Dot) -> Option<&T> {
-        let run = self.runs.get(&dot.replica);
-        run.and_then(|run| run.get(position(run, dot.counter)?).map(|e| &e.1))
+        let counters = self.replicas.get(&dot.replica);
+        counters
+            .and_then(|c| c.get(dot.counter))
             .or_else(|| self.late.get(&dot))
     }
 
@@ -256,6 +380,50 @@ mod tests {
                 proptest::prop_assert_eq!(position(&run, c), expected);
             }
         }
+    }
+
+    proptest::proptest! {
+        /// Built from any dots, then given more in any order, the index finds exactly the dots
+        /// it holds, and refuses exactly the ones it already holds.
+        #[test]
+        fn runs_pairs_and_late_dots_answer_as_a_map(
+            built in proptest::collection::btree_set((0..3u64, 1..80u64), 0..120),
+            added in proptest::collection::vec((0..4u64, 1..100u64), 0..120),
+        ) {
+            let mut model: BTreeMap<Dot, u64> = BTreeMap::new();
+            let values: Vec<(Dot, u64)> = built.iter().map(|&(r, c)| (d(r, c), r * 1000 + c)).collect();
+            let mut index = DotIndex::build(values.iter().map(|(dot, v)| (*dot, v))).unwrap();
+            model.extend(values.iter().copied());
+            for (i, &(r, c)) in added.iter().enumerate() {
+                let refused = index.insert(d(r, c), i as u64).is_err();
+                proptest::prop_assert_eq!(refused, model.contains_key(&d(r, c)));
+                model.entry(d(r, c)).or_insert(i as u64);
+            }
+            for r in 0..4 {
+                for c in 0..=101 {
+                    let expected = model.get(&d(r, c));
+                    proptest::prop_assert_eq!(index.get(d(r, c)), expected, "{:?}", d(r, c));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn consecutive_counters_are_kept_as_runs() {
+        let values: Vec<u64> = (0..100).collect();
+        let index = DotIndex::build(values.iter().map(|v| (d(1, v + 1), v))).unwrap();
+        let counters = index.replicas.get(&ReplicaId::new(1)).unwrap();
+        assert_eq!((counters.runs.len(), counters.loose.len()), (1, 0));
+        let mut index = DotIndex::build([(d(1, 1), &0u64), (d(1, 3), &1)].into_iter()).unwrap();
+        for c in 4..=7 {
+            index.insert(d(1, c), c).unwrap();
+        }
+        let counters = index.replicas.get(&ReplicaId::new(1)).unwrap();
+        // 3 to 7 became a run once four were consecutive; 1 stays a pair.
+        assert_eq!((counters.runs.len(), counters.loose.len()), (1, 1));
+        assert_eq!(index.get(d(1, 5)), Some(&5));
+        assert_eq!(index.get(d(1, 3)), Some(&1));
+        assert_eq!(index.get(d(1, 2)), None);
     }
 
     #[test]

@@ -52,6 +52,7 @@ pub mod codec;
 mod dot;
 mod dot_index;
 mod dots;
+mod dotted;
 mod gcounter;
 mod hlc;
 mod lww;

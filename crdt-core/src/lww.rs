@@ -1,5 +1,6 @@
 //! The last-writer-wins register.
 
+use alloc::boxed::Box;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::{Crdt, HlcTimestamp, ReplicaId, Reset};
@@ -51,8 +52,9 @@ impl Stamp {
 pub struct LwwRegister<T> {
     /// The winning write; always stamped above `floor`.
     current: Option<(Stamp, T)>,
-    /// The latest stamp a reset observed.
-    floor: Option<Stamp>,
+    /// The latest stamp a reset observed. Boxed because it is rare (only after a reset): the
+    /// register stays 48 bytes for a `u64` value instead of 72, so a merge walks fewer cache lines.
+    floor: Option<Box<Stamp>>,
 }
 
 impl<T> Default for LwwRegister<T> {
@@ -84,8 +86,8 @@ impl<T: Ord + Clone> LwwRegister<T> {
 
     fn merge_ref(&mut self, other: &Self) {
         // Floors are rare (only after a reset): tested first, handled out of line.
-        if other.floor.is_some() {
-            self.raise_floor(other.floor);
+        if let Some(floor) = &other.floor {
+            self.raise_floor(**floor);
         }
         if let Some((stamp, value)) = &other.current {
             let newer = match &self.current {
@@ -94,7 +96,7 @@ impl<T: Ord + Clone> LwwRegister<T> {
                     let (theirs, ours) = (stamp.key(), ours.key());
                     theirs > ours || (theirs == ours && value > our_value)
                 }
-                None => Some(*stamp) > self.floor,
+                None => Some(*stamp) > self.floor(),
             };
             if newer {
                 self.current = Some((*stamp, value.clone()));
@@ -103,10 +105,10 @@ impl<T: Ord + Clone> LwwRegister<T> {
     }
 
     #[cold]
-    fn raise_floor(&mut self, floor: Option<Stamp>) {
-        if floor > self.floor {
-            self.floor = floor;
-            if self.current.as_ref().is_some_and(|c| Some(c.0) <= floor) {
+    fn raise_floor(&mut self, floor: Stamp) {
+        if Some(floor) > self.floor() {
+            self.floor = Some(Box::new(floor));
+            if self.current.as_ref().is_some_and(|c| c.0 <= floor) {
                 self.current = None;
             }
         }
@@ -126,23 +128,25 @@ impl<T> LwwRegister<T> {
 
     /// The latest stamp a reset observed: writes at or below it stay hidden.
     pub fn floor(&self) -> Option<Stamp> {
-        self.floor
+        self.floor.as_deref().copied()
     }
 
     /// The latest stamp this state holds, of its value or its floor.
     pub fn latest(&self) -> Option<Stamp> {
-        self.stamp().max(self.floor)
+        self.stamp().max(self.floor())
     }
 }
 
 impl<T: Ord + Clone + core::fmt::Debug> Reset for LwwRegister<T> {
     fn reset(&mut self) -> Self {
         if let Some((stamp, _)) = self.current.take() {
-            self.floor = self.floor.max(Some(stamp));
+            if Some(stamp) > self.floor() {
+                self.floor = Some(Box::new(stamp));
+            }
         }
         LwwRegister {
             current: None,
-            floor: self.floor,
+            floor: self.floor.clone(),
         }
     }
 }
@@ -153,10 +157,14 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for LwwRegister<T> {
         #[serde(rename = "LwwRegister", bound = "T: Deserialize<'de>")]
         struct Raw<T> {
             current: Option<(Stamp, T)>,
-            floor: Option<Stamp>,
+            floor: Option<Box<Stamp>>,
         }
         let raw = Raw::<T>::deserialize(de)?;
-        if raw.current.as_ref().is_some_and(|c| Some(c.0) <= raw.floor) {
+        if raw
+            .current
+            .as_ref()
+            .is_some_and(|c| Some(&c.0) <= raw.floor.as_deref())
+        {
             return Err(serde::de::Error::custom(
                 "a value stamped at or below the floor",
             ));

@@ -1,11 +1,10 @@
 //! The observed-remove map of nested CRDTs.
 
 use alloc::collections::BTreeMap;
-use serde::ser::SerializeStruct;
+use alloc::vec::Vec;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::orset::{ascending_entries, Entries};
-use alloc::vec::Vec;
+use crate::dotted;
 
 use crate::{Crdt, Decompose, OrSet, ReplicaId, Reset};
 
@@ -238,38 +237,43 @@ impl<K: Ord + Clone + core::fmt::Debug, V: Crdt> Decompose for OrMap<K, V> {
     }
 }
 
-impl<K: Serialize, V: Serialize> Serialize for OrMap<K, V> {
+impl<K: Serialize + Ord, V: Serialize> Serialize for OrMap<K, V> {
+    /// Each key once, with its dots in the key set (none if it is not present) and its value.
     fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
-        let mut s = ser.serialize_struct("OrMap", 2)?;
-        s.serialize_field("keys", &self.keys)?;
-        s.serialize_field("values", &Entries(&self.values))?;
-        s.end()
+        let entries = || {
+            let mut keys = self.keys.dotted_entries().iter().peekable();
+            self.values.iter().map(move |(key, value)| {
+                // Every present key has a value, so this skips nothing.
+                while keys.next_if(|(k, _)| *k < key).is_some() {}
+                let dots = keys.next_if(|(k, _)| *k == key).map(|(_, dots)| dots);
+                (key, dots, Some(value))
+            })
+        };
+        dotted::serialize(ser, self.keys.context(), self.values.len(), true, entries)
     }
 }
 
 impl<'de, K, V> Deserialize<'de> for OrMap<K, V>
 where
-    K: Deserialize<'de> + Ord,
+    K: Deserialize<'de> + Ord + Clone,
     V: Deserialize<'de>,
 {
     fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(
-            rename = "OrMap",
-            bound = "K: Deserialize<'de> + Ord, V: Deserialize<'de>"
-        )]
-        struct Raw<K, V> {
-            keys: OrSet<K>,
-            #[serde(deserialize_with = "ascending_entries")]
-            values: BTreeMap<K, V>,
-        }
-        let raw = Raw::<K, V>::deserialize(de)?;
-        if !raw.keys.iter().all(|k| raw.values.contains_key(k)) {
-            return Err(serde::de::Error::custom("a present key without a value"));
+        let (ctx, entries) = dotted::deserialize::<D, K, V>(de, true)?;
+        let mut keys = Vec::new();
+        let mut values = Vec::with_capacity(entries.len());
+        for (key, dots, value) in entries {
+            if let Some(dots) = dots {
+                keys.push((key.clone(), dots));
+            }
+            // Always there: the decoder reads a value for every entry of a map.
+            if let Some(value) = value {
+                values.push((key, value));
+            }
         }
         Ok(OrMap {
-            keys: raw.keys,
-            values: raw.values,
+            keys: OrSet::from_decoded(keys.into_iter().collect(), ctx),
+            values: values.into_iter().collect(),
         })
     }
 }

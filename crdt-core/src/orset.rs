@@ -3,12 +3,11 @@
 use alloc::collections::btree_map::Entry;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
-use serde::ser::SerializeStruct;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::codec::deserialize_ascending;
 use crate::dot_index::{DotIndex, Index};
 use crate::dots::Dots;
+use crate::dotted;
 use crate::{CausalContext, Crdt, Decompose, Dot, ReplicaId};
 use alloc::boxed::Box;
 
@@ -461,55 +460,36 @@ impl<T: Ord + Clone> FromIterator<(ReplicaId, T)> for OrSet<T> {
 
 impl<T: Serialize> Serialize for OrSet<T> {
     fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
-        // The context's cloud is written without the dots the elements carry: a delta's add
-        // would otherwise hold its dot twice.
-        let carried = self
-            .ctx
-            .in_cloud(self.entries.values().flat_map(Dots::iter));
-        let mut s = ser.serialize_struct("OrSet", 2)?;
-        s.serialize_field("ctx", &self.ctx.without(&carried))?;
-        s.serialize_field("entries", &Entries(&self.entries))?;
-        s.end()
+        let entries = || {
+            self.entries
+                .iter()
+                .map(|(value, dots)| (value, Some(dots), None::<&()>))
+        };
+        dotted::serialize(ser, &self.ctx, self.entries.len(), false, entries)
     }
-}
-
-/// A sorted map written as a sequence of pairs, the form decoders check for order.
-pub(crate) struct Entries<'a, K, V>(pub(crate) &'a BTreeMap<K, V>);
-
-impl<K: Serialize, V: Serialize> Serialize for Entries<'_, K, V> {
-    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
-        ser.collect_seq(self.0.iter())
-    }
-}
-
-/// Reads what [`Entries`] writes, rejecting keys out of order.
-pub(crate) fn ascending_entries<'de, D, K, V>(de: D) -> Result<BTreeMap<K, V>, D::Error>
-where
-    D: Deserializer<'de>,
-    K: Deserialize<'de> + Ord,
-    V: Deserialize<'de>,
-{
-    let pairs: Vec<(K, V)> = deserialize_ascending(de, |e: &(K, V)| &e.0)?;
-    Ok(pairs.into_iter().collect())
 }
 
 impl<'de, T: Deserialize<'de> + Ord> Deserialize<'de> for OrSet<T> {
     fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(rename = "OrSet", bound = "T: Deserialize<'de> + Ord")]
-        struct Raw<T> {
-            ctx: CausalContext,
-            #[serde(deserialize_with = "ascending_entries")]
-            entries: BTreeMap<T, Dots>,
-        }
-        let mut raw = Raw::<T>::deserialize(de)?;
-        // The live dots beyond the vector are in the context's cloud, though not written there.
-        raw.ctx
-            .add_carried(raw.entries.values().flat_map(Dots::iter))
-            .map_err(|()| {
-                serde::de::Error::custom("a cloud dot written beside the element carrying it")
-            })?;
-        Ok(OrSet::from_parts(raw.entries, raw.ctx))
+        let (ctx, entries) = dotted::deserialize::<D, T, ()>(de, false)?;
+        // Every element has its dots: the decoder refuses one without.
+        let entries = entries
+            .into_iter()
+            .filter_map(|(value, dots, _)| Some((value, dots?)))
+            .collect();
+        Ok(OrSet::from_parts(entries, ctx))
+    }
+}
+
+impl<T> OrSet<T> {
+    /// The elements and their dots, for the map that keeps its keys in a set.
+    pub(crate) fn dotted_entries(&self) -> &BTreeMap<T, Dots> {
+        &self.entries
+    }
+
+    /// A set decoded by its map: elements ascending, the context compact and holding their dots.
+    pub(crate) fn from_decoded(entries: BTreeMap<T, Dots>, ctx: CausalContext) -> Self {
+        OrSet::from_parts(entries, ctx)
     }
 }
 

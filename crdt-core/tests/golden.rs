@@ -197,44 +197,71 @@ fn decode_errors_are_typed() {
         Err(DecodeError::UnsupportedVersion(9))
     );
     assert_eq!(
-        codec::decode::<GCounter>(&[3, 1, 1]),
+        codec::decode::<GCounter>(&[4, 1, 1]),
         Err(DecodeError::Truncated)
     );
     assert_eq!(
-        codec::decode::<GCounter>(&[3, 0, 0, 0]),
+        codec::decode::<GCounter>(&[4, 0, 0, 0]),
         Err(DecodeError::TrailingBytes(1))
     );
     // Replicas out of order, a zero count, a dot counter of 0.
     assert_eq!(
-        codec::decode::<GCounter>(&[3, 2, 2, 1, 1, 1, 0]),
+        codec::decode::<GCounter>(&[4, 2, 2, 1, 1, 1, 0]),
         Err(DecodeError::Malformed)
     );
     assert_eq!(
-        codec::decode::<GCounter>(&[3, 1, 1, 0, 0]),
+        codec::decode::<GCounter>(&[4, 1, 1, 0, 0]),
         Err(DecodeError::Malformed)
     );
     assert_eq!(
-        codec::decode::<CausalContext>(&[3, 0, 1, 1, 0]),
+        codec::decode::<CausalContext>(&[4, 0, 1, 1, 0]),
         Err(DecodeError::Malformed)
     );
-    // An OR-Set element's dot beyond the gap also written in the context's cloud (format 2's
-    // form), and one next to its replica's vector entry (it belongs in the vector).
-    assert_eq!(
-        codec::decode::<OrSet<u8>>(&[3, 0, 1, 1, 1, 2, 1, 7, 1, 1, 2]),
-        Err(DecodeError::Malformed)
-    );
-    let carried = [3, 0, 0, 1, 7, 1, 1, 2];
+    // One element, 7, with the dot 1.2 beyond a gap: the shape (one entry, no context, one dot
+    // each), the element, the dot. The context's cloud holds 1.2 once decoded.
+    let carried = [4, 4, 7, 1, 2];
     let set = codec::decode::<OrSet<u8>>(&carried).unwrap();
     assert!(set.contains(&7) && set.context().contains(Dot::new(r(1), 2)));
     assert_eq!(set.context().cloud_len(), 1);
     assert_eq!(codec::encode(&set), carried);
+    // Not canonical: the carried dot also written in the cloud (format 3's form); a dot next to
+    // its replica's vector entry (it belongs in the vector); a context written though empty;
+    // dot lists where every element has one dot; an element with an empty list; a repeated
+    // element.
+    for bytes in [
+        &[4, 6, 0, 1, 1, 1, 2, 7, 1, 2][..],
+        &[4, 4, 7, 1, 1],
+        &[4, 6, 0, 0, 7, 1, 2],
+        &[4, 5, 7, 1, 1, 2],
+        &[4, 5, 7, 0],
+        &[4, 8, 7, 1, 2, 7, 1, 3],
+    ] {
+        assert_eq!(
+            codec::decode::<OrSet<u8>>(bytes),
+            Err(DecodeError::Malformed),
+            "{bytes:?}"
+        );
+    }
+    // An entry count far beyond the input ends the input, having allocated nothing for it.
     assert_eq!(
-        codec::decode::<OrSet<u8>>(&[3, 0, 0, 1, 7, 1, 1, 1]),
+        codec::decode::<OrSet<u8>>(&[
+            4, 0xfc, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, 7, 1, 2
+        ]),
+        Err(DecodeError::Truncated)
+    );
+    // A map key present with one dot, written as a list: not canonical. The same key written
+    // as the shape says (one dot each) decodes, and so does a key that is not present.
+    assert_eq!(
+        codec::decode::<OrMap<u8, GCounter>>(&[4, 5, 1, 1, 1, 2, 0, 0]),
         Err(DecodeError::Malformed)
     );
+    let present = codec::decode::<OrMap<u8, GCounter>>(&[4, 4, 1, 1, 2, 0, 0]).unwrap();
+    assert!(present.contains_key(&1));
+    let hidden = codec::decode::<OrMap<u8, GCounter>>(&[4, 5, 1, 0, 0, 0]).unwrap();
+    assert!(!hidden.contains_key(&1) && hidden.value_kept(&1).is_some());
     // A register value stamped at its own floor.
     assert_eq!(
-        codec::decode::<LwwRegister<u8>>(&[3, 1, 5, 0, 1, 7, 1, 5, 0, 1]),
+        codec::decode::<LwwRegister<u8>>(&[4, 1, 5, 0, 1, 7, 1, 5, 0, 1]),
         Err(DecodeError::Malformed)
     );
 }

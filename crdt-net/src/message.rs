@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Object, ProtocolError};
 
 /// The protocol version this build speaks: the first byte of every message.
-pub const PROTOCOL_VERSION: u8 = 4;
+pub const PROTOCOL_VERSION: u8 = 5;
 
 /// One protocol message between two replicas.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]

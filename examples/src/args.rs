@@ -11,7 +11,7 @@ use crate::request::{Level, Request, Wait};
 /// The version, with the wire formats it speaks (checked against the libraries by a test).
 pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
-    " (wire protocol 4, encoding format 3)"
+    " (wire protocol 5, encoding format 4)"
 );
 
 /// The command line.

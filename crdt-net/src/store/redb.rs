@@ -5,7 +5,7 @@
 //!
 //! | table | key | payload |
 //! | --- | --- | --- |
-//! | `meta` | `"format"` | the store format, 1 |
+//! | `meta` | `"format"` | the store format, 4 |
 //! | `meta` | `"seen"` | the replica's causal context (its own entry is the dot counter) |
 //! | `objects` | object key | the object as of its last compaction |
 //! | `deltas` | (object key, sequence) | what was merged into the object since, in order |
@@ -32,7 +32,7 @@ const OBJECTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("objects"
 const DELTAS: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("deltas");
 const TOUCHED: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("touched");
 
-const FORMAT: u8 = 3;
+const FORMAT: u8 = 4;
 /// A key's deltas are folded into one record once they pass this many bytes or the size of
 /// that record, whichever is larger.
 const COMPACT_MIN_BYTES: u64 = 4096;
@@ -140,6 +140,20 @@ impl RedbStore {
     }
 
     fn load(&mut self) -> Result<Durable, StoreError> {
+        // As in `open_file`: redb asserts on some damage inside its pages (a B-tree node
+        // overwritten with garbage) instead of returning an error. That too is a damaged file.
+        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.load_records()));
+        loaded.unwrap_or_else(|_| {
+            self.sizes.clear();
+            self.next_sequence = 0;
+            Err(corrupt(
+                &self.path,
+                "the file is damaged (the database engine failed reading it)".into(),
+            ))
+        })
+    }
+
+    fn load_records(&mut self) -> Result<Durable, StoreError> {
         let path = self.path.clone();
         let txn = self.db()?.begin_read().map_err(io(&path))?;
         let mut durable = Durable::default();
