@@ -20,6 +20,7 @@
 //! | module | what |
 //! | --- | --- |
 //! | `replica` | [`Replica`], [`Config`], [`Durable`] (what a store keeps), events and stats; `replica::validate`, the checks every message passes first |
+//! | `cluster` | [`cluster::Cluster`]: partial replication, one replica per partition of a consistent-hash ring, forwarding, sloppy quorums, handoff |
 //! | `message` | [`Message`] and its versioned encoding |
 //! | `object` | [`Object`] (one enum over the crdt-core types) and [`Op`] |
 //! | `log` | the bounded delta buffer |
@@ -33,6 +34,7 @@
     warn(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
+pub mod cluster;
 mod error;
 // A local HTTP API for a node (its docs are in the module; see `docs/http-api.md`).
 #[cfg(feature = "http")]

@@ -189,31 +189,41 @@ pub struct PeerInfo {
 impl Message {
     /// The protocol version byte followed by the postcard encoding.
     pub fn encode(&self) -> Vec<u8> {
-        let out = vec![PROTOCOL_VERSION];
-        // Messages hold only types postcard can always write into a vector.
-        match postcard::to_extend(self, out) {
-            Ok(bytes) => bytes,
-            Err(_) => vec![PROTOCOL_VERSION],
-        }
+        encode_versioned(PROTOCOL_VERSION, self)
     }
 
     /// Decodes a message of at most `max_len` bytes.
     pub fn decode(bytes: &[u8], max_len: usize) -> Result<Message, ProtocolError> {
-        if bytes.len() > max_len {
-            return Err(ProtocolError::TooLarge {
-                len: bytes.len(),
-                max: max_len,
-            });
-        }
-        let (&version, body) = bytes.split_first().ok_or(ProtocolError::Empty)?;
-        if version != PROTOCOL_VERSION {
-            return Err(ProtocolError::UnsupportedVersion(version));
-        }
-        let (message, rest) =
-            postcard::take_from_bytes(body).map_err(|_| ProtocolError::Malformed)?;
-        if !rest.is_empty() {
-            return Err(ProtocolError::Malformed);
-        }
-        Ok(message)
+        decode_versioned(PROTOCOL_VERSION, bytes, max_len)
     }
+}
+
+/// `version` followed by the postcard encoding of `message`.
+pub(crate) fn encode_versioned(version: u8, message: &impl Serialize) -> Vec<u8> {
+    // Messages hold only types postcard can always write into a vector.
+    postcard::to_extend(message, vec![version]).unwrap_or_else(|_| vec![version])
+}
+
+/// Decodes a message of at most `max_len` bytes that starts with `version` and holds nothing
+/// after its postcard encoding.
+pub(crate) fn decode_versioned<T: serde::de::DeserializeOwned>(
+    version: u8,
+    bytes: &[u8],
+    max_len: usize,
+) -> Result<T, ProtocolError> {
+    if bytes.len() > max_len {
+        return Err(ProtocolError::TooLarge {
+            len: bytes.len(),
+            max: max_len,
+        });
+    }
+    let (&found, body) = bytes.split_first().ok_or(ProtocolError::Empty)?;
+    if found != version {
+        return Err(ProtocolError::UnsupportedVersion(found));
+    }
+    let (message, rest) = postcard::take_from_bytes(body).map_err(|_| ProtocolError::Malformed)?;
+    if !rest.is_empty() {
+        return Err(ProtocolError::Malformed);
+    }
+    Ok(message)
 }

@@ -101,7 +101,11 @@ impl Drop for Nesting {
 }
 
 /// An operation on an [`Object`]; [`Object::apply`] turns it into a delta.
-#[derive(Clone, PartialEq, Eq, Debug)]
+///
+/// It is encoded (a write forwarded to a key's replicas, see [`cluster`](crate::cluster)) as
+/// serde's derive lays it out; decoding refuses an operation nested deeper than
+/// [`MAX_DEPTH`], as for objects.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize)]
 #[non_exhaustive]
 pub enum Op {
     /// Add to a grow-only counter.
@@ -121,6 +125,40 @@ pub enum Op {
     /// Apply an operation to the value of a map key.
     Update(Vec<u8>, Box<Op>),
     /// Remove a map key, resetting its value (see [`OrMap`]).
+    Delete(Vec<u8>),
+}
+
+impl<'de> Deserialize<'de> for Op {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        let _level = Nesting::enter()
+            .ok_or_else(|| D::Error::custom("operations nested deeper than MAX_DEPTH"))?;
+        Ok(match OpRepr::deserialize(de)? {
+            OpRepr::Inc(n) => Op::Inc(n),
+            OpRepr::PnInc(n) => Op::PnInc(n),
+            OpRepr::PnDec(n) => Op::PnDec(n),
+            OpRepr::Add(v) => Op::Add(v),
+            OpRepr::Remove(v) => Op::Remove(v),
+            OpRepr::Lww(stamp, v) => Op::Lww(stamp, v),
+            OpRepr::Mv(v) => Op::Mv(v),
+            OpRepr::Update(key, inner) => Op::Update(key, inner),
+            OpRepr::Delete(key) => Op::Delete(key),
+        })
+    }
+}
+
+/// `Op`'s layout for serde's derive; a nested operation goes through `Op`'s own
+/// (depth-counting) `Deserialize`.
+#[derive(Deserialize)]
+#[serde(rename = "Op")]
+enum OpRepr {
+    Inc(u64),
+    PnInc(u64),
+    PnDec(u64),
+    Add(Vec<u8>),
+    Remove(Vec<u8>),
+    Lww(HlcTimestamp, Vec<u8>),
+    Mv(Vec<u8>),
+    Update(Vec<u8>, Box<Op>),
     Delete(Vec<u8>),
 }
 

@@ -49,6 +49,15 @@ impl Replica {
             .map(|(id, _)| *id)
     }
 
+    /// Whether `peer` is known to hold every update this replica has seen (its digests or
+    /// acknowledgements cover this replica's whole context): a copy kept here for it is then
+    /// redundant. The estimate errs low, never high.
+    pub fn peer_has_all(&self, peer: ReplicaId) -> bool {
+        self.peers
+            .get(&peer)
+            .is_some_and(|p| p.known.includes(&self.durable.seen))
+    }
+
     /// The peers this replica knows, with liveness and lag.
     pub fn peers(&self) -> impl Iterator<Item = PeerStatus> + '_ {
         self.peers.values().map(|p| PeerStatus {

@@ -21,14 +21,17 @@
 //! assert_eq!(sim.replica(2).and_then(|r| r.get("visits")).map(|o| o.to_string()), Some("3".into()));
 //! ```
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+pub mod cluster;
+mod network;
+
+use std::collections::BTreeMap;
 
 use crdt_core::{Crdt, ReplicaId};
 
 use crate::replica::{Config, Durable, Millis, Replica};
 use crate::store::MemStore;
 use crate::{Object, Op};
+use network::{InFlight, Network};
 
 /// The shape of a simulated network. [`SimConfig::new`] gives a perfect one.
 #[derive(Clone, Debug)]
@@ -166,13 +169,7 @@ pub struct Sim {
     nodes: Vec<Node>,
     /// Replica id to node index.
     index: BTreeMap<ReplicaId, usize>,
-    queue: BinaryHeap<Reverse<InFlight>>,
-    /// Bytes in `queue` per link (from, to).
-    in_flight: BTreeMap<(usize, usize), usize>,
-    sequence: u64,
-    rng: fastrand::Rng,
-    /// Partition group of each node; messages cross only within a group.
-    groups: Vec<u32>,
+    network: Network,
     /// Every acknowledged delta, folded per key: the state every replica must reach.
     truth: BTreeMap<String, Object>,
     stats: SimStats,
@@ -188,15 +185,6 @@ struct Node {
     /// Since when the replica has had uncommitted changes.
     dirty_since: Option<Millis>,
     restarts: u64,
-}
-
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct InFlight {
-    at: Millis,
-    sequence: u64,
-    from: usize,
-    to: usize,
-    payload: Vec<u8>,
 }
 
 impl Sim {
@@ -226,12 +214,14 @@ impl Sim {
         let index = (0..config.replicas).map(|i| (config.id(i), i)).collect();
         Sim {
             index,
-            rng: fastrand::Rng::with_seed(config.seed),
-            groups: vec![0; config.replicas],
+            network: Network::new(
+                config.seed,
+                config.replicas,
+                config.loss,
+                config.duplicate,
+                config.delay,
+            ),
             nodes,
-            queue: BinaryHeap::new(),
-            in_flight: BTreeMap::new(),
-            sequence: 0,
             now: 0,
             truth,
             stats: SimStats::default(),
@@ -290,14 +280,12 @@ impl Sim {
 
     /// Splits the network: replica `i` can reach replica `j` only if `groups[i] == groups[j]`.
     pub fn partition(&mut self, groups: &[u32]) {
-        for (slot, &g) in self.groups.iter_mut().zip(groups) {
-            *slot = g;
-        }
+        self.network.partition(groups);
     }
 
     /// Joins all partitions.
     pub fn heal(&mut self) {
-        self.groups.iter_mut().for_each(|g| *g = 0);
+        self.network.heal();
     }
 
     /// Crashes replica `index`: everything it had not committed is lost.
@@ -382,7 +370,7 @@ impl Sim {
 
     /// Handles the next event no later than `until`; false once there is none.
     fn step(&mut self, until: Millis) -> bool {
-        let next_message = self.queue.peek().map(|m| m.0.at);
+        let next_message = self.network.next_at();
         let latency = self.config.commit_latency;
         let next_timer = self
             .nodes
@@ -409,11 +397,8 @@ impl Sim {
             return false;
         }
         self.now = self.now.max(next);
-        while self.queue.peek().is_some_and(|m| m.0.at <= self.now) {
-            let Some(Reverse(m)) = self.queue.pop() else {
-                break;
-            };
-            self.deliver(m);
+        while let Some((m, reachable)) = self.network.pop_due(self.now) {
+            self.deliver(m, reachable);
         }
         let now = self.now;
         for node in &mut self.nodes {
@@ -429,11 +414,7 @@ impl Sim {
         true
     }
 
-    fn deliver(&mut self, m: InFlight) {
-        if let Some(bytes) = self.in_flight.get_mut(&(m.from, m.to)) {
-            *bytes = bytes.saturating_sub(m.payload.len());
-        }
-        let reachable = self.groups.get(m.from) == self.groups.get(m.to);
+    fn deliver(&mut self, m: InFlight, reachable: bool) {
         let now = self.now;
         let from_id = self.config.id(m.from);
         let Some(replica) = self.nodes.get_mut(m.to).and_then(|n| n.replica.as_mut()) else {
@@ -496,7 +477,7 @@ impl Sim {
         let pending: Vec<ReplicaId> = replica.transfers_pending().collect();
         for peer in pending {
             let to = self.index.get(&peer).copied().unwrap_or(usize::MAX);
-            let busy = self.in_flight.get(&(from, to)).copied().unwrap_or(0);
+            let busy = self.network.busy(from, to);
             replica.set_credit(peer, self.config.send_window.saturating_sub(busy));
         }
     }
@@ -512,31 +493,8 @@ impl Sim {
         let Some(&to) = self.index.get(&to) else {
             return;
         };
-        if self.rng.f64() < self.config.loss {
-            self.stats.dropped += 1;
-            return;
-        }
-        let copies = if self.rng.f64() < self.config.duplicate {
-            self.stats.duplicated += 1;
-            2
-        } else {
-            1
-        };
-        for _ in 0..copies {
-            let (lo, hi) = self.config.delay;
-            let at = self.now + self.rng.u64(lo..=hi.max(lo));
-            self.sequence += 1;
-            let busy = self.in_flight.entry((from, to)).or_default();
-            *busy += payload.len();
-            self.stats.peak_in_flight = self.stats.peak_in_flight.max(*busy as u64);
-            self.queue.push(Reverse(InFlight {
-                at,
-                sequence: self.sequence,
-                from,
-                to,
-                payload: payload.clone(),
-            }));
-        }
+        self.network
+            .send(self.now, from, to, payload, &mut self.stats);
     }
 }
 

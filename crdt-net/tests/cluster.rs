@@ -1,0 +1,210 @@
+//! Partial replication in the deterministic simulator: keys live on their `N` replicas, writes
+//! from any node reach them, a write made while a replica is down is held by a fallback and
+//! handed over on its return, and the acknowledgement and read levels hold per key.
+
+use crdt_core::ReplicaId;
+use crdt_net::cluster::RequestError;
+use crdt_net::sim::cluster::{ClusterSim, ClusterSimConfig, Outcome};
+use crdt_net::{Object, Op};
+
+/// A cluster of `nodes` nodes whose member set has converged.
+fn settled(nodes: usize, seed: u64) -> ClusterSim {
+    let mut sim = ClusterSim::new(ClusterSimConfig {
+        nodes,
+        ..ClusterSimConfig::new(seed)
+    });
+    let converged = sim.run_until(30_000, |s| {
+        (0..s.len()).all(|i| s.cluster(i).is_some_and(|c| c.members().count() == nodes))
+    });
+    assert!(
+        converged.is_some(),
+        "seed {seed}: member set did not converge"
+    );
+    sim
+}
+
+/// Runs until request `id` at node `at` has an outcome, and returns it.
+fn finish(sim: &mut ClusterSim, at: usize, id: u64) -> Outcome {
+    sim.run_until(10_000, |s| s.outcome(at, id).is_some());
+    sim.outcome(at, id)
+        .cloned()
+        .unwrap_or_else(|| panic!("request {id} at node {at} never finished"))
+}
+
+/// The indices of the nodes that own `key`'s partition, as node `view` sees the ring.
+fn owners(sim: &ClusterSim, view: usize, key: &str) -> Vec<usize> {
+    let cluster = sim.cluster(view).expect("node up");
+    let p = cluster.partition_of(key);
+    cluster
+        .owners(p)
+        .iter()
+        .filter_map(|id| sim.index_of(*id))
+        .collect()
+}
+
+fn shown(sim: &ClusterSim, node: usize, key: &str) -> Option<String> {
+    sim.cluster(node)?.get(key).map(Object::to_string)
+}
+
+#[test]
+fn each_key_ends_on_exactly_its_three_replicas() {
+    let mut sim = settled(5, 11);
+    let keys: Vec<String> = (0..60).map(|i| format!("user:{i}")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        let at = i % 5;
+        let id = sim.write(at, key, &Op::Inc(1), 1).expect("accepted");
+        assert!(matches!(finish(&mut sim, at, id), Outcome::Written(Ok(_))));
+    }
+    sim.run_for(5_000);
+    for key in &keys {
+        let holders = owners(&sim, 0, key);
+        assert_eq!(holders.len(), 3);
+        for node in 0..5 {
+            let held = shown(&sim, node, key);
+            if holders.contains(&node) {
+                assert_eq!(held.as_deref(), Some("1"), "{key} missing at owner {node}");
+            } else {
+                assert_eq!(held, None, "{key} still at non-owner {node}");
+            }
+        }
+    }
+    // A node holds only the partitions it owns: the forwarded writes left nothing behind.
+    for node in 0..5 {
+        let cluster = sim.cluster(node).expect("up");
+        for (p, _) in cluster.hosted() {
+            let id = sim.id(node).expect("node");
+            assert!(
+                cluster.owners(p).contains(&id),
+                "node {node} hosts partition {p}"
+            );
+        }
+    }
+    assert_eq!(sim.stats().protocol_errors, 0);
+}
+
+#[test]
+fn a_write_made_while_a_replica_is_down_reaches_it_after_restart() {
+    let mut sim = settled(5, 12);
+    let key = "feature:7";
+    let replicas = owners(&sim, 0, key);
+    let (down, writer) = (
+        replicas[0],
+        (0..5).find(|n| !replicas.contains(n)).expect("one"),
+    );
+    sim.crash(down);
+    // Long enough for the others to mark it down: the write's targets take a fallback.
+    sim.run_for(1_000);
+    let id = sim.write(writer, key, &Op::Inc(5), 3).expect("accepted");
+    assert_eq!(finish(&mut sim, writer, id), Outcome::Written(Ok(3)));
+    let p = sim.cluster(writer).expect("up").partition_of(key);
+    let fallbacks: Vec<usize> = (0..5)
+        .filter(|n| !replicas.contains(n) && shown(&sim, *n, key).is_some())
+        .collect();
+    assert_eq!(
+        fallbacks.len(),
+        1,
+        "one fallback holds the write for the node down"
+    );
+    // The other owners go down too: the returning replica can get the write only from the
+    // fallback, which must not drop it before every owner holds it.
+    let others: Vec<usize> = replicas.iter().copied().filter(|&n| n != down).collect();
+    for &n in &others {
+        sim.crash(n);
+    }
+    sim.restart(down);
+    let reached = sim.run_until(20_000, |s| shown(s, down, key).as_deref() == Some("5"));
+    assert!(
+        reached.is_some(),
+        "the fallback handed the write to the returning replica"
+    );
+    sim.run_for(2_000);
+    for &f in &fallbacks {
+        let cluster = sim.cluster(f).expect("up");
+        assert!(
+            cluster.hosted().any(|(q, _)| q == p),
+            "the fallback keeps its copy while two owners are down"
+        );
+    }
+    for &n in &others {
+        sim.restart(n);
+    }
+    let dropped = sim.run_until(20_000, |s| {
+        others
+            .iter()
+            .all(|&n| shown(s, n, key).as_deref() == Some("5"))
+            && fallbacks.iter().all(|&f| {
+                s.cluster(f)
+                    .is_some_and(|c| c.hosted().all(|(q, _)| q != p))
+            })
+    });
+    assert!(
+        dropped.is_some(),
+        "every owner holds the write and the fallback dropped its copy"
+    );
+}
+
+#[test]
+fn w2_r2_reads_see_every_acknowledged_write_and_r1_may_not() {
+    let mut sim = settled(5, 13);
+    let key = "vector:1";
+    let replicas = owners(&sim, 0, key);
+    let (writer, reader) = (replicas[0], replicas[1]);
+    let mut stale = 0;
+    for round in 1..=20u64 {
+        let stamp = crdt_core::HlcTimestamp::new(round * 1_000, 0);
+        let value = round.to_be_bytes().to_vec();
+        let id = sim
+            .write(writer, key, &Op::Lww(stamp, value.clone()), 1)
+            .expect("accepted");
+        assert!(matches!(
+            finish(&mut sim, writer, id),
+            Outcome::Written(Ok(_))
+        ));
+        let read = sim.read(reader, key, 1).expect("accepted");
+        let Outcome::Read(Ok(object)) = finish(&mut sim, reader, read) else {
+            panic!("read failed");
+        };
+        if !matches!(&object, Some(Object::Lww(r)) if r.get() == Some(&value)) {
+            stale += 1;
+        }
+    }
+    eprintln!("W = 1, R = 1: {stale} of 20 reads stale");
+    assert!(
+        stale > 0,
+        "W = 1, R = 1 at another replica right after the write: some read is stale"
+    );
+    for round in 21..=40u64 {
+        let stamp = crdt_core::HlcTimestamp::new(round * 1_000, 0);
+        let value = round.to_be_bytes().to_vec();
+        let id = sim
+            .write(writer, key, &Op::Lww(stamp, value.clone()), 2)
+            .expect("accepted");
+        assert!(matches!(finish(&mut sim, writer, id), Outcome::Written(Ok(n)) if n >= 2));
+        // Read at the third replica, or from a node that is none: R = 2 overlaps W = 2.
+        let at = if round % 2 == 0 {
+            replicas[2]
+        } else {
+            (0..5).find(|n| !replicas.contains(n)).expect("one")
+        };
+        let read = sim.read(at, key, 2).expect("accepted");
+        let Outcome::Read(Ok(Some(Object::Lww(register)))) = finish(&mut sim, at, read) else {
+            panic!("read failed");
+        };
+        assert_eq!(
+            register.get(),
+            Some(&value),
+            "round {round}: R = 2 missed the W = 2 write"
+        );
+    }
+}
+
+#[test]
+fn levels_outside_one_to_n_are_refused() {
+    let mut sim = settled(3, 14);
+    assert_eq!(sim.write(0, "k", &Op::Inc(1), 0), None);
+    assert_eq!(sim.write(0, "k", &Op::Inc(1), 4), None);
+    assert_eq!(sim.read(0, "k", 0), None);
+    let id = sim.write(0, "k", &Op::Inc(1), 3).expect("accepted");
+    assert_eq!(finish(&mut sim, 0, id), Outcome::Written(Ok(3)));
+    let _ = (ReplicaId::new(1), RequestError::Busy);
+}
