@@ -4,7 +4,7 @@
 
 use crdt_core::ReplicaId;
 use crdt_net::cluster::RequestError;
-use crdt_net::sim::cluster::{ClusterSim, ClusterSimConfig, Outcome};
+use crdt_net::sim::cluster::{cluster_chaos, ClusterSim, ClusterSimConfig, Outcome};
 use crdt_net::{Object, Op};
 
 /// A cluster of `nodes` nodes whose member set has converged.
@@ -207,4 +207,115 @@ fn levels_outside_one_to_n_are_refused() {
     let id = sim.write(0, "k", &Op::Inc(1), 3).expect("accepted");
     assert_eq!(finish(&mut sim, 0, id), Outcome::Written(Ok(3)));
     let _ = (ReplicaId::new(1), RequestError::Busy);
+}
+
+/// `CLUSTER_SEEDS=N` runs N seeded schedules instead of 60; `CLUSTER_SEED=S` replays one.
+#[test]
+fn no_acknowledged_write_is_lost_through_crashes_joins_and_leaves() {
+    if let Some(seed) = std::env::var("CLUSTER_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        let report = cluster_chaos(seed).unwrap_or_else(|e| panic!("{e}"));
+        println!("{report:?}");
+        return;
+    }
+    let seeds: u64 = std::env::var("CLUSTER_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let (mut acknowledged, mut slowest) = (0, 0);
+    let mut failures = Vec::new();
+    for seed in 0..seeds {
+        match cluster_chaos(seed) {
+            Ok(report) => {
+                acknowledged += report.acknowledged;
+                slowest = slowest.max(report.settled_after);
+            }
+            Err(e) => failures.push(e),
+        }
+    }
+    println!(
+        "{seeds} schedules, {acknowledged} acknowledged writes, slowest {slowest} ms after heal"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {seeds} schedules failed; first: {}",
+        failures.len(),
+        failures[0]
+    );
+}
+
+/// A fallback that wrote, handed over and dropped a partition, then takes it up again while
+/// an owner is down once more: its new writes must not reuse the dots of its earlier ones
+/// (which would make the two writes cancel out), so it forwards them until it holds its old
+/// writes again.
+#[test]
+fn a_partition_taken_up_again_never_reuses_its_dots() {
+    let mut sim = settled(5, 15);
+    let key = "cart:9";
+    let replicas = owners(&sim, 0, key);
+    let down = replicas[0];
+    let mut written = Vec::new();
+    for round in 0..3u8 {
+        sim.crash(down);
+        let p = sim.cluster(replicas[1]).expect("up").partition_of(key);
+        let down_id = sim.id(down).expect("node");
+        let seen_down = |s: &ClusterSim, n: usize| {
+            s.cluster(n)
+                .is_some_and(|c| !c.targets(p).contains(&down_id))
+        };
+        let noticed = sim.run_until(10_000, |s| (0..5).any(|n| n != down && seen_down(s, n)));
+        assert!(noticed.is_some(), "round {round}: a node noticed the crash");
+        let witness = (0..5)
+            .find(|&n| n != down && seen_down(&sim, n))
+            .expect("one");
+        let fallback = sim
+            .cluster(witness)
+            .expect("up")
+            .targets(p)
+            .into_iter()
+            .filter_map(|id| sim.index_of(id))
+            .find(|n| !replicas.contains(n))
+            .expect("a fallback stands in");
+        // The write is made at the fallback as soon as it takes the dead owner's place, before
+        // gossip brings it the partition.
+        let ready = sim.run_until(10_000, |s| seen_down(s, fallback));
+        assert!(
+            ready.is_some(),
+            "round {round}: the fallback noticed the crash"
+        );
+        // The write is made at the fallback: it applies it itself when it may.
+        let element = vec![b'e', round];
+        let id = sim
+            .write(fallback, key, &Op::Add(element.clone()), 1)
+            .expect("accepted");
+        let outcome = finish(&mut sim, fallback, id);
+        assert!(
+            matches!(outcome, Outcome::Written(Ok(_))),
+            "round {round}: {outcome:?}"
+        );
+        written.push(element);
+        sim.restart(down);
+        let dropped = sim.run_until(20_000, |s| {
+            s.cluster(fallback)
+                .is_some_and(|c| c.hosted().all(|(q, _)| q != p))
+        });
+        assert!(
+            dropped.is_some(),
+            "round {round}: the fallback handed the partition over"
+        );
+    }
+    sim.run_for(3_000);
+    for &owner in &replicas {
+        let Some(Object::Set(set)) = sim.cluster(owner).and_then(|c| c.get(key)) else {
+            panic!("owner {owner} lacks {key}");
+        };
+        for element in &written {
+            assert!(
+                set.contains(element),
+                "owner {owner} lost {element:?}: {set:?}"
+            );
+        }
+    }
 }

@@ -277,13 +277,15 @@ impl Cluster {
         Cluster::restore(config, BTreeMap::new())
     }
 
-    /// A node resumed from what its partitions persisted (those in `states`); it joins the
-    /// member set unless it is already there.
+    /// A node resumed from what its partitions persisted (those in `states`). A node that
+    /// never committed its system partition joins the member set; one that did keeps its
+    /// standing (a node that left stays out until [`join`](Cluster::join)).
     pub fn restore(config: ClusterConfig, mut states: BTreeMap<PartitionId, Durable>) -> Self {
         let mut config = config;
         config.partition_bits = config.partition_bits.min(MAX_PARTITION_BITS);
         config.replicas = config.replicas.max(1);
         let system_durable = states.remove(&PartitionId::System).unwrap_or_default();
+        let fresh = system_durable == Durable::default();
         let mut system_config = config.replica.clone();
         system_config.id = config.id;
         system_config.peers = config
@@ -313,18 +315,26 @@ impl Cluster {
         for (partition, durable) in states {
             if let PartitionId::Keys(p) = partition {
                 if p < node.partition_count() {
-                    let replica = Replica::restore(partition_config(&node.config, p), durable);
+                    let mut replica = Replica::restore(partition_config(&node.config, p), durable);
+                    replica.set_issued_floor(node.issued_floor(p));
                     node.partitions.insert(p, replica);
                 }
             }
         }
-        if !node.member_ids().contains(&node.config.id) {
-            let me = node.config.id.get().to_be_bytes().to_vec();
-            // The member set is a set of 8-byte ids: small, and never refused.
-            let _ = node.system.update(MEMBERS, &Op::Add(me));
+        if fresh {
+            node.join();
         }
         node.reconcile();
         node
+    }
+
+    /// Joins the member set (a new node does so at start): the ring gives this node its share
+    /// of the partitions, which it fills from their holders.
+    pub fn join(&mut self) {
+        let me = self.config.id.get().to_be_bytes().to_vec();
+        // The member set is a set of 8-byte ids: small, and never refused.
+        let _ = self.system.update(MEMBERS, &Op::Add(me));
+        self.reconcile();
     }
 
     /// This node's id.
@@ -346,16 +356,17 @@ impl Cluster {
         self.check_level(level)?;
         let partition = self.partition_of(key);
         let id = self.next_request_id(now);
-        if self.placement.is_target(partition) {
+        if self.writable(partition) {
             if self.pending() >= MAX_PENDING {
                 return Err(RequestError::Busy);
             }
             self.apply(now, partition, key, op, level, Origin::Local(id))?;
         } else {
+            let me = self.config.id;
             let to = self
                 .placement
                 .targets(partition)
-                .next()
+                .find(|&id| id != me)
                 .ok_or(RequestError::NoReplica)?;
             let forward = ClusterMessage::Forward {
                 id,
@@ -452,11 +463,12 @@ impl Cluster {
     /// Commits every partition's changes to its store, and removes the stores of partitions
     /// dropped. Until a partition's changes are committed, nothing that depends on them leaves.
     pub fn persist(&mut self, stores: &mut dyn PartitionStores) -> Result<(), StoreError> {
+        // The system partition first: it holds the own dots of partitions about to be removed.
+        self.system.persist(stores.store(PartitionId::System)?)?;
         while let Some(&p) = self.removed.first() {
             stores.remove(PartitionId::Keys(p))?;
             self.removed.remove(&p);
         }
-        self.system.persist(stores.store(PartitionId::System)?)?;
         for (&p, replica) in &mut self.partitions {
             replica.persist(stores.store(PartitionId::Keys(p))?)?;
         }
@@ -702,7 +714,7 @@ impl Cluster {
                 asked: level as u32,
                 replicas: self.config.replicas as u32,
             })
-        } else if !self.placement.is_target(partition) {
+        } else if !self.writable(partition) {
             Err(RequestError::NotReplica)
         } else if self.pending() >= MAX_PENDING {
             Err(RequestError::Busy)
@@ -933,14 +945,55 @@ impl Cluster {
     /// partition dropped and taken up again before its removal was committed keeps its new
     /// store: the removal is committed first.
     fn host(&mut self, partition: u32) -> &mut Replica {
+        let floor = self.issued_floor(partition);
         let (placement, config) = (&self.placement, &self.config);
         self.partitions.entry(partition).or_insert_with(|| {
             let mut replica = Replica::new(partition_config(config, partition));
+            replica.set_issued_floor(floor);
             for id in placement.holders(partition) {
                 replica.add_peer(PeerInfo { id, addr: None });
             }
             replica
         })
+    }
+
+    /// Whether this node applies writes of `partition` itself: it is a target, and holds again
+    /// every update it made there before it dropped the partition. Until then its objects may
+    /// lack its own earlier writes, and a new write would reuse their dots (an OR-Set's tag, a
+    /// counter's running total) and undo them.
+    fn writable(&self, partition: u32) -> bool {
+        let floor = self.issued_floor(partition);
+        self.placement.is_target(partition)
+            && (floor == 0
+                || self
+                    .partitions
+                    .get(&partition)
+                    .is_some_and(|r| r.seen().vv().get(self.config.id) >= floor))
+    }
+
+    /// The highest of this node's own dots it issued in `partition` before dropping it, as
+    /// the system partition remembers: a replica taken up again must never issue them again.
+    fn issued_floor(&self, partition: u32) -> u64 {
+        match self.system.get(&floor_key(partition)) {
+            Some(Object::GCounter(counter)) => counter.total_of(self.config.id),
+            _ => 0,
+        }
+    }
+
+    /// Drops `partition`'s replica, its own dots remembered first: the system partition is
+    /// committed before the partition's store is removed (see [`Cluster::persist`]).
+    fn drop_partition(&mut self, partition: u32) {
+        let Some(replica) = self.partitions.remove(&partition) else {
+            return;
+        };
+        let (issued, floor) = (replica.issued(), self.issued_floor(partition));
+        if issued > floor {
+            // A counter of this node's own, far below the limit a counter may reach.
+            let _ = self
+                .system
+                .update(&floor_key(partition), &Op::Inc(issued - floor));
+        }
+        self.removed.insert(partition);
     }
 
     /// The replica of `partition` if this node holds it or should: an owner, or a target.
@@ -1020,16 +1073,24 @@ impl Cluster {
         for id in gone {
             replica.remove_peer(id);
         }
+        // With no other owner known (a node that left before it learned of any other), there
+        // is no one to hand over to: it keeps the partition.
         let handed_over = !owner
             && !target
             && !busy
             && replica.is_persisted()
+            && owners.iter().any(|&o| o != me)
             && owners.iter().all(|&o| o == me || replica.peer_has_all(o));
         if handed_over {
-            self.partitions.remove(&p);
-            self.removed.insert(p);
+            self.drop_partition(p);
         }
     }
+}
+
+/// The system partition's key for this node's issued dots in `partition`: a G-Counter whose
+/// every writer's total is its own highest dot there.
+fn floor_key(partition: u32) -> String {
+    format!("issued/{partition}")
 }
 
 /// A key partition's replica settings: the cluster's template, as this node, within the

@@ -298,6 +298,9 @@ pub struct Replica {
     conflicted: BTreeSet<String>,
     /// The dot of the latest local update.
     last_local: Option<Dot>,
+    /// Own dots up to this were issued by an earlier copy of this replica whose state was
+    /// dropped (see [`Replica::set_issued_floor`]).
+    issued_floor: u64,
     /// Transfers in a row that could not complete because an entry was refused, and the
     /// round before which no pull starts (backing off from them).
     refused_pulls: u32,
@@ -349,6 +352,7 @@ impl Replica {
             clock: Hlc::resume(latest, config.max_drift),
             conflicted: BTreeSet::new(),
             last_local: None,
+            issued_floor: 0,
             refused_pulls: 0,
             pull_not_before: 0,
             log: DeltaLog::new(config.max_log_bytes),
@@ -513,7 +517,8 @@ impl Replica {
 
     /// Tags a local change with the next dot and queues it for the store and the peers.
     fn record_local(&mut self, key: &str, delta: Object) -> Object {
-        let dot = self.durable.seen.next_dot(self.config.id);
+        let dot = Dot::new(self.config.id, self.issued().saturating_add(1));
+        self.durable.seen.insert(dot);
         self.last_local = Some(dot);
         self.touch(key, dot);
         self.record(key, &delta);
@@ -572,6 +577,23 @@ impl Replica {
     /// write's acknowledgement is counted against.
     pub fn last_local_dot(&self) -> Option<Dot> {
         self.last_local
+    }
+
+    /// The highest counter of this replica's own dots issued so far, by it or by an earlier
+    /// copy (see [`set_issued_floor`](Replica::set_issued_floor)).
+    pub fn issued(&self) -> u64 {
+        self.durable
+            .seen
+            .highest(self.config.id)
+            .max(self.issued_floor)
+    }
+
+    /// Declares that this replica's own dots up to `counter` were issued before, by an earlier
+    /// copy of it whose state was since dropped (a partition handed over and taken up again,
+    /// see [`cluster`](crate::cluster)): they are never issued again, and peers holding them
+    /// are not taken for forgers. The dots themselves arrive from peers like any other.
+    pub fn set_issued_floor(&mut self, counter: u64) {
+        self.issued_floor = self.issued_floor.max(counter);
     }
 
     /// The configuration it runs with.

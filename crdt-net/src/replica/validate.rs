@@ -26,7 +26,7 @@ impl Replica {
     pub(super) fn validate(&self, from: ReplicaId, message: &Message) -> Result<(), ProtocolError> {
         let claims = Claims {
             me: self.config.id,
-            issued: self.durable.seen.highest(self.config.id),
+            issued: self.issued(),
         };
         match message {
             Message::Digest(digest) => {

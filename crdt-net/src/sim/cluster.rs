@@ -106,6 +106,9 @@ struct SimNode {
     dirty_since: Option<Millis>,
     outcomes: BTreeMap<RequestId, Outcome>,
     restarts: u64,
+    /// Whether it left the member set: `Some(false)` until the leave is committed (a crash
+    /// before loses it, as any uncommitted change).
+    left: Option<bool>,
 }
 
 /// Most nodes one simulator can hold (the network's partition groups are sized for them).
@@ -143,10 +146,18 @@ impl ClusterSim {
     /// Node `index` leaves the member set; it keeps running until it has handed its
     /// partitions over (see [`Cluster::leave`]).
     pub fn leave(&mut self, index: usize) {
-        if let Some(cluster) = self.cluster_mut(index) {
-            cluster.leave();
+        if let Some(node) = self.nodes.get_mut(index) {
+            if let Some(cluster) = node.cluster.as_mut() {
+                cluster.leave();
+                node.left = Some(false);
+            }
         }
         self.collect();
+    }
+
+    /// Whether node `index` left the member set and committed it.
+    pub fn has_left(&self, index: usize) -> bool {
+        self.nodes.get(index).is_some_and(|n| n.left == Some(true))
     }
 
     /// Writes `op` to `key` at node `index` with acknowledgement level `level`; None if the
@@ -213,6 +224,9 @@ impl ClusterSim {
         if let Some(node) = self.nodes.get_mut(index) {
             node.cluster = None;
             node.dirty_since = None;
+            if node.left == Some(false) {
+                node.left = None;
+            }
         }
     }
 
@@ -305,6 +319,7 @@ impl ClusterSim {
             dirty_since: None,
             outcomes: BTreeMap::new(),
             restarts: 0,
+            left: None,
         });
         self.index.insert(id, index);
         if let (Some(config), Some(node)) = (self.node_config(index), self.nodes.get_mut(index)) {
@@ -394,6 +409,9 @@ impl ClusterSim {
                 if now >= since + latency && cluster.persist(&mut node.stores).is_ok() {
                     self.stats.commits += 1;
                     node.dirty_since = None;
+                    if node.left.is_some() {
+                        node.left = Some(true);
+                    }
                 }
             }
             while let Some(event) = cluster.poll_event() {
@@ -425,4 +443,183 @@ impl ClusterSim {
             }
         }
     }
+}
+
+/// What one [`cluster_chaos`] run did.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ClusterChaosReport {
+    /// The seed that replays it.
+    pub seed: u64,
+    /// Nodes started, joins included.
+    pub nodes: usize,
+    /// Writes acknowledged at their level.
+    pub acknowledged: usize,
+    /// Writes that failed or whose outcome was lost with a crash of their node.
+    pub unacknowledged: usize,
+    /// Virtual ms from the last heal until every acknowledged write was at all its owners.
+    pub settled_after: Millis,
+    /// The traffic.
+    pub stats: SimStats,
+}
+
+/// One seeded run of a cluster through loss, duplication, reordering, partitions, crashes,
+/// restarts, a join and a leave, writing unique set elements at levels 1 to 3. After healing
+/// and restarting every node, every acknowledged write must be held by all `N` owners of its
+/// key (as the converged ring places it), and the node that left must hold no partition.
+/// Errors name the seed and what was wrong.
+pub fn cluster_chaos(seed: u64) -> Result<ClusterChaosReport, String> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let nodes = rng.usize(4..=7);
+    let mut sim = ClusterSim::new(ClusterSimConfig {
+        nodes,
+        loss: rng.f64() * 0.2,
+        duplicate: rng.f64() * 0.05,
+        delay: (1, rng.u64(2..=40)),
+        partition_bits: rng.u32(2..=5),
+        commit_latency: rng.choice([0, 1, 5, 20]).unwrap_or(0),
+        request_timeout: 1_000,
+        ..ClusterSimConfig::new(seed)
+    });
+    let fail = |what: &str, sim: &ClusterSim| {
+        format!(
+            "cluster chaos seed {seed} (replay: CLUSTER_SEED={seed}): {what} at {} ms",
+            sim.now()
+        )
+    };
+    sim.run_for(1_000);
+    let mut pending: Vec<(usize, RequestId, String, Vec<u8>)> = Vec::new();
+    let mut acknowledged: Vec<(String, Vec<u8>)> = Vec::new();
+    let (mut unacknowledged, mut joined, mut left) = (0, false, None);
+    for step in 0..rng.usize(40..160) {
+        sim.run_for(rng.u64(0..80));
+        let count = sim.len();
+        match rng.u8(0..100) {
+            0..=64 => {
+                let node = rng.usize(0..count);
+                let key = format!("k{}", rng.u8(0..24));
+                let element = format!("e{step}").into_bytes();
+                let level = rng.usize(1..=3);
+                match sim.write(node, &key, &Op::Add(element.clone()), level) {
+                    Some(id) => pending.push((node, id, key, element)),
+                    None => unacknowledged += 1,
+                }
+            }
+            65..=72 => {
+                let groups: Vec<u32> = (0..count).map(|_| rng.u32(0..2)).collect();
+                sim.partition(&groups);
+            }
+            73..=80 => sim.heal(),
+            81..=88 => {
+                let up = (0..count).filter(|&i| !sim.is_crashed(i)).count();
+                if up > 3 {
+                    sim.crash(rng.usize(0..count));
+                }
+            }
+            89..=95 => sim.restart(rng.usize(0..count)),
+            96..=97 if !joined => {
+                joined = true;
+                sim.join();
+            }
+            _ if left.is_none() && count > 4 => {
+                let node = rng.usize(0..count);
+                if !sim.is_crashed(node) {
+                    left = Some(node);
+                    sim.leave(node);
+                }
+            }
+            _ => {}
+        }
+        pending.retain(|(node, id, key, element)| match sim.outcome(*node, *id) {
+            Some(Outcome::Written(Ok(_))) => {
+                acknowledged.push((key.clone(), element.clone()));
+                false
+            }
+            Some(_) => {
+                unacknowledged += 1;
+                false
+            }
+            None if sim.is_crashed(*node) => {
+                unacknowledged += 1;
+                false
+            }
+            None => true,
+        });
+    }
+    sim.heal();
+    (0..sim.len()).for_each(|i| sim.restart(i));
+    // A leave lost to a crash before it was committed did not happen.
+    let left = left.filter(|&node| sim.has_left(node));
+    let settled = sim.run_until(120_000, |s| settled_state(s, &acknowledged, left).is_ok());
+    let Some(settled_after) = settled else {
+        let detail = settled_state(&sim, &acknowledged, left)
+            .err()
+            .unwrap_or_default();
+        return Err(fail(
+            &format!("not settled 120 s after the last heal: {detail}"),
+            &sim,
+        ));
+    };
+    if sim.stats().protocol_errors > 0 {
+        return Err(fail("a node refused an honest peer's message", &sim));
+    }
+    Ok(ClusterChaosReport {
+        seed,
+        nodes: sim.len(),
+        acknowledged: acknowledged.len(),
+        unacknowledged: unacknowledged + pending.len(),
+        settled_after,
+        stats: sim.stats().clone(),
+    })
+}
+
+/// Whether the member sets agree, every acknowledged element is at every owner of its key,
+/// and the node that left holds nothing; else what is not so.
+fn settled_state(
+    sim: &ClusterSim,
+    acknowledged: &[(String, Vec<u8>)],
+    left: Option<usize>,
+) -> Result<(), String> {
+    let members: Vec<Vec<ReplicaId>> = (0..sim.len())
+        .filter_map(|i| Some(sim.cluster(i)?.members().collect()))
+        .collect();
+    if members.windows(2).any(|w| w.first() != w.get(1)) {
+        return Err("member sets differ".into());
+    }
+    let Some(view) = (0..sim.len())
+        .find(|&i| Some(i) != left)
+        .and_then(|i| sim.cluster(i))
+    else {
+        return Err("no node up".into());
+    };
+    for (key, element) in acknowledged {
+        let partition = view.partition_of(key);
+        for owner in view.owners(partition) {
+            let held = sim
+                .index_of(*owner)
+                .and_then(|i| sim.cluster(i))
+                .and_then(|c| c.get(key))
+                .is_some_and(|o| matches!(o, Object::Set(s) if s.contains(element)));
+            if !held {
+                return Err(format!(
+                    "{key}: acknowledged {:?} missing at owner {owner:?}",
+                    String::from_utf8_lossy(element)
+                ));
+            }
+        }
+    }
+    if let Some(node) = left.and_then(|i| sim.cluster(i)) {
+        if let Some((p, replica)) = node.hosted().next() {
+            let lagging: Vec<ReplicaId> = node
+                .owners(p)
+                .iter()
+                .copied()
+                .filter(|&o| !replica.peer_has_all(o))
+                .collect();
+            return Err(format!(
+                "the node that left still holds partition {p} (owners not known to hold it: {lagging:?})"
+            ));
+        }
+    }
+    Ok(())
 }
