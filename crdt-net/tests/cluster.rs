@@ -3,7 +3,7 @@
 //! handed over on its return, and the acknowledgement and read levels hold per key.
 
 use crdt_core::ReplicaId;
-use crdt_net::cluster::RequestError;
+use crdt_net::cluster::{ClusterMessage, RequestError};
 use crdt_net::sim::cluster::{cluster_chaos, ClusterSim, ClusterSimConfig, Outcome};
 use crdt_net::{Object, Op};
 
@@ -206,7 +206,6 @@ fn levels_outside_one_to_n_are_refused() {
     assert_eq!(sim.read(0, "k", 0), None);
     let id = sim.write(0, "k", &Op::Inc(1), 3).expect("accepted");
     assert_eq!(finish(&mut sim, 0, id), Outcome::Written(Ok(3)));
-    let _ = (ReplicaId::new(1), RequestError::Busy);
 }
 
 /// `CLUSTER_SEEDS=N` runs N seeded schedules instead of 60; `CLUSTER_SEED=S` replays one.
@@ -317,5 +316,103 @@ fn a_partition_taken_up_again_never_reuses_its_dots() {
                 "owner {owner} lost {element:?}: {set:?}"
             );
         }
+    }
+}
+
+fn golden_cluster_messages() -> Vec<(&'static str, ClusterMessage)> {
+    let inner = crdt_net::Message::InSync.encode();
+    let mut counter = Object::Empty;
+    let _ = counter.apply(ReplicaId::new(1), &Op::Inc(3));
+    vec![
+        ("system", ClusterMessage::System(inner.clone())),
+        (
+            "partition",
+            ClusterMessage::Partition {
+                partition: 5,
+                message: inner,
+            },
+        ),
+        (
+            "forward",
+            ClusterMessage::Forward {
+                id: 7,
+                key: "n".into(),
+                op: Op::Update(b"f".to_vec(), Box::new(Op::Inc(2))),
+                level: 2,
+            },
+        ),
+        (
+            "written",
+            ClusterMessage::Written {
+                id: 7,
+                outcome: Ok(2),
+            },
+        ),
+        (
+            "written-timeout",
+            ClusterMessage::Written {
+                id: 7,
+                outcome: Err(RequestError::Timeout { held: 1 }),
+            },
+        ),
+        (
+            "get",
+            ClusterMessage::Get {
+                id: 8,
+                key: "n".into(),
+                level: 2,
+            },
+        ),
+        (
+            "got",
+            ClusterMessage::Got {
+                id: 8,
+                outcome: Ok(Some(counter)),
+            },
+        ),
+    ]
+}
+
+#[test]
+fn cluster_message_golden_vectors_match_the_document_both_ways() {
+    let doc = crdt_core::laws::hex_blocks(include_str!("../../docs/wire-format.md"), "cluster");
+    for (name, message) in golden_cluster_messages() {
+        let encoded = message.encode();
+        let hex: Vec<String> = encoded.iter().map(|b| format!("{b:02x}")).collect();
+        let Some((_, bytes)) = doc.iter().find(|(n, _)| n == name) else {
+            panic!(
+                "docs/wire-format.md lacks cluster message {name}: {}",
+                hex.join(" ")
+            );
+        };
+        assert_eq!(
+            bytes,
+            &encoded,
+            "{name}: document vs encoder ({})",
+            hex.join(" ")
+        );
+        assert_eq!(
+            ClusterMessage::decode(bytes, 1 << 20).as_ref(),
+            Ok(&message),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        doc.len(),
+        golden_cluster_messages().len(),
+        "the document has vectors no test checks"
+    );
+}
+
+#[test]
+#[ignore = "prints the cluster message vectors for docs/wire-format.md"]
+fn print_cluster_message_vectors() {
+    for (name, message) in golden_cluster_messages() {
+        let hex: Vec<String> = message
+            .encode()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        println!("```cluster {name}\n{}\n```", hex.join(" "));
     }
 }
