@@ -144,7 +144,7 @@ impl Model {
     }
 
     fn real(&self) -> OrSet<u16> {
-        let entries = self
+        let entries: BTreeMap<u16, Dots> = self
             .entries
             .iter()
             .filter_map(|(k, dots)| {
