@@ -66,6 +66,17 @@ impl Dots {
         one.into_iter().chain(many.into_iter().flatten())
     }
 
+    /// The dot, if there is exactly one.
+    pub(crate) fn only(&self) -> Option<Dot> {
+        match self {
+            Dots::One(one) => Some(one.dot()),
+            Dots::Many(dots) => match dots.as_slice() {
+                [dot] => Some(*dot),
+                _ => None,
+            },
+        }
+    }
+
     /// How many dots.
     pub(crate) fn len(&self) -> usize {
         match self {

@@ -179,7 +179,7 @@ const INDEX_MIN: usize = 32;
 
 impl<T: Ord + Clone + core::fmt::Debug> Crdt for OrSet<T> {
     fn merge(&mut self, other: &Self) {
-        if !self.merge_small(other) {
+        if !self.merge_new_add(other) && !self.merge_small(other) {
             self.merge_full(other);
         }
         self.index.tidy();
@@ -194,6 +194,33 @@ impl<T: Ord + Clone + core::fmt::Debug> crate::Reset for OrSet<T> {
 }
 
 impl<T: Ord + Clone> OrSet<T> {
+    /// The merge of the delta of one add we have not seen, of an element we lack: the element
+    /// goes in with its dot, and the dot into our context. This is what
+    /// [`merge_small`](Self::merge_small) does with such a delta, without its search for
+    /// removed dots and its general context merge. Returns `false`, changing nothing, for any
+    /// other delta (a re-add of an element we hold included, after one wasted descent).
+    fn merge_new_add(&mut self, other: &Self) -> bool {
+        let Entries::One(value, dots) = &other.entries else {
+            return false;
+        };
+        let Some(dot) = dots.only() else {
+            return false;
+        };
+        // The context is the add's dot alone, and it is new to us.
+        if other.ctx.dot_count() != 1 || !other.ctx.contains(dot) || self.ctx.contains(dot) {
+            return false;
+        }
+        match self.entries.tree_mut().entry(value.clone()) {
+            Entry::Vacant(slot) => {
+                self.index.insert(dot, value);
+                slot.insert(Dots::one(dot));
+            }
+            Entry::Occupied(_) => return false,
+        }
+        self.ctx.insert(dot);
+        true
+    }
+
     /// The merge of a delta much smaller than this set, in time proportional to the delta:
     /// each dot of its context that we have seen is looked up (in the index, or by walking a
     /// small set) to drop it from the element holding it, then each of its elements is joined
