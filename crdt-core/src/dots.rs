@@ -38,6 +38,7 @@ impl InlineDot {
 
 impl Dots {
     /// Just `dot`.
+    #[inline]
     pub(crate) fn one(dot: Dot) -> Dots {
         match NonZeroU64::new(dot.counter) {
             Some(counter) => Dots::One(InlineDot {
@@ -67,6 +68,7 @@ impl Dots {
     }
 
     /// The dot, if there is exactly one.
+    #[inline]
     pub(crate) fn only(&self) -> Option<Dot> {
         match self {
             Dots::One(one) => Some(one.dot()),

@@ -48,6 +48,7 @@ impl VersionVector {
     }
 
     /// Whether the event `dot` is included.
+    #[inline]
     pub fn contains(&self, dot: Dot) -> bool {
         dot.counter <= self.get(dot.replica)
     }
@@ -92,6 +93,7 @@ impl VersionVector {
     }
 
     /// Raises the count of `replica` to at least `counter`.
+    #[inline]
     pub fn raise(&mut self, replica: ReplicaId, counter: u64) {
         if counter == 0 {
             return;
@@ -127,6 +129,7 @@ impl VersionVector {
     }
 
     /// The sum of all counts, saturating.
+    #[inline]
     pub fn total(&self) -> u64 {
         self.entries
             .iter()
