@@ -26,6 +26,7 @@ impl Cloud {
         Cloud(Repr::Empty)
     }
 
+    #[inline]
     pub(crate) fn contains(&self, dot: &Dot) -> bool {
         match &self.0 {
             Repr::Empty => false,
@@ -34,6 +35,7 @@ impl Cloud {
         }
     }
 
+    #[inline]
     pub(crate) fn insert(&mut self, dot: Dot) {
         match &mut self.0 {
             Repr::Empty => self.0 = Repr::One(dot),
@@ -97,6 +99,7 @@ impl Cloud {
     }
 
     /// The highest dot of `replica`.
+    #[inline]
     pub(crate) fn last_of(&self, replica: ReplicaId) -> Option<Dot> {
         match &self.0 {
             Repr::Empty => None,
@@ -119,6 +122,7 @@ impl Cloud {
         one.into_iter().chain(many.into_iter().flatten())
     }
 
+    #[inline]
     pub(crate) fn len(&self) -> usize {
         match &self.0 {
             Repr::Empty => 0,
@@ -127,6 +131,7 @@ impl Cloud {
         }
     }
 
+    #[inline]
     pub(crate) fn is_empty(&self) -> bool {
         matches!(self.0, Repr::Empty)
     }

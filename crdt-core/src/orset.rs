@@ -8,6 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::dot_index::{DotIndex, Index};
 use crate::dots::Dots;
 use crate::dotted;
+use crate::entries::Entries;
 use crate::{CausalContext, Crdt, Decompose, Dot, ReplicaId};
 use alloc::boxed::Box;
 
@@ -36,7 +37,7 @@ use alloc::boxed::Box;
 /// ```
 #[derive(Clone)]
 pub struct OrSet<T> {
-    entries: BTreeMap<T, Dots>,
+    entries: Entries<T>,
     ctx: CausalContext,
     /// Which element holds a dot, for deltas that remove by dot. A cache: not part of the
     /// state, so equality, hashing and encoding ignore it.
@@ -45,14 +46,14 @@ pub struct OrSet<T> {
 
 impl<T> Default for OrSet<T> {
     fn default() -> Self {
-        OrSet::from_parts(BTreeMap::new(), CausalContext::new())
+        OrSet::from_parts(Entries::default(), CausalContext::new())
     }
 }
 
 impl<T> OrSet<T> {
-    fn from_parts(entries: BTreeMap<T, Dots>, ctx: CausalContext) -> Self {
+    fn from_parts(entries: impl Into<Entries<T>>, ctx: CausalContext) -> Self {
         OrSet {
-            entries,
+            entries: entries.into(),
             ctx,
             index: Index::Absent,
         }
@@ -97,15 +98,17 @@ impl<T: Ord + Clone> OrSet<T> {
         let dot = self.ctx.next_dot(replica);
         let mut ctx = CausalContext::new();
         ctx.insert(dot);
-        if let Some(old) = self.entries.insert(value.clone(), Dots::one(dot)) {
+        if let Some(old) = self
+            .entries
+            .tree_mut()
+            .insert(value.clone(), Dots::one(dot))
+        {
             old.iter().for_each(|d| ctx.insert(d));
             self.index.forget(old.len());
             self.index.tidy();
         }
         self.index.insert(dot, &value);
-        let mut entries = BTreeMap::new();
-        entries.insert(value, Dots::one(dot));
-        OrSet::from_parts(entries, ctx)
+        OrSet::from_parts(Entries::One(value, Dots::one(dot)), ctx)
     }
 
     /// Removes `value` if present; returns the delta (empty when there was nothing to remove).
@@ -114,7 +117,7 @@ impl<T: Ord + Clone> OrSet<T> {
         T: core::borrow::Borrow<Q>,
         Q: Ord + ?Sized,
     {
-        let ctx = match self.entries.remove(value) {
+        let ctx = match self.entries.tree_mut().remove(value) {
             Some(dots) => {
                 self.index.forget(dots.len());
                 self.index.tidy();
@@ -122,7 +125,7 @@ impl<T: Ord + Clone> OrSet<T> {
             }
             None => CausalContext::new(),
         };
-        OrSet::from_parts(BTreeMap::new(), ctx)
+        OrSet::from_parts(Entries::default(), ctx)
     }
 
     /// Removes every element; returns the delta.
@@ -132,7 +135,7 @@ impl<T: Ord + Clone> OrSet<T> {
             .values()
             .flat_map(Dots::iter)
             .collect();
-        OrSet::from_parts(BTreeMap::new(), ctx)
+        OrSet::from_parts(Entries::default(), ctx)
     }
 }
 
@@ -176,7 +179,7 @@ const INDEX_MIN: usize = 32;
 
 impl<T: Ord + Clone + core::fmt::Debug> Crdt for OrSet<T> {
     fn merge(&mut self, other: &Self) {
-        if !self.merge_small(other) {
+        if !self.merge_new_add(other) && !self.merge_small(other) {
             self.merge_full(other);
         }
         self.index.tidy();
@@ -191,6 +194,33 @@ impl<T: Ord + Clone + core::fmt::Debug> crate::Reset for OrSet<T> {
 }
 
 impl<T: Ord + Clone> OrSet<T> {
+    /// The merge of the delta of one add we have not seen, of an element we lack: the element
+    /// goes in with its dot, and the dot into our context. This is what
+    /// [`merge_small`](Self::merge_small) does with such a delta, without its search for
+    /// removed dots and its general context merge. Returns `false`, changing nothing, for any
+    /// other delta (a re-add of an element we hold included, after one wasted descent).
+    fn merge_new_add(&mut self, other: &Self) -> bool {
+        let Entries::One(value, dots) = &other.entries else {
+            return false;
+        };
+        let Some(dot) = dots.only() else {
+            return false;
+        };
+        // The context is the add's dot alone, and it is new to us.
+        if other.ctx.dot_count() != 1 || !other.ctx.contains(dot) || self.ctx.contains(dot) {
+            return false;
+        }
+        match self.entries.tree_mut().entry(value.clone()) {
+            Entry::Vacant(slot) => {
+                self.index.insert(dot, value);
+                slot.insert(Dots::one(dot));
+            }
+            Entry::Occupied(_) => return false,
+        }
+        self.ctx.insert(dot);
+        true
+    }
+
     /// The merge of a delta much smaller than this set, in time proportional to the delta:
     /// each dot of its context that we have seen is looked up (in the index, or by walking a
     /// small set) to drop it from the element holding it, then each of its elements is joined
@@ -218,9 +248,10 @@ impl<T: Ord + Clone> OrSet<T> {
             }
             self.drop_from_many(many);
         }
-        for (value, theirs) in &other.entries {
+        let entries = self.entries.tree_mut();
+        for (value, theirs) in other.entries.iter() {
             // One descent of the tree, for the common case of an element new to us.
-            match self.entries.entry(value.clone()) {
+            match entries.entry(value.clone()) {
                 Entry::Occupied(ours) if ours.get() == theirs => {}
                 Entry::Occupied(mut ours) => {
                     let before = ours.get().clone();
@@ -249,7 +280,7 @@ impl<T: Ord + Clone> OrSet<T> {
     fn drop_seen_dot(
         &mut self,
         dot: Dot,
-        theirs: &BTreeMap<T, Dots>,
+        theirs: &Entries<T>,
         walk: bool,
         many: &mut Vec<(T, Dot)>,
     ) {
@@ -262,7 +293,7 @@ impl<T: Ord + Clone> OrSet<T> {
         };
         if walk {
             // Every holder, should a faulty replica have put the dot on two elements.
-            self.entries.retain(|value, dots| {
+            self.entries.tree_mut().retain(|value, dots| {
                 !dots.contains(dot) || theirs.contains_key(value) || dropped(dots)
             });
             return;
@@ -278,12 +309,13 @@ impl<T: Ord + Clone> OrSet<T> {
         }
         // Taken out and put back only if something is left: one descent of the tree for the
         // usual element of one dot.
-        let Some((value, mut dots)) = self.entries.remove_entry(value) else {
+        let entries = self.entries.tree_mut();
+        let Some((value, mut dots)) = entries.remove_entry(value) else {
             return;
         };
         if !dots.contains(dot) {
             // A stale index entry: the dot is no longer live here.
-            self.entries.insert(value, dots);
+            entries.insert(value, dots);
             return;
         }
         if dots.len() > 1 {
@@ -291,11 +323,11 @@ impl<T: Ord + Clone> OrSet<T> {
             // concurrently by many replicas holds a dot of each, and copying them all once per
             // dropped dot made one remove of it quadratic.
             many.push((value.clone(), dot));
-            self.entries.insert(value, dots);
+            entries.insert(value, dots);
             return;
         }
         if dropped(&mut dots) {
-            self.entries.insert(value, dots);
+            entries.insert(value, dots);
         }
         self.index.forget(1);
     }
@@ -307,7 +339,7 @@ impl<T: Ord + Clone> OrSet<T> {
             let Some((value, _)) = group.first() else {
                 continue;
             };
-            let Entry::Occupied(mut entry) = self.entries.entry(value.clone()) else {
+            let Entry::Occupied(mut entry) = self.entries.tree_mut().entry(value.clone()) else {
                 continue;
             };
             let gone = |d: &Dot| group.binary_search_by(|(_, g)| g.cmp(d)).is_ok();
@@ -354,7 +386,8 @@ impl<T: Ord + Clone> OrSet<T> {
         let mut theirs = other.entries.iter().peekable();
         let mut new_to_us = Vec::new();
         let our_ctx = &self.ctx;
-        self.entries.retain(|value, dots| {
+        let entries = self.entries.tree_mut();
+        entries.retain(|value, dots| {
             while let Some((k, d)) = theirs.next_if(|(k, _)| *k < value) {
                 if let Some(kept) = d.unseen_by(our_ctx) {
                     new_to_us.push((k.clone(), kept));
@@ -368,13 +401,13 @@ impl<T: Ord + Clone> OrSet<T> {
                 new_to_us.push((k.clone(), kept));
             }
         }
-        if new_to_us.len() > self.entries.len() / 4 {
+        if new_to_us.len() > entries.len() / 4 {
             // Many new elements: bulk-build the tree from the sorted union, faster than inserting
             // one by one and with full nodes.
-            let ours = core::mem::take(&mut self.entries);
-            self.entries = union_ascending(ours.into_iter(), new_to_us.into_iter()).collect();
+            let ours = core::mem::take(entries);
+            *entries = union_ascending(ours.into_iter(), new_to_us.into_iter()).collect();
         } else {
-            self.entries.extend(new_to_us);
+            entries.extend(new_to_us);
         }
         self.ctx.merge(&other.ctx);
     }
@@ -473,7 +506,7 @@ impl<'de, T: Deserialize<'de> + Ord> Deserialize<'de> for OrSet<T> {
     fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
         let (ctx, entries) = dotted::deserialize::<D, T, ()>(de, false)?;
         // Every element has its dots: the decoder refuses one without.
-        let entries = entries
+        let entries: BTreeMap<T, Dots> = entries
             .into_iter()
             .filter_map(|(value, dots, _)| Some((value, dots?)))
             .collect();
@@ -483,7 +516,7 @@ impl<'de, T: Deserialize<'de> + Ord> Deserialize<'de> for OrSet<T> {
 
 impl<T> OrSet<T> {
     /// The elements and their dots, for the map that keeps its keys in a set.
-    pub(crate) fn dotted_entries(&self) -> &BTreeMap<T, Dots> {
+    pub(crate) fn dotted_entries(&self) -> &Entries<T> {
         &self.entries
     }
 

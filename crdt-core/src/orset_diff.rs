@@ -144,7 +144,7 @@ impl Model {
     }
 
     fn real(&self) -> OrSet<u16> {
-        let entries = self
+        let entries: BTreeMap<u16, Dots> = self
             .entries
             .iter()
             .filter_map(|(k, dots)| {
@@ -241,6 +241,11 @@ enum Op {
     Clear {
         at: usize,
     },
+    /// Merges one delta as its mutator made it (an add's in its inline form).
+    Deliver {
+        at: usize,
+        nth: usize,
+    },
     /// Merges the join of the `count` deltas starting at `from` (sizes around the threshold).
     Deltas {
         at: usize,
@@ -271,6 +276,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(at, replica, value)| Op::Add { at, replica, value }),
         4 => (at.clone(), any::<usize>()).prop_map(|(at, nth)| Op::Remove { at, nth }),
         1 => at.clone().prop_map(|at| Op::Clear { at }),
+        4 => (at.clone(), any::<usize>()).prop_map(|(at, nth)| Op::Deliver { at, nth }),
         6 => (at.clone(), any::<usize>(), prop_oneof![1..3usize, 60..70usize, 0..200usize])
             .prop_map(|(at, from, count)| Op::Deltas { at, from, count }),
         1 => (at.clone(), 0..4usize).prop_map(|(at, from)| Op::Full { at, from }),
@@ -316,6 +322,12 @@ fn run(base: usize, ops: &[Op]) -> Result<(), TestCaseError> {
                 let model = models[*at].clear();
                 agree(&delta, &model)?;
                 deltas.push((delta, model));
+            }
+            Op::Deliver { at, nth } => {
+                if let Some((d, m)) = deltas.get(nth % deltas.len().max(1)) {
+                    sets[*at].merge(d);
+                    models[*at].merge(m);
+                }
             }
             Op::Deltas { at, from, count } => {
                 if deltas.is_empty() {

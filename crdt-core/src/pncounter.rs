@@ -34,6 +34,7 @@ impl PNCounter {
     }
 
     /// Adds `n` on behalf of `replica`; returns the delta.
+    #[inline]
     pub fn inc(&mut self, replica: ReplicaId, n: u64) -> PNCounter {
         PNCounter {
             increments: self.increments.inc(replica, n),
@@ -42,6 +43,7 @@ impl PNCounter {
     }
 
     /// Subtracts `n` on behalf of `replica`; returns the delta.
+    #[inline]
     pub fn dec(&mut self, replica: ReplicaId, n: u64) -> PNCounter {
         PNCounter {
             increments: GCounter::new(),

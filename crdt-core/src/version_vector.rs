@@ -39,6 +39,7 @@ impl VersionVector {
     }
 
     /// How many events of `replica` are included.
+    #[inline]
     pub fn get(&self, replica: ReplicaId) -> u64 {
         match self.position(replica) {
             Ok(i) => self.entries.get(i).map_or(0, |e| e.1),
@@ -47,6 +48,7 @@ impl VersionVector {
     }
 
     /// Whether the event `dot` is included.
+    #[inline]
     pub fn contains(&self, dot: Dot) -> bool {
         dot.counter <= self.get(dot.replica)
     }
@@ -59,13 +61,19 @@ impl VersionVector {
     }
 
     /// A vector holding one entry (nothing if `counter` is 0).
+    #[inline]
     pub fn single(replica: ReplicaId, counter: u64) -> Self {
-        let mut vv = VersionVector::new();
-        vv.raise(replica, counter);
-        vv
+        if counter == 0 {
+            return VersionVector::new();
+        }
+        // Built in place: the entry fits inline, so no insertion and no allocation.
+        VersionVector {
+            entries: SmallVec::from_buf([(replica, counter)]),
+        }
     }
 
     /// Adds `n` to the count of `replica`, saturating, and returns the new count.
+    #[inline]
     pub(crate) fn add(&mut self, replica: ReplicaId, n: u64) -> u64 {
         match self.position(replica) {
             Ok(i) => match self.entries.get_mut(i) {
@@ -85,6 +93,7 @@ impl VersionVector {
     }
 
     /// Raises the count of `replica` to at least `counter`.
+    #[inline]
     pub fn raise(&mut self, replica: ReplicaId, counter: u64) {
         if counter == 0 {
             return;
@@ -120,12 +129,14 @@ impl VersionVector {
     }
 
     /// The sum of all counts, saturating.
+    #[inline]
     pub fn total(&self) -> u64 {
         self.entries
             .iter()
             .fold(0u64, |sum, e| sum.saturating_add(e.1))
     }
 
+    #[inline]
     fn position(&self, replica: ReplicaId) -> Result<usize, usize> {
         self.entries.binary_search_by(|e| e.0.cmp(&replica))
     }
