@@ -426,6 +426,16 @@ impl Cluster {
         self.reconcile();
     }
 
+    /// Learns of a node to gossip the member set with (say, one that just connected).
+    pub fn add_seed(&mut self, id: ReplicaId) {
+        self.system.add_peer(PeerInfo { id, addr: None });
+    }
+
+    /// The largest message this node sends or accepts.
+    pub fn max_message(&self) -> usize {
+        self.config.replica.max_message
+    }
+
     /// The nodes on the ring, as this node knows them.
     pub fn members(&self) -> impl Iterator<Item = ReplicaId> + '_ {
         self.members.iter().copied()

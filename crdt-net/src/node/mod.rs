@@ -34,9 +34,11 @@
 //! ```
 
 mod admission;
+mod cluster;
 mod dial;
 #[cfg(feature = "mdns")]
 mod discovery;
+mod frames;
 mod handle;
 mod identity;
 mod owner;
@@ -53,6 +55,7 @@ use crdt_core::{Dot, ReplicaId};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, info, info_span, warn, Instrument};
 
+pub use cluster::{ClusterNode, ClusterNodeBuilder};
 pub use handle::{
     CounterHandle, GCounterHandle, MapHandle, MvRegisterHandle, RegisterHandle, SetHandle,
 };
@@ -140,6 +143,10 @@ pub enum NodeError {
     /// A value did not decode as the type a handle reads (see [`crate::value`]).
     #[error(transparent)]
     Value(#[from] ValueError),
+    /// A [`ClusterNode`] write or read did not reach its level (see
+    /// [`RequestError`](crate::cluster::RequestError)).
+    #[error("request: {0}")]
+    Request(#[source] crate::cluster::RequestError),
     /// The node is shutting down or has stopped.
     #[error("the node has stopped")]
     Stopped,
@@ -379,7 +386,7 @@ impl NodeBuilder {
         config.view = self.view;
         config.seed = seed_from_clock(identity.id());
         config.max_drift = self.max_drift.as_millis() as u64;
-        let endpoint = endpoint(&identity, &trust, self.listen)?;
+        let endpoint = endpoint(&identity, &trust, self.listen, ALPN)?;
         let local_addr = endpoint
             .local_addr()
             .map_err(transport_failed("reading the endpoint's address"))?;
@@ -1020,25 +1027,18 @@ async fn serve_peer(
 async fn write_loop(
     shared: Arc<Shared>,
     connection: quinn::Connection,
-    mut outgoing: mpsc::Receiver<Vec<u8>>,
+    outgoing: mpsc::Receiver<Vec<u8>>,
     queued: Arc<AtomicU64>,
 ) {
-    let Ok(mut stream) = connection.open_uni().await else {
-        return;
-    };
     // Below this the owner is woken to produce more of a state transfer.
     let low = (shared.max_message.saturating_mul(TRANSFER_WINDOW) / 2) as u64;
-    while let Some(payload) = outgoing.recv().await {
-        let len = payload.len() as u64;
+    frames::write_frames(&connection, outgoing, |len| {
         let before = queued.fetch_sub(len, Ordering::Relaxed);
         if before >= low && before.saturating_sub(len) < low {
             let _ = shared.command(Command::Wake);
         }
-        let len = (payload.len() as u32).to_le_bytes();
-        if stream.write_all(&len).await.is_err() || stream.write_all(&payload).await.is_err() {
-            return;
-        }
-    }
+    })
+    .await;
 }
 
 /// Feeds the peer's messages to the replica; returns why the connection ended.
@@ -1047,52 +1047,26 @@ async fn read_loop(
     connection: &quinn::Connection,
     peer: ReplicaId,
 ) -> String {
-    let max = shared.max_message;
-    loop {
-        let mut stream = match connection.accept_uni().await {
-            Ok(stream) => stream,
-            Err(e) => return e.to_string(),
-        };
-        loop {
-            let mut len = [0u8; 4];
-            if let Err(e) = stream.read_exact(&mut len).await {
-                if matches!(e, quinn::ReadExactError::FinishedEarly(0)) {
-                    break; // The peer finished its stream cleanly.
-                }
-                return e.to_string();
-            }
-            let len = u32::from_le_bytes(len) as usize;
-            if len > max {
-                warn!(%peer, len, max, "oversized message; disconnecting the peer");
-                connection.close(2u32.into(), b"message too large");
-                return "oversized message".into();
-            }
-            let mut bytes = vec![0; len];
-            if let Err(e) = stream.read_exact(&mut bytes).await {
-                return e.to_string();
-            }
-            if shared.is_blocked(peer) {
-                continue;
-            }
-            // One message in flight per peer: a fast sender waits for the owner.
-            let (reply, answer) = oneshot::channel();
-            if shared
-                .command(Command::Message { peer, bytes, reply })
-                .is_err()
-            {
-                return "node stopped".into();
-            }
-            match answer.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    warn!(%peer, error = %e, "protocol error; disconnecting the peer");
-                    connection.close(3u32.into(), b"protocol error");
-                    return format!("protocol error: {e}");
-                }
-                Err(_) => return "node stopped".into(),
-            }
+    frames::read_frames(connection, peer, shared.max_message, |bytes| async move {
+        if shared.is_blocked(peer) {
+            return Ok(());
         }
-    }
+        // One message in flight per peer: a fast sender waits for the owner.
+        let (reply, answer) = oneshot::channel();
+        shared
+            .command(Command::Message { peer, bytes, reply })
+            .map_err(|_| "node stopped".to_string())?;
+        match answer.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                warn!(%peer, error = %e, "protocol error; disconnecting the peer");
+                connection.close(3u32.into(), b"protocol error");
+                Err(format!("protocol error: {e}"))
+            }
+            Err(_) => Err("node stopped".into()),
+        }
+    })
+    .await
 }
 
 /// The key the peer proved in the handshake.
@@ -1116,10 +1090,12 @@ where
     }
 }
 
+/// A QUIC endpoint on `listen` with mutual TLS between trusted identities, speaking `alpn`.
 fn endpoint(
     identity: &Identity,
     trust: &TrustList,
     listen: SocketAddr,
+    alpn: &[u8],
 ) -> Result<quinn::Endpoint, NodeError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = identity::TrustVerifier::new(trust.clone());
@@ -1130,7 +1106,7 @@ fn endpoint(
         .with_client_cert_verifier(verifier.clone())
         .with_single_cert(vec![identity.cert.clone()], identity.key_der())
         .map_err(transport_failed("loading the node's certificate"))?;
-    server.alpn_protocols = vec![ALPN.to_vec()];
+    server.alpn_protocols = vec![alpn.to_vec()];
     let server = quinn::crypto::rustls::QuicServerConfig::try_from(server)
         .map_err(transport_failed("configuring QUIC"))?;
 
@@ -1141,7 +1117,7 @@ fn endpoint(
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(vec![identity.cert.clone()], identity.key_der())
         .map_err(transport_failed("loading the node's certificate"))?;
-    client.alpn_protocols = vec![ALPN.to_vec()];
+    client.alpn_protocols = vec![alpn.to_vec()];
     let client = quinn::crypto::rustls::QuicClientConfig::try_from(client)
         .map_err(transport_failed("configuring QUIC"))?;
 
@@ -1227,10 +1203,45 @@ pub mod testing {
         frames: Vec<Vec<u8>>,
         wait: Duration,
     ) -> Result<Option<String>, NodeError> {
+        send_frames(data_dir, server, to, frames, wait, ALPN).await
+    }
+
+    /// [`send_raw_frames`] to a [`ClusterNode`](super::ClusterNode).
+    pub async fn send_raw_cluster_frames(
+        data_dir: &Path,
+        server: ReplicaId,
+        to: SocketAddr,
+        frames: Vec<Vec<u8>>,
+        wait: Duration,
+    ) -> Result<Option<String>, NodeError> {
+        send_frames(
+            data_dir,
+            server,
+            to,
+            frames,
+            wait,
+            super::cluster::CLUSTER_ALPN,
+        )
+        .await
+    }
+
+    async fn send_frames(
+        data_dir: &Path,
+        server: ReplicaId,
+        to: SocketAddr,
+        frames: Vec<Vec<u8>>,
+        wait: Duration,
+        alpn: &[u8],
+    ) -> Result<Option<String>, NodeError> {
         let identity = Identity::load_or_create(data_dir)?;
         let trust = TrustList::load(data_dir)?;
         trust.set(server, true)?;
-        let endpoint = endpoint(&identity, &trust, SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let endpoint = endpoint(
+            &identity,
+            &trust,
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            alpn,
+        )?;
         let connection = endpoint
             .connect(to, "crdt-node")
             .map_err(transport_failed("connecting"))?
