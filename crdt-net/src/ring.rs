@@ -146,6 +146,21 @@ impl Ring {
         true
     }
 
+    /// A ring of `nodes` with `vnodes` virtual nodes each (at most [`MAX_VNODES`]), sorted
+    /// once: what [`add`](Ring::add) one by one builds, in O(points log points) rather than a
+    /// sort per node.
+    pub fn with_nodes(vnodes: usize, nodes: impl IntoIterator<Item = ReplicaId>) -> Self {
+        let mut ring = Ring::with_vnodes(vnodes);
+        for node in nodes {
+            if ring.nodes.insert(node) {
+                let points = (0..ring.vnodes as u32).map(|i| (vnode_position(node, i), node));
+                ring.points.extend(points);
+            }
+        }
+        ring.points.sort_unstable();
+        ring
+    }
+
     /// Removes `node`; false if it was not there.
     pub fn remove(&mut self, node: ReplicaId) -> bool {
         if !self.nodes.remove(&node) {

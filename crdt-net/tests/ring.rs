@@ -240,3 +240,14 @@ fn positions_are_the_documented_hashes() {
 
 const FEATURE_0: u64 = 0xed89_b28e_e091_618c;
 const NODE_1_VNODE_0: u64 = 0x89b8_2a13_b03a_35b6;
+
+#[test]
+fn a_ring_built_at_once_equals_one_built_node_by_node() {
+    let ids: Vec<ReplicaId> = (1..=50).map(|i| ReplicaId::new(i * 7919)).collect();
+    let mut one_by_one = Ring::with_vnodes(64);
+    for &id in &ids {
+        one_by_one.add(id);
+    }
+    let at_once = Ring::with_nodes(64, ids.iter().copied().chain(ids.iter().copied()));
+    assert_eq!(at_once, one_by_one);
+}

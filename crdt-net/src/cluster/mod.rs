@@ -56,7 +56,7 @@ use serde::{Deserialize, Serialize};
 use crate::replica::{Config, Durable, Event, Millis, Replica, Transmit};
 use crate::ring::{partition_of, Ring, DEFAULT_VNODES, MAX_PARTITION_BITS};
 use crate::store::{MemStore, Store, StoreError};
-use crate::{Object, Op, PeerInfo, ProtocolError};
+use crate::{Message, Object, Op, PeerInfo, ProtocolError};
 use message::ENVELOPE_OVERHEAD;
 use placement::Placement;
 
@@ -90,6 +90,10 @@ pub struct ClusterConfig {
     /// Every partition replica's settings (gossip interval, fanout, limits); its `id` and
     /// `peers` are the cluster's to set.
     pub replica: Config,
+    /// When set, only these nodes (and this one) may be on the ring: a member id outside it,
+    /// as a lying peer may add to the member set, is left out. A driver with a trust list
+    /// passes it ([`ClusterNode`](crate::node::ClusterNode) does). Default: any member.
+    pub allowed: Option<BTreeSet<ReplicaId>>,
 }
 
 impl ClusterConfig {
@@ -103,6 +107,7 @@ impl ClusterConfig {
             vnodes: DEFAULT_VNODES,
             request_timeout: 5_000,
             replica: Config::new(id),
+            allowed: None,
         }
     }
 
@@ -207,11 +212,28 @@ impl PartitionStores for BTreeMap<PartitionId, MemStore> {
 /// Writes and reads waiting at one node, its own and those it serves for others.
 const MAX_PENDING: usize = 4096;
 
+/// Of those, what other nodes' requests may take in all, and each node's share: a flood from
+/// one peer leaves room for the others and for this node's own.
+const MAX_REMOTE: usize = 3072;
+const MAX_PER_PEER: usize = 512;
+
+/// Reads merging other replicas' copies in flight at once (each holds one of the partition
+/// replica's 256 read trackers), and each peer's share.
+const MAX_QUORUM_READS: usize = 192;
+const MAX_QUORUM_READS_PER_PEER: usize = 32;
+
+/// The most members a ring may have: a member set that would grow beyond it is refused.
+pub const MAX_MEMBERS: usize = 4096;
+
 /// Answers to forwarded writes remembered, so a duplicated `Forward` is not applied twice.
 const MAX_ANSWERED: usize = 4096;
 
 /// The key of the system partition's member set.
 const MEMBERS: &str = "members";
+
+/// The key of the system partition's start counts: a G-Counter whose every writer's total is
+/// how often it started. Request ids begin with it, so a restarted node never reuses one.
+const STARTS: &str = "starts";
 
 /// A node of a partially replicated cluster (see the [module documentation](self)).
 #[derive(Debug)]
@@ -268,7 +290,8 @@ enum Origin {
 struct Asked {
     to: ReplicaId,
     deadline: Millis,
-    write: bool,
+    /// A write's level; None for a read.
+    level: Option<usize>,
 }
 
 impl Cluster {
@@ -283,11 +306,13 @@ impl Cluster {
     pub fn restore(config: ClusterConfig, mut states: BTreeMap<PartitionId, Durable>) -> Self {
         let mut config = config;
         config.partition_bits = config.partition_bits.min(MAX_PARTITION_BITS);
-        config.replicas = config.replicas.max(1);
+        // Levels travel as one byte.
+        config.replicas = config.replicas.clamp(1, u8::MAX as usize);
         let system_durable = states.remove(&PartitionId::System).unwrap_or_default();
         let fresh = system_durable == Durable::default();
         let mut system_config = config.replica.clone();
         system_config.id = config.id;
+        system_config.max_message = system_config.max_message.saturating_sub(ENVELOPE_OVERHEAD);
         system_config.peers = config
             .seeds
             .iter()
@@ -324,6 +349,7 @@ impl Cluster {
         if fresh {
             node.join();
         }
+        node.new_epoch();
         node.reconcile();
         node
     }
@@ -354,12 +380,15 @@ impl Cluster {
         level: usize,
     ) -> Result<RequestId, RequestError> {
         self.check_level(level)?;
+        let largest = crate::replica::largest_value(self.config.replica.max_message);
+        crate::replica::check_op(key, op, largest)
+            .map_err(|e| RequestError::Refused(e.to_string()))?;
+        if self.pending_local() >= MAX_PENDING {
+            return Err(RequestError::Busy);
+        }
         let partition = self.partition_of(key);
-        let id = self.next_request_id(now);
+        let id = self.next_request_id();
         if self.writable(partition) {
-            if self.pending() >= MAX_PENDING {
-                return Err(RequestError::Busy);
-            }
             self.apply(now, partition, key, op, level, Origin::Local(id))?;
         } else {
             let me = self.config.id;
@@ -374,7 +403,7 @@ impl Cluster {
                 op: op.clone(),
                 level: level as u8,
             };
-            self.ask(now, to, id, true, &forward);
+            self.ask(now, to, id, Some(level), &forward);
         }
         Ok(id)
     }
@@ -389,12 +418,13 @@ impl Cluster {
         level: usize,
     ) -> Result<RequestId, RequestError> {
         self.check_level(level)?;
+        let quorum = level > 1 && self.quorum_reads(None) >= MAX_QUORUM_READS;
+        if self.pending_local() >= MAX_PENDING || quorum {
+            return Err(RequestError::Busy);
+        }
         let partition = self.partition_of(key);
-        let id = self.next_request_id(now);
+        let id = self.next_request_id();
         if self.placement.is_target(partition) {
-            if self.pending() >= MAX_PENDING {
-                return Err(RequestError::Busy);
-            }
             self.start_read(now, partition, key, level, Origin::Local(id));
         } else {
             let to = self
@@ -407,7 +437,7 @@ impl Cluster {
                 key: key.to_owned(),
                 level: level as u8,
             };
-            self.ask(now, to, id, false, &get);
+            self.ask(now, to, id, None, &get);
         }
         Ok(id)
     }
@@ -525,6 +555,8 @@ impl Cluster {
         }
         match ClusterMessage::decode(bytes, self.config.replica.max_message)? {
             ClusterMessage::System(message) => {
+                let decoded = Message::decode(&message, self.system.max_message())?;
+                self.check_system(&decoded)?;
                 self.system.handle_message(now, from, &message)?;
                 self.reconcile();
             }
@@ -534,8 +566,11 @@ impl Cluster {
                 }
                 // A partition this node neither holds nor should hold is not taken up: the
                 // sender holds it, and stops asking once it sees this node silent.
-                if let Some(replica) = self.host_if_holder(partition) {
-                    replica.handle_message(now, from, &message)?;
+                let max = self.config.replica.max_message;
+                match self.host_if_holder(partition) {
+                    Some(replica) => replica.handle_message(now, from, &message)?,
+                    // Garbage is garbage even for a partition not held.
+                    None => drop(Message::decode(&message, max)?),
                 }
             }
             ClusterMessage::Forward { id, key, op, level } => {
@@ -543,13 +578,23 @@ impl Cluster {
             }
             ClusterMessage::Get { id, key, level } => self.on_get(now, from, id, &key, level),
             ClusterMessage::Written { id, outcome } => {
-                if self.take_asked(from, id, true) {
-                    let result = outcome.map(|held| held as usize);
+                if let Some(Some(level)) = self.take_asked(from, id, true) {
+                    // An answer claiming fewer holders than asked is no acknowledgement.
+                    let result = match outcome {
+                        Ok(held) if (held as usize) < level => Err(RequestError::Timeout { held }),
+                        other => other.map(|held| held as usize),
+                    };
                     self.events.push_back(ClusterEvent::Written { id, result });
                 }
             }
             ClusterMessage::Got { id, outcome } => {
-                if self.take_asked(from, id, false) {
+                // An answer passes the checks a replica's own state would.
+                if let Ok(Some(object)) = &outcome {
+                    if crate::replica::counter_over_limit(object).is_some() {
+                        return Err(ProtocolError::Malformed);
+                    }
+                }
+                if self.take_asked(from, id, false).is_some() {
                     self.events.push_back(ClusterEvent::Read {
                         id,
                         result: outcome,
@@ -563,8 +608,11 @@ impl Cluster {
 
     /// The next message to send, if any.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        if let Some(t) = self.outbox.pop_front() {
-            return Some(t);
+        // Requests and answers wait for the start count their ids depend on.
+        if self.system.is_persisted() {
+            if let Some(t) = self.outbox.pop_front() {
+                return Some(t);
+            }
         }
         if let Some(t) = self.system.poll_transmit() {
             let payload = ClusterMessage::System(t.payload).encode();
@@ -622,15 +670,64 @@ impl Cluster {
         Ok(())
     }
 
-    /// Ids grow with time, so one reused after a restart (within the receiver's memory of
-    /// forwarded writes) would need the clock to go back.
-    fn next_request_id(&mut self, now: Millis) -> RequestId {
-        self.next_request = (self.next_request + 1).max(now.saturating_mul(1 << 16));
+    /// Request ids are this node's start count (high 32 bits) and a counter: a restarted node
+    /// never reuses an id a receiver may still remember (it would take the old answer for the
+    /// new write), whatever the clock does. The count is committed before any request leaves
+    /// (`poll_transmit` holds them until the system partition is committed).
+    fn next_request_id(&mut self) -> RequestId {
+        if self.next_request & u64::from(u32::MAX) == u64::from(u32::MAX) {
+            self.new_epoch();
+        }
+        self.next_request = self.next_request.wrapping_add(1);
         self.next_request
     }
 
-    fn pending(&self) -> usize {
-        self.writes.len() + self.reads.len()
+    /// Counts a start (or 2^32 requests) in the system partition; ids continue above it.
+    fn new_epoch(&mut self) {
+        // A counter of this node's own, far below the limit a counter may reach.
+        let _ = self.system.update(STARTS, &Op::Inc(1));
+        let starts = match self.system.get(STARTS) {
+            Some(Object::GCounter(counter)) => counter.total_of(self.config.id),
+            _ => 0,
+        };
+        self.next_request = starts << 32;
+    }
+
+    /// Requests waiting here: this node's own (made here, or forwarded and not answered
+    /// yet), and those it serves for others.
+    fn pending_local(&self) -> usize {
+        self.writes.len() + self.reads.len() + self.asked.len()
+    }
+
+    /// Requests served here for `peer` (`None`: for any other node).
+    fn pending_remote(&self, peer: Option<ReplicaId>) -> usize {
+        let counts = |origin: &Origin| match (origin, peer) {
+            (Origin::Remote(from, _), Some(p)) => *from == p,
+            (Origin::Remote(..), None) => true,
+            (Origin::Local(_), _) => false,
+        };
+        self.writes.iter().filter(|w| counts(&w.origin)).count()
+            + self.reads.iter().filter(|r| counts(&r.origin)).count()
+    }
+
+    /// Reads merging other replicas in flight: all (`None`), or those for `peer`.
+    fn quorum_reads(&self, peer: Option<ReplicaId>) -> usize {
+        self.reads
+            .iter()
+            .filter(|r| r.read.is_some())
+            .filter(|r| match (peer, r.origin) {
+                (None, _) => true,
+                (Some(p), Origin::Remote(from, _)) => from == p,
+                (Some(_), Origin::Local(_)) => false,
+            })
+            .count()
+    }
+
+    /// Whether a request from `peer` fits: within its share, and leaving room for others.
+    fn remote_room(&self, peer: ReplicaId) -> bool {
+        self.pending_local() < MAX_PENDING
+            && self.pending_remote(None) < MAX_REMOTE
+            && self.pending_remote(Some(peer)) < MAX_PER_PEER
     }
 
     /// Applies a write as this node's own update of `partition` and waits for its level.
@@ -673,12 +770,13 @@ impl Cluster {
         });
     }
 
+    /// Sends a request to `to`; `level` is a write's (None: a read).
     fn ask(
         &mut self,
         now: Millis,
         to: ReplicaId,
         id: RequestId,
-        write: bool,
+        level: Option<usize>,
         message: &ClusterMessage,
     ) {
         let deadline = now.saturating_add(self.config.request_timeout);
@@ -687,7 +785,7 @@ impl Cluster {
             Asked {
                 to,
                 deadline,
-                write,
+                level,
             },
         );
         self.outbox.push_back(Transmit {
@@ -696,14 +794,14 @@ impl Cluster {
         });
     }
 
-    /// Whether `id` is a request of ours to `from` of that kind; it is done either way.
-    fn take_asked(&mut self, from: ReplicaId, id: RequestId, write: bool) -> bool {
+    /// If `id` is a request of ours to `from` of that kind (a write, or a read), takes it
+    /// and returns its level (a read's: None).
+    fn take_asked(&mut self, from: ReplicaId, id: RequestId, write: bool) -> Option<Option<usize>> {
         match self.asked.get(&id) {
-            Some(asked) if asked.to == from && asked.write == write => {
-                self.asked.remove(&id);
-                true
+            Some(asked) if asked.to == from && asked.level.is_some() == write => {
+                self.asked.remove(&id).map(|a| a.level)
             }
-            _ => false,
+            _ => None,
         }
     }
 
@@ -726,7 +824,7 @@ impl Cluster {
             })
         } else if !self.writable(partition) {
             Err(RequestError::NotReplica)
-        } else if self.pending() >= MAX_PENDING {
+        } else if !self.remote_room(from) {
             Err(RequestError::Busy)
         } else {
             let origin = Origin::Remote(from, id);
@@ -782,7 +880,11 @@ impl Cluster {
             })
         } else if !self.placement.is_target(partition) {
             Some(RequestError::NotReplica)
-        } else if self.pending() >= MAX_PENDING {
+        } else if !self.remote_room(from)
+            || (level > 1
+                && (self.quorum_reads(None) >= MAX_QUORUM_READS
+                    || self.quorum_reads(Some(from)) >= MAX_QUORUM_READS_PER_PEER))
+        {
             Some(RequestError::Busy)
         } else {
             None
@@ -824,7 +926,7 @@ impl Cluster {
                 i += 1;
                 continue;
             };
-            let answers = read.read.map_or(0, |id| replica.read_answers(id));
+            let answers = self.read_held(read.partition, read.read);
             if replica.is_persisted() && answers + 1 >= read.level {
                 let read = self.reads.swap_remove(i);
                 self.finish_read(read, true);
@@ -834,13 +936,30 @@ impl Cluster {
         }
     }
 
-    /// Replicas holding a write durably: this one once committed, and the peers that
-    /// acknowledged it.
+    /// Replicas holding a write durably: this one once committed, and the partition's holders
+    /// that acknowledged it (a node merely heard from, a stray or one that left, is no replica
+    /// of the key).
     fn write_held(&self, write: &PendingWrite) -> Option<usize> {
         let replica = self.partitions.get(&write.partition)?;
+        let holders = self.placement.holders(write.partition);
+        replica.is_persisted().then(|| {
+            1 + replica
+                .holders(write.dot)
+                .filter(|h| holders.contains(h))
+                .count()
+        })
+    }
+
+    /// The partition's holders that have answered a read whole.
+    fn read_held(&self, partition: u32, read: Option<u64>) -> usize {
+        let (Some(replica), Some(id)) = (self.partitions.get(&partition), read) else {
+            return 0;
+        };
+        let holders = self.placement.holders(partition);
         replica
-            .is_persisted()
-            .then(|| 1 + replica.holders(write.dot).count())
+            .read_answerers(id)
+            .filter(|h| holders.contains(h))
+            .count()
     }
 
     fn finish_write(&mut self, origin: Origin, result: Result<usize, RequestError>) {
@@ -856,11 +975,8 @@ impl Cluster {
 
     /// Answers a read with the object (`complete`) or a timeout.
     fn finish_read(&mut self, read: PendingRead, complete: bool) {
+        let answers = self.read_held(read.partition, read.read);
         let replica = self.partitions.get_mut(&read.partition);
-        let answers = match (&replica, read.read) {
-            (Some(r), Some(id)) => r.read_answers(id),
-            _ => 0,
-        };
         let result = match replica {
             Some(replica) => {
                 if let Some(id) = read.read {
@@ -918,7 +1034,7 @@ impl Cluster {
             .asked
             .iter()
             .filter(|(_, a)| a.deadline <= now)
-            .map(|(id, a)| (*id, a.write))
+            .map(|(id, a)| (*id, a.level.is_some()))
             .collect();
         for (id, write) in late {
             self.asked.remove(&id);
@@ -1014,7 +1130,68 @@ impl Cluster {
         should.then(|| self.host(partition))
     }
 
+    /// Refuses a system-partition message carrying anything but the member set (an OR-Set of
+    /// 8-byte ids, at most [`MAX_MEMBERS`] with the members known) and the nodes' issued
+    /// dots (`issued/<p>`, G-Counters): a peer must not replace either with another type
+    /// (the later type would win the merge and erase it), nor store other keys there.
+    fn check_system(&self, message: &Message) -> Result<(), ProtocolError> {
+        let objects: Vec<(&str, &Object)> = match message {
+            Message::Deltas(entries) => {
+                entries.iter().map(|e| (e.key.as_str(), &e.delta)).collect()
+            }
+            Message::State(chunk) => chunk
+                .objects
+                .iter()
+                .map(|e| (e.key.as_str(), &e.object))
+                .collect(),
+            Message::ReadReply(reply) => reply
+                .entry
+                .iter()
+                .map(|e| (e.key.as_str(), &e.object))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for (key, object) in objects {
+            let fits = match object {
+                Object::Empty => true,
+                Object::Set(set) if key == MEMBERS => {
+                    let known = self.member_set();
+                    let mut ids = 0;
+                    for element in set.iter() {
+                        let id = <[u8; 8]>::try_from(element.as_slice())
+                            .map_err(|_| ProtocolError::Malformed)?;
+                        ids +=
+                            usize::from(!known.contains(&ReplicaId::new(u64::from_be_bytes(id))));
+                    }
+                    if known.len() + ids > MAX_MEMBERS {
+                        return Err(ProtocolError::OverBudget("members"));
+                    }
+                    true
+                }
+                Object::GCounter(_) if key == STARTS => true,
+                Object::GCounter(_) => key
+                    .strip_prefix("issued/")
+                    .and_then(|p| p.parse::<u32>().ok().filter(|n| n.to_string() == p))
+                    .is_some_and(|p| p < self.partition_count()),
+                _ => false,
+            };
+            if !fits {
+                return Err(ProtocolError::Malformed);
+            }
+        }
+        Ok(())
+    }
+
+    /// The nodes on the ring: the member set, less ids outside [`ClusterConfig::allowed`].
     fn member_ids(&self) -> BTreeSet<ReplicaId> {
+        let allowed = |id: &ReplicaId| {
+            *id == self.config.id || self.config.allowed.as_ref().is_none_or(|a| a.contains(id))
+        };
+        self.member_set().into_iter().filter(allowed).collect()
+    }
+
+    /// Every id in the member set.
+    fn member_set(&self) -> BTreeSet<ReplicaId> {
         let Some(Object::Set(set)) = self.system.get(MEMBERS) else {
             return BTreeSet::new();
         };
@@ -1030,9 +1207,8 @@ impl Cluster {
     fn reconcile(&mut self) {
         let members = self.member_ids();
         if members != self.members {
-            self.ring = Ring::with_vnodes(self.config.vnodes);
+            self.ring = Ring::with_nodes(self.config.vnodes, members.iter().copied());
             for &id in &members {
-                self.ring.add(id);
                 self.system.add_peer(PeerInfo { id, addr: None });
             }
             let (count, bits) = (self.partition_count(), self.config.partition_bits);

@@ -150,6 +150,8 @@ impl ClusterNodeBuilder {
         let (stores, states) = DirStores::open(dir)?;
         let mut config = ClusterConfig::new(identity.id());
         config.seeds = trust.ids();
+        // Only trusted nodes on the ring (trust changes take effect at the next start).
+        config.allowed = Some(config.seeds.iter().copied().collect());
         config.replicas = self.replicas;
         config.partition_bits = self.partition_bits;
         config.request_timeout = self.request_timeout.as_millis() as Millis;

@@ -10,6 +10,7 @@ mod read;
 mod transfer;
 mod validate;
 
+pub(crate) use validate::counter_over_limit;
 pub use validate::MAX_COUNTER;
 
 use membership::{bound_known, Peer, KNOWN_CLOUD};
@@ -320,6 +321,32 @@ const PULL_ROUNDS: u64 = 4;
 /// this a peer's summaries only get the cheap answer (and none while changes await commit).
 const SUMMARIES_PER_ROUND: u32 = 8;
 
+/// The largest indivisible value an update may carry with messages of `max_message` bytes (see
+/// [`Replica::largest_value`]).
+pub(crate) fn largest_value(max_message: usize) -> usize {
+    (max_message - max_message / 16).saturating_sub(MESSAGE_OVERHEAD)
+}
+
+/// Refuses an operation nested deeper than [`MAX_DEPTH`] or carrying more than `largest` bytes
+/// of key and values, before anything is changed (or, for a forwarded write, sent).
+pub(crate) fn check_op(key: &str, op: &Op, largest: usize) -> Result<(), UpdateError> {
+    let depth = op.depth();
+    if depth > MAX_DEPTH {
+        return Err(UpdateError::TooDeep {
+            depth,
+            max: MAX_DEPTH,
+        });
+    }
+    let bytes = op.value_bytes() + key.len();
+    if bytes > largest {
+        return Err(UpdateError::TooLarge {
+            bytes,
+            max: largest,
+        });
+    }
+    Ok(())
+}
+
 /// Room left in a message for everything but its entries.
 const MESSAGE_OVERHEAD: usize = 64;
 
@@ -396,17 +423,7 @@ impl Replica {
     /// [`MAX_DEPTH`](crate::MAX_DEPTH), or carrying a value too large for one message (see
     /// [`largest_value`](Replica::largest_value)) is refused and changes nothing.
     pub fn update(&mut self, key: &str, op: &Op) -> Result<Object, UpdateError> {
-        let depth = op.depth();
-        if depth > MAX_DEPTH {
-            return Err(UpdateError::TooDeep {
-                depth,
-                max: MAX_DEPTH,
-            });
-        }
-        let (bytes, max) = (op.value_bytes() + key.len(), self.largest_value());
-        if bytes > max {
-            return Err(UpdateError::TooLarge { bytes, max });
-        }
+        check_op(key, op, self.largest_value())?;
         let id = self.config.id;
         if let Some(total) = self
             .durable
@@ -511,8 +528,7 @@ impl Replica {
     /// update may carry: what fits in one message with room for the entry around it. A
     /// fifteen-sixteenth of [`Config::max_message`], less 64 bytes.
     pub fn largest_value(&self) -> usize {
-        let max = self.config.max_message;
-        (max - max / 16).saturating_sub(MESSAGE_OVERHEAD)
+        largest_value(self.config.max_message)
     }
 
     /// Tags a local change with the next dot and queues it for the store and the peers.

@@ -63,6 +63,16 @@ impl Replica {
         })
     }
 
+    /// The peers that have answered read `id` whole.
+    pub fn read_answerers(&self, id: u64) -> impl Iterator<Item = ReplicaId> + '_ {
+        self.reads.get(&id).into_iter().flat_map(|read| {
+            read.answers
+                .iter()
+                .filter(|(_, (got, parts))| parts.is_some_and(|n| got.len() == n as usize))
+                .map(|(peer, _)| *peer)
+        })
+    }
+
     /// Stops tracking read `id`; later answers are ignored.
     pub fn end_read(&mut self, id: u64) {
         self.reads.remove(&id);

@@ -266,7 +266,7 @@ fn own_within(
 
 /// The first counter in `object` above [`MAX_COUNTER`], if any: what a local update must not
 /// make, since peers would refuse it.
-pub(super) fn counter_over_limit(object: &Object) -> Option<u64> {
+pub(crate) fn counter_over_limit(object: &Object) -> Option<u64> {
     let claims = Claims {
         me: ReplicaId::new(0),
         issued: u64::MAX,
