@@ -370,6 +370,7 @@ fn golden_cluster_messages() -> Vec<(&'static str, ClusterMessage)> {
                 outcome: Ok(Some(counter)),
             },
         ),
+        ("summary", ClusterMessage::Summary([0xab; 16])),
     ]
 }
 

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::RequestError;
-use crate::message::{decode_versioned, encode_versioned};
+use crate::message::{decode_versioned, encode_versioned, Fingerprint};
 use crate::{Object, Op, ProtocolError};
 
 /// The version byte that starts every cluster message.
@@ -62,6 +62,10 @@ pub enum ClusterMessage {
         /// The object (`None`: never written), or why it could not be read.
         outcome: Result<Option<Object>, RequestError>,
     },
+    /// A round's idle check: the fingerprint of the fingerprints of every partition the sender
+    /// holds with the receiver as one of its holders, in partition order. The receiver
+    /// compares its own; only on a mismatch do the partitions' replicas exchange summaries.
+    Summary(Fingerprint),
 }
 
 impl ClusterMessage {

@@ -53,6 +53,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use crdt_core::{Dot, ReplicaId};
 use serde::{Deserialize, Serialize};
 
+use crate::message::Fingerprint;
 use crate::replica::{Config, Durable, Event, Millis, Replica, Transmit};
 use crate::ring::{partition_of, Ring, DEFAULT_VNODES, MAX_PARTITION_BITS};
 use crate::store::{MemStore, Store, StoreError};
@@ -228,6 +229,11 @@ pub const MAX_MEMBERS: usize = 4096;
 /// Answers to forwarded writes remembered, so a duplicated `Forward` is not applied twice.
 const MAX_ANSWERED: usize = 4096;
 
+/// A key partition's replica runs its own rounds this many times less often than the cluster:
+/// between them, one cluster summary per peer and round stands for all the partitions two nodes
+/// share, and only a mismatch sets off the partitions' own exchanges.
+const PARTITION_ROUND_FACTOR: u64 = 8;
+
 /// The key of the system partition's member set.
 const MEMBERS: &str = "members";
 
@@ -258,6 +264,10 @@ pub struct Cluster {
     next_request: RequestId,
     /// The partition whose replica `poll_transmit` asks first next.
     cursor: u32,
+    /// When the next cluster round (one summary to each of `fanout` peers) is due.
+    next_round: Millis,
+    /// Picks the round's peers (seeded from the configuration: no randomness of its own).
+    rng: fastrand::Rng,
 }
 
 #[derive(Debug)]
@@ -334,6 +344,8 @@ impl Cluster {
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             next_request: 0,
+            next_round: 0,
+            rng: fastrand::Rng::with_seed(config.replica.seed ^ 0xC1A5_7E12),
             cursor: 0,
             config,
         };
@@ -527,12 +539,17 @@ impl Cluster {
             .chain([&self.system])
             .filter_map(Replica::poll_timeout)
             .chain(deadlines)
+            .chain([self.next_round])
             .min()
     }
 
     /// Advances time: runs the replicas' rounds, fails requests past their deadline, and
     /// follows membership and liveness changes.
     pub fn handle_timeout(&mut self, now: Millis) {
+        if now >= self.next_round {
+            self.next_round = now.saturating_add(self.config.replica.gossip_interval.max(1));
+            self.round();
+        }
         self.system.handle_timeout(now);
         for replica in self.partitions.values_mut() {
             replica.handle_timeout(now);
@@ -585,6 +602,15 @@ impl Cluster {
                         other => other.map(|held| held as usize),
                     };
                     self.events.push_back(ClusterEvent::Written { id, result });
+                }
+            }
+            ClusterMessage::Summary(theirs) => {
+                if self.shared_fingerprint(from) != theirs {
+                    for p in self.shared_with(from) {
+                        if let Some(replica) = self.partitions.get_mut(&p) {
+                            replica.gossip_with(now, from);
+                        }
+                    }
                 }
             }
             ClusterMessage::Got { id, outcome } => {
@@ -1061,6 +1087,52 @@ impl Cluster {
     }
 }
 
+// Idle rounds: one summary per peer for every partition shared.
+impl Cluster {
+    /// Sends a summary of the partitions shared with each of `fanout` peers, drawn from the
+    /// nodes sharing a partition with this one that are not believed down.
+    fn round(&mut self) {
+        let mut peers: Vec<ReplicaId> = self
+            .partitions
+            .keys()
+            .flat_map(|&p| self.placement.holders(p))
+            .filter(|id| !self.placement.down.contains(id))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        self.rng.shuffle(&mut peers);
+        peers.truncate(self.config.replica.fanout.max(1));
+        for peer in peers {
+            let summary = ClusterMessage::Summary(self.shared_fingerprint(peer));
+            self.send(peer, &summary);
+        }
+    }
+
+    /// The partitions held here that `peer` also holds, as this node sees the ring.
+    fn shared_with(&self, peer: ReplicaId) -> Vec<u32> {
+        self.partitions
+            .keys()
+            .copied()
+            .filter(|&p| self.placement.holders(p).contains(&peer))
+            .collect()
+    }
+
+    /// SipHash-2-4-128 (key 0) of each shared partition's number (4 bytes, big endian) and
+    /// fingerprint, in partition order.
+    fn shared_fingerprint(&mut self, peer: ReplicaId) -> Fingerprint {
+        let mut bytes = Vec::new();
+        for p in self.shared_with(peer) {
+            if let Some(replica) = self.partitions.get_mut(&p) {
+                bytes.extend_from_slice(&p.to_be_bytes());
+                bytes.extend_from_slice(&replica.fingerprint());
+            }
+        }
+        siphasher::sip128::SipHasher24::new_with_key(&[0; 16])
+            .hash(&bytes)
+            .as_bytes()
+    }
+}
+
 // Membership, hosting and handoff.
 impl Cluster {
     fn partition_count(&self) -> u32 {
@@ -1224,10 +1296,8 @@ impl Cluster {
             .filter(|peer| !peer.up)
             .map(|peer| peer.info.id)
             .collect();
-        for p in 0..self.partition_count() {
-            if self.placement.is_owner(p) {
-                self.host(p);
-            }
+        for p in self.placement.owned().to_vec() {
+            self.host(p);
         }
         let hosted: Vec<u32> = self.partitions.keys().copied().collect();
         for p in hosted {
@@ -1287,5 +1357,8 @@ fn partition_config(config: &ClusterConfig, partition: u32) -> Config {
     replica.peers = Vec::new();
     replica.max_message = replica.max_message.saturating_sub(ENVELOPE_OVERHEAD);
     replica.seed ^= u64::from(partition).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    replica.gossip_interval = replica
+        .gossip_interval
+        .saturating_mul(PARTITION_ROUND_FACTOR);
     replica
 }

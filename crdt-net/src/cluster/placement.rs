@@ -19,6 +19,8 @@ pub(super) struct Placement {
     order: Vec<Vec<ReplicaId>>,
     /// Members believed down.
     pub(super) down: BTreeSet<ReplicaId>,
+    /// The partitions this node owns, in order.
+    owned: Vec<u32>,
 }
 
 impl Placement {
@@ -28,6 +30,7 @@ impl Placement {
             replicas,
             order: Vec::new(),
             down: BTreeSet::new(),
+            owned: Vec::new(),
         }
     }
 
@@ -37,6 +40,12 @@ impl Placement {
         self.order = (0..partitions)
             .map(|p| ring.preference_list_at(partition_start(p, bits), depth))
             .collect();
+        self.owned = (0..partitions).filter(|&p| self.is_owner(p)).collect();
+    }
+
+    /// The partitions this node owns.
+    pub(super) fn owned(&self) -> &[u32] {
+        &self.owned
     }
 
     /// The first `N` nodes of the partition's preference order.

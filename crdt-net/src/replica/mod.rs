@@ -664,6 +664,20 @@ impl Replica {
         &self.stats
     }
 
+    /// The fingerprint of everything this replica has seen (what a
+    /// [`Message::Summary`] carries): equal fingerprints, equal contexts.
+    pub fn fingerprint(&mut self) -> Fingerprint {
+        self.own_fingerprint()
+    }
+
+    /// Starts an anti-entropy exchange with `peer` now, between rounds (a driver that learned
+    /// the two differ, as a cluster does from its own summaries). Nothing for an unknown peer.
+    pub fn gossip_with(&mut self, now: Millis, peer: ReplicaId) {
+        if self.peers.contains_key(&peer) {
+            self.exchange(peer, now);
+        }
+    }
+
     /// When [`handle_timeout`](Replica::handle_timeout) next needs calling.
     pub fn poll_timeout(&self) -> Option<Millis> {
         Some(self.next_round)
@@ -767,18 +781,7 @@ impl Replica {
         self.rng.shuffle(&mut candidates);
         candidates.truncate(self.config.fanout);
         for &to in &candidates {
-            let want = self.start_pull(to, now);
-            let summary = self.summary_will_do(to);
-            let digest = if summary {
-                Message::Summary(self.own_fingerprint())
-            } else {
-                self.digest(to, true, want)
-            };
-            self.send(to, &digest);
-            if let Some(peer) = self.peers.get_mut(&to) {
-                peer.awaiting_reply = true;
-                peer.summary_sent = summary.then_some(want);
-            }
+            self.exchange(to, now);
         }
         if let Some(&to) = candidates.first() {
             if round % self.config.peer_exchange_every.max(1) == 0 {
@@ -865,6 +868,23 @@ impl Replica {
     }
 
     /// The fingerprint of this replica's context.
+    /// Opens an anti-entropy exchange with `to`: a summary, or a digest when `to` probably
+    /// lacks something (asking for what we lack, if we may ask it now).
+    fn exchange(&mut self, to: ReplicaId, now: Millis) {
+        let want = self.start_pull(to, now);
+        let summary = self.summary_will_do(to);
+        let digest = if summary {
+            Message::Summary(self.own_fingerprint())
+        } else {
+            self.digest(to, true, want)
+        };
+        self.send(to, &digest);
+        if let Some(peer) = self.peers.get_mut(&to) {
+            peer.awaiting_reply = true;
+            peer.summary_sent = summary.then_some(want);
+        }
+    }
+
     fn own_fingerprint(&mut self) -> Fingerprint {
         if self.dirty {
             return fingerprint(&self.durable.seen);
