@@ -2,6 +2,8 @@
 //! from any node reach them, a write made while a replica is down is held by a fallback and
 //! handed over on its return, and the acknowledgement and read levels hold per key.
 
+mod support;
+
 use crdt_core::ReplicaId;
 use crdt_net::cluster::{ClusterMessage, RequestError};
 use crdt_net::sim::cluster::{cluster_chaos, ClusterSim, ClusterSimConfig, Outcome};
@@ -376,32 +378,12 @@ fn golden_cluster_messages() -> Vec<(&'static str, ClusterMessage)> {
 
 #[test]
 fn cluster_message_golden_vectors_match_the_document_both_ways() {
-    let doc = crdt_core::laws::hex_blocks(include_str!("../../docs/wire-format.md"), "cluster");
-    for (name, message) in golden_cluster_messages() {
-        let encoded = message.encode();
-        let hex: Vec<String> = encoded.iter().map(|b| format!("{b:02x}")).collect();
-        let Some((_, bytes)) = doc.iter().find(|(n, _)| n == name) else {
-            panic!(
-                "docs/wire-format.md lacks cluster message {name}: {}",
-                hex.join(" ")
-            );
-        };
-        assert_eq!(
-            bytes,
-            &encoded,
-            "{name}: document vs encoder ({})",
-            hex.join(" ")
-        );
-        assert_eq!(
-            ClusterMessage::decode(bytes, 1 << 20).as_ref(),
-            Ok(&message),
-            "{name}"
-        );
-    }
-    assert_eq!(
-        doc.len(),
-        golden_cluster_messages().len(),
-        "the document has vectors no test checks"
+    support::golden_vectors_match(
+        include_str!("../../docs/wire-format.md"),
+        "cluster",
+        golden_cluster_messages(),
+        ClusterMessage::encode,
+        |bytes| ClusterMessage::decode(bytes, 1 << 20),
     );
 }
 

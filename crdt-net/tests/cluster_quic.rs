@@ -5,12 +5,14 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crdt_core::HlcTimestamp;
 use crdt_net::cluster::ClusterMessage;
-use crdt_net::node::{testing, ClusterNode, ClusterNodeBuilder, Fingerprint, Identity, NodeError};
+use crdt_net::node::{testing, ClusterNode, ClusterNodeBuilder, Fingerprint, NodeError};
 use crdt_net::{Object, Op};
+
+mod support;
 
 const NODES: usize = 4;
 
@@ -37,17 +39,6 @@ async fn start(
     builder.start().await.expect("node starts")
 }
 
-async fn eventually(what: &str, check: impl AsyncFn() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(20) {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 fn node(nodes: &[Option<ClusterNode>], i: usize) -> Option<&ClusterNode> {
     nodes.get(i).and_then(Option::as_ref)
 }
@@ -70,16 +61,7 @@ fn version(object: Option<Object>) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_and_reads_at_levels_survive_a_replica_restart_and_a_lying_peer() {
-    let dirs: Vec<tempfile::TempDir> = (0..NODES).map(|_| tempfile::tempdir().unwrap()).collect();
-    let keys: Vec<Fingerprint> = dirs
-        .iter()
-        .map(|d| {
-            Identity::load_or_create(d.path())
-                .unwrap()
-                .fingerprint()
-                .unwrap()
-        })
-        .collect();
+    let (dirs, keys) = support::identities(NODES);
     let mut nodes: Vec<Option<ClusterNode>> = Vec::new();
     let mut addrs = Vec::new();
     for (i, dir) in dirs.iter().enumerate() {
@@ -88,7 +70,7 @@ async fn writes_and_reads_at_levels_survive_a_replica_restart_and_a_lying_peer()
         nodes.push(Some(node));
     }
     let all = |nodes: &[Option<ClusterNode>]| nodes.iter().flatten().count();
-    eventually("four members everywhere", async || {
+    support::eventually("four members everywhere", async || {
         for node in nodes.iter().flatten() {
             if node.members().await.map_or(true, |m| m.len() != NODES) {
                 return false;
@@ -153,7 +135,7 @@ async fn writes_and_reads_at_levels_survive_a_replica_restart_and_a_lying_peer()
         )
         .await,
     );
-    eventually("the restarted replica to catch up", async || {
+    support::eventually("the restarted replica to catch up", async || {
         let n = node(&nodes, stopped).unwrap();
         version(n.read(key, 1).await.ok().flatten()) == Some(20)
     })

@@ -1,6 +1,8 @@
 //! Bad input from a peer: a typed error, no panic, nothing stored changes, and the replica keeps
 //! serving others. Also the message golden vectors of `docs/wire-format.md`.
 
+mod support;
+
 use crdt_core::{CausalContext, Dot, ReplicaId, VersionVector};
 use crdt_net::message::{
     fingerprint, DeltaEntry, Digest, ReadReply, ReadRequest, StateChunk, StateDone, StateEntry,
@@ -147,10 +149,6 @@ fn mutated_messages_never_panic_and_errors_change_nothing() {
     }
 }
 
-fn documented() -> Vec<(String, Vec<u8>)> {
-    crdt_core::laws::hex_blocks(include_str!("../../docs/wire-format.md"), "message")
-}
-
 fn golden_messages() -> Vec<(&'static str, Message)> {
     let seen: CausalContext = [Dot::new(A, 1), Dot::new(A, 2), Dot::new(B, 1)]
         .into_iter()
@@ -236,32 +234,12 @@ fn golden_messages() -> Vec<(&'static str, Message)> {
 
 #[test]
 fn message_golden_vectors_match_the_document_both_ways() {
-    let doc = documented();
-    for (name, message) in golden_messages() {
-        let encoded = message.encode();
-        let hex: Vec<String> = encoded.iter().map(|b| format!("{b:02x}")).collect();
-        let Some((_, bytes)) = doc.iter().find(|(n, _)| n == name) else {
-            panic!(
-                "docs/wire-format.md lacks message {name}: {}",
-                hex.join(" ")
-            );
-        };
-        assert_eq!(
-            bytes,
-            &encoded,
-            "{name}: document vs encoder ({})",
-            hex.join(" ")
-        );
-        assert_eq!(
-            Message::decode(bytes, 1 << 20).as_ref(),
-            Ok(&message),
-            "{name}"
-        );
-    }
-    assert_eq!(
-        doc.len(),
-        golden_messages().len(),
-        "the document has vectors no test checks"
+    support::golden_vectors_match(
+        include_str!("../../docs/wire-format.md"),
+        "message",
+        golden_messages(),
+        Message::encode,
+        |bytes| Message::decode(bytes, 1 << 20),
     );
 }
 

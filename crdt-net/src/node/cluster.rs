@@ -299,12 +299,21 @@ impl ClusterNode {
         if self.command(Command::Stop(reply)).is_ok() {
             let _ = stopped.await;
         }
+        self.shared.endpoint.close(0u32.into(), b"shutdown");
         for task in self.tasks.drain(..) {
             task.abort();
+            let _ = task.await;
         }
-        self.shared.endpoint.close(0u32.into(), b"shutdown");
         if let Some(thread) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        // The socket is released once the connections have closed and every task holding the
+        // endpoint has ended: wait (a bounded while) so a restart can bind the same address.
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), self.shared.endpoint.wait_idle()).await;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Arc::strong_count(&self.shared) > 1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

@@ -49,3 +49,38 @@ pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     }
     panic!("timed out waiting until {what}");
 }
+
+/// Checks the golden vectors of `docs/wire-format.md` (`doc`) in blocks tagged `tag` against
+/// `cases` both ways: each case encodes to its block's bytes, the bytes decode to the case,
+/// and the document has no block no case checks.
+pub fn golden_vectors_match<M, E>(
+    doc: &str,
+    tag: &str,
+    cases: Vec<(&str, M)>,
+    encode: impl Fn(&M) -> Vec<u8>,
+    decode: impl Fn(&[u8]) -> Result<M, E>,
+) where
+    M: PartialEq + std::fmt::Debug,
+    E: std::fmt::Debug,
+{
+    let blocks = crdt_core::laws::hex_blocks(doc, tag);
+    for (name, message) in &cases {
+        let encoded = encode(message);
+        let hex: Vec<String> = encoded.iter().map(|b| format!("{b:02x}")).collect();
+        let Some((_, bytes)) = blocks.iter().find(|(n, _)| n == name) else {
+            panic!("docs/wire-format.md lacks {tag} {name}: {}", hex.join(" "));
+        };
+        assert_eq!(
+            bytes,
+            &encoded,
+            "{name}: document vs encoder ({})",
+            hex.join(" ")
+        );
+        assert_eq!(decode(bytes).as_ref().ok(), Some(message), "{name}");
+    }
+    assert_eq!(
+        blocks.len(),
+        cases.len(),
+        "the document has {tag} vectors no test checks"
+    );
+}
