@@ -36,11 +36,12 @@ fn settle(sim: &mut ClusterSim, nodes: usize, limit: u64) -> Option<u64> {
     })
 }
 
-/// Idle traffic between converged nodes, as the number of writers grows: bytes per node per
-/// round, and per pair of nodes that share partitions.
+/// Idle traffic between converged nodes, as the number of keys written grows: bytes and
+/// messages per node per round (cluster summaries, the partitions' own rounds every eighth
+/// round, the system partition's rounds).
 fn idle_cost() {
-    println!("\n## Idle traffic (5 nodes, N = 3, 64 partitions, fanout 2 per partition replica)\n");
-    println!("| writers (keys written by distinct nodes' ids) | bytes per node per round | messages per node per round | bytes per message |");
+    println!("\n## Idle traffic (5 nodes, N = 3, 64 partitions, fanout 2)\n");
+    println!("| keys written (by the 5 nodes) | bytes per node per round | messages per node per round | bytes per message |");
     println!("| ---: | ---: | ---: | ---: |");
     for writes in [1usize, 64, 1_000] {
         let mut sim = ClusterSim::new(config(5, 6, 1));

@@ -392,7 +392,13 @@ impl Cluster {
         level: usize,
     ) -> Result<RequestId, RequestError> {
         self.check_level(level)?;
-        let largest = crate::replica::largest_value(self.config.replica.max_message);
+        // What the applier's partition replica takes (its messages leave room for the envelope).
+        let room = self
+            .config
+            .replica
+            .max_message
+            .saturating_sub(ENVELOPE_OVERHEAD);
+        let largest = crate::replica::largest_value(room);
         crate::replica::check_op(key, op, largest)
             .map_err(|e| RequestError::Refused(e.to_string()))?;
         if self.pending_local() >= MAX_PENDING {
@@ -882,17 +888,18 @@ impl Cluster {
         if self.answered.insert((from, id), answer).is_none() {
             self.answered_order.push_back((from, id));
         }
-        while self.answered_order.len() > MAX_ANSWERED {
-            match self.answered_order.pop_front() {
-                // Only answers already sent are forgotten; a pending write keeps its entry.
-                Some(old) if self.answered.get(&old).is_some_and(Option::is_some) => {
-                    self.answered.remove(&old);
-                }
-                Some(old) => self.answered_order.push_back(old),
-                None => break,
-            }
-            if self.answered_order.len() <= MAX_ANSWERED {
+        // Only answers already sent are forgotten; a pending write keeps its entry. One pass
+        // at most (pending writes are fewer than MAX_ANSWERED, so one is found).
+        let mut turns = self.answered_order.len();
+        while self.answered_order.len() > MAX_ANSWERED && turns > 0 {
+            turns -= 1;
+            let Some(old) = self.answered_order.pop_front() else {
                 break;
+            };
+            if self.answered.get(&old).is_some_and(Option::is_some) {
+                self.answered.remove(&old);
+            } else {
+                self.answered_order.push_back(old);
             }
         }
     }
