@@ -141,7 +141,9 @@ fn scale() {
             })
         });
         let _ = (id, start);
-        sim.run_for(20 * INTERVAL);
+        // Idle once the partitions held under the rings seen before the member set converged
+        // have been handed over (hand-offs wait for the partitions' own rounds).
+        sim.run_for(150 * INTERVAL);
         let before = sim.stats().clone();
         let rounds = 20;
         sim.run_for(rounds * INTERVAL);

@@ -51,12 +51,18 @@ impl Node {
             .filter(|(_, link)| !self.trust.admits(&link.key))
             .map(|(id, _)| *id)
             .collect();
+        let mut closed = 0;
         for id in &gone {
             if let Some(link) = links.remove(id) {
+                // A connection refused at its start (untrusted by then) is already closed and
+                // only waits for its task to take it off the list: not one this call closes.
+                if link.connection.close_reason().is_none() {
+                    closed += 1;
+                    info!(peer = %id, "closed the connection of a peer no longer trusted");
+                }
                 link.connection.close(4u32.into(), b"no longer trusted");
-                info!(peer = %id, "closed the connection of a peer no longer trusted");
             }
         }
-        gone.len()
+        closed
     }
 }
