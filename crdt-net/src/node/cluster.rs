@@ -207,7 +207,8 @@ impl ClusterNodeBuilder {
     }
 }
 
-/// A running cluster node (see the [module documentation](self)).
+/// A running cluster node: a [`Cluster`] over QUIC, with one redb store per partition (see
+/// [`crate::cluster`] for what it guarantees).
 #[derive(Debug)]
 pub struct ClusterNode {
     shared: Arc<Shared>,
