@@ -1,28 +1,5 @@
 //! [`ClusterNode`]: a [`Cluster`] (partial replication, see [`crate::cluster`]) over QUIC, with
 //! one redb store per partition.
-//!
-//! The same thin-driver shape as [`Node`](super::Node): one thread owns the cluster and its
-//! stores and is the only one to touch them; the application's calls and each peer's messages
-//! reach it through a channel; each turn it commits every partition changed, and only then
-//! answers callers and hands messages to the peers' queues. Peers authenticate with the same
-//! identities and trust list as nodes (mutual TLS), on their own ALPN protocol, so a cluster
-//! node and a fully replicating node never mistake each other's messages.
-//!
-//! ```no_run
-//! # async fn run() -> Result<(), crdt_net::node::NodeError> {
-//! use crdt_net::node::ClusterNodeBuilder;
-//! use crdt_net::Op;
-//!
-//! let node = ClusterNodeBuilder::new("/var/lib/features")
-//!     .listen("0.0.0.0:4433".parse().unwrap())
-//!     .peer("192.0.2.7:4433".parse().unwrap())
-//!     .start()
-//!     .await?;
-//! // Held by 2 of the key's 3 replicas before it returns.
-//! node.write("user:42", Op::Inc(1), 2).await?;
-//! let seen = node.read("user:42", 2).await?;
-//! # Ok(()) }
-//! ```
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -209,6 +186,29 @@ impl ClusterNodeBuilder {
 
 /// A running cluster node: a [`Cluster`] over QUIC, with one redb store per partition (see
 /// [`crate::cluster`] for what it guarantees).
+///
+/// The same thin-driver shape as [`Node`](super::Node): one thread owns the cluster and its
+/// stores and is the only one to touch them; the application's calls and each peer's messages
+/// reach it through a channel; each turn it commits every partition changed, and only then
+/// answers callers and hands messages to the peers' queues. Peers authenticate with the same
+/// identities and trust list as nodes (mutual TLS), on their own ALPN protocol, so a cluster
+/// node and a fully replicating node never mistake each other's messages.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), crdt_net::node::NodeError> {
+/// use crdt_net::node::ClusterNodeBuilder;
+/// use crdt_net::Op;
+///
+/// let node = ClusterNodeBuilder::new("/var/lib/features")
+///     .listen("0.0.0.0:4433".parse().unwrap())
+///     .peer("192.0.2.7:4433".parse().unwrap())
+///     .start()
+///     .await?;
+/// // Held by 2 of the key's 3 replicas before it returns.
+/// node.write("user:42", Op::Inc(1), 2).await?;
+/// let seen = node.read("user:42", 2).await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct ClusterNode {
     shared: Arc<Shared>,
