@@ -55,12 +55,7 @@ impl Replica {
 
     /// How many peers have answered read `id` whole (0 for an unknown read).
     pub fn read_answers(&self, id: u64) -> usize {
-        self.reads.get(&id).map_or(0, |read| {
-            read.answers
-                .values()
-                .filter(|(got, parts)| parts.is_some_and(|n| got.len() == n as usize))
-                .count()
-        })
+        self.read_answerers(id).count()
     }
 
     /// The peers that have answered read `id` whole.
